@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs and is missing. Idempotent: every part
+# first checks whether its tool is already there, so a warm machine costs ~1s.
+# Needed because CI and fresh developer machines start with nothing installed
+# by hand; only the package registries are reachable.
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+log() { echo "[install-test-deps] $*" >&2; }
+
+# `apt-get update` is slow, so run it at most once and only when installing.
+APT_UPDATED=0
+apt_install() {
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        $SUDO apt-get update -qq
+        APT_UPDATED=1
+    fi
+    $SUDO apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# Runs "$@" and reports how long it took under the label $1.
+timed() {
+    local label=$1 start=$SECONDS
+    shift
+    "$@"
+    log "$label: done in $((SECONDS - start))s"
+}
+
+# --- PostgreSQL server (initdb/pg_ctl/postgres). Debian keeps them out of
+# PATH in /usr/lib/postgresql/N/bin, so look there as well.
+have_pg_server() {
+    command -v initdb >/dev/null 2>&1 && return 0
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+deps_postgres() {
+    if have_pg_server; then log "postgresql server: already installed"; return; fi
+    log "postgresql server: installing"
+    apt_install postgresql
+}
+
+# --- Chromium + ChromeDriver for the browser test.
+deps_chromium() {
+    if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+        log "chromium: already installed"; return
+    fi
+    log "chromium: installing"
+    apt_install chromium chromium-driver
+}
+
+# --- qemu-system-x86. The machine's qemu-utils 10 comes from
+# bookworm-backports, and bookworm's own qemu-system-x86 7.2 conflicts with
+# it, so take qemu-system-x86 from backports too. A private apt state dir
+# keeps the system's sources and lists untouched.
+deps_qemu() {
+    if [ -x /usr/bin/qemu-system-x86_64 ]; then log "qemu-system-x86: already installed"; return; fi
+    log "qemu-system-x86: installing from bookworm-backports"
+    local A=/tmp/vmscan-apt URI="" src=/etc/apt/sources.list.d/debian.sources
+    mkdir -p "$A/lists/partial" "$A/cache/archives/partial"
+    if [ -r "$src" ]; then
+        URI=$(awk '/^URIs:/{print $2; exit}' "$src")
+    elif [ -r /etc/apt/sources.list ]; then
+        URI=$(awk '$1=="deb" && $0 ~ /bookworm/ {for(i=2;i<=NF;i++) if($i ~ /^https?:/){print $i; exit}}' /etc/apt/sources.list)
+    fi
+    if [ -z "$URI" ]; then
+        URI=http://deb.debian.org/debian
+        log "qemu-system-x86: no Debian mirror found in $src or /etc/apt/sources.list; falling back to $URI"
+    fi
+    printf 'deb %s bookworm-backports main\ndeb %s bookworm main\n' "$URI" "$URI" >"$A/bpo.list"
+    local O=(-o "Dir::Etc::SourceList=$A/bpo.list" -o Dir::Etc::SourceParts=/dev/null
+             -o "Dir::State::Lists=$A/lists" -o "Dir::Cache=$A/cache")
+    if ! { $SUDO apt-get "${O[@]}" update -qq &&
+           $SUDO apt-get "${O[@]}" install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86; }; then
+        log "ERROR: could not install qemu-system-x86 from $URI bookworm-backports"
+        return 1
+    fi
+}
+
+# --- aiosmtpd: a local SMTP sink used by the mail tests.
+deps_aiosmtpd() {
+    if python3 -c 'import aiosmtpd' 2>/dev/null; then log "aiosmtpd: already installed"; return; fi
+    log "aiosmtpd: installing with pip"
+    # A Debian system python refuses plain pip installs (PEP 668).
+    python3 -m pip install -q --disable-pip-version-check aiosmtpd 2>/dev/null ||
+        python3 -m pip install -q --disable-pip-version-check --break-system-packages aiosmtpd
+}
+
+timed "postgresql" deps_postgres
+timed "chromium" deps_chromium
+timed "qemu-system-x86" deps_qemu
+timed "aiosmtpd" deps_aiosmtpd

@@ -1,0 +1,159 @@
+//! Wires the parts together: store, pipeline, workers and the web server.
+//! Tests use `Application::build` with port 0 and drive the real app.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::pipeline::{self, Pipeline};
+use crate::store::{self, DynStore};
+use crate::web::{self, AppState};
+use crate::worker::{self, RunEnv, WorkerPool, WorkerPoolHandle};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Web server and workers.
+    Serve,
+    /// Workers only (extra replicas).
+    Worker,
+}
+
+pub struct Application {
+    pub config: Arc<Config>,
+    pub store: DynStore,
+    pub pipeline: Pipeline,
+    listener: Option<tokio::net::TcpListener>,
+    addr: Option<SocketAddr>,
+}
+
+pub async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
+    let url = config.database_url();
+    if url.starts_with("sqlite:") {
+        tokio::fs::create_dir_all(&config.storage.data_dir).await?;
+    }
+    store::open(&url, config.storage.max_connections)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the database {}: {e}",
+                crate::config::redact_url(&url)
+            )
+        })
+}
+
+impl Application {
+    pub async fn build(config: Config, role: Role) -> anyhow::Result<Self> {
+        Self::build_with_pipeline(config, role, None).await
+    }
+
+    /// `pipeline` overrides the configured one (tests of the runner itself).
+    pub async fn build_with_pipeline(
+        config: Config,
+        role: Role,
+        pipeline: Option<Pipeline>,
+    ) -> anyhow::Result<Self> {
+        config.validate()?;
+        let store = open_store(&config).await?;
+        let pipeline = pipeline.unwrap_or_else(|| pipeline::build(&config));
+        let (listener, addr) = if role == Role::Serve {
+            let l = tokio::net::TcpListener::bind(config.server.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+            let a = l.local_addr()?;
+            (Some(l), Some(a))
+        } else {
+            (None, None)
+        };
+        Ok(Application {
+            config: Arc::new(config),
+            store,
+            pipeline,
+            listener,
+            addr,
+        })
+    }
+
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn run_env(&self, hard_stop: CancellationToken) -> RunEnv {
+        RunEnv {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            pipeline: self.pipeline.clone(),
+            hard_stop,
+        }
+    }
+
+    pub fn start_workers(&self) -> Option<WorkerPoolHandle> {
+        (self.config.worker.pool_size > 0).then(|| {
+            WorkerPool::start(
+                self.run_env(CancellationToken::new()),
+                &worker::worker_name(),
+            )
+        })
+    }
+
+    /// Runs until `shutdown` fires: stops accepting, then drains workers.
+    pub async fn run_until(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let pool = self.start_workers();
+        let server = self.listener.take().map(|listener| {
+            let state = AppState {
+                store: self.store.clone(),
+                config: self.config.clone(),
+                stages: Arc::new(self.pipeline.iter().map(|s| s.name()).collect()),
+            };
+            let router = web::router(state);
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            })
+        });
+        shutdown.cancelled().await;
+        tracing::info!(
+            "shutting down: no new claims; running stages get {} s",
+            self.config.worker.shutdown_grace_secs
+        );
+        if let Some(pool) = pool {
+            pool.shutdown(Duration::from_secs(self.config.worker.shutdown_grace_secs))
+                .await;
+        }
+        if let Some(server) = server {
+            // SSE streams keep connections open; do not wait on them forever.
+            let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+        }
+        Ok(())
+    }
+}
+
+/// Fires on SIGTERM or Ctrl-C.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot watch SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        t.cancel();
+    });
+    token
+}

@@ -1,0 +1,311 @@
+//! The `vmscan` command line. Client commands (submit, jobs, job, cancel,
+//! retry) work on the store the config names, so they need no running daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::app::{open_store, shutdown_on_signals, Application, Role};
+use crate::config::Config;
+use crate::domain::{fmt_millis, JobId, JobState};
+use crate::store::{CancelOutcome, JobFilter};
+use crate::submit::{validate, SubmitRequest};
+use crate::web::views;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vmscan",
+    version,
+    about = "Scan VM template images for license-tracking readiness"
+)]
+pub struct Cli {
+    /// TOML config file (settings also come from VMSCAN_… variables).
+    #[arg(long, global = true, env = "VMSCAN_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the dashboard, API and workers.
+    Serve {
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run workers only (an extra replica on a shared PostgreSQL).
+    Worker {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Queue a scan of an image URL.
+    Submit {
+        url: String,
+        /// ALGO:HEX, bare hex, or file:URL of a SUMS file.
+        #[arg(long)]
+        checksum: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        note: Option<String>,
+        /// Wait for the job to finish; exit 0 only if it succeeded.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List jobs, newest first.
+    Jobs {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Show one job: stages and the last log lines.
+    Job { id: String },
+    /// Cancel a job (its teardown still runs).
+    Cancel { id: String },
+    /// Queue a failed or cancelled job again.
+    Retry { id: String },
+    /// Create or upgrade the database schema.
+    Migrate,
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigAction {
+    /// Load and validate the configuration, print it with secrets hidden.
+    Check,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("VMSCAN_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn load(cli_config: &Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(cli_config.as_deref())?;
+    if let Some(d) = data_dir {
+        cfg.storage.data_dir = d;
+    }
+    Ok(cfg)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { listen, data_dir } => {
+            let mut cfg = load(&cli.config, data_dir)?;
+            if let Some(l) = listen {
+                cfg.server.listen = l;
+            }
+            let app = Application::build(cfg, Role::Serve).await?;
+            let url = format!("http://{}/", app.addr().context("no listen address")?);
+            println!("vmscan dashboard: {url}");
+            println!(
+                "database: {} · workers: {} · stages: {}",
+                app.store.backend(),
+                app.config.worker.pool_size,
+                app.pipeline
+                    .iter()
+                    .map(|s| s.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            );
+            app.run_until(shutdown_on_signals()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker { data_dir } => {
+            let cfg = load(&cli.config, data_dir)?;
+            let app = Application::build(cfg, Role::Worker).await?;
+            println!(
+                "vmscan worker: {} workers on {}",
+                app.config.worker.pool_size,
+                app.store.backend()
+            );
+            app.run_until(shutdown_on_signals()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let cfg = load(&cli.config, None)?;
+            let store = open_store(&cfg).await?;
+            println!("database schema is up to date ({})", store.backend());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            action: ConfigAction::Check,
+        } => {
+            let cfg = load(&cli.config, None)?;
+            println!("{}", cfg.to_redacted_json());
+            println!("configuration OK");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Submit {
+            url,
+            checksum,
+            email,
+            note,
+            wait,
+        } => {
+            let cfg = load(&cli.config, None)?;
+            let store = open_store(&cfg).await?;
+            let new = validate(SubmitRequest {
+                url: Some(url),
+                checksum,
+                email,
+                note,
+                requested_by: None,
+                options: None,
+            })?;
+            let job = store.create_job(new).await?;
+            println!("{}", job.id);
+            if !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let j = store.get_job(job.id).await?.context("job vanished")?;
+                if j.state.is_final() {
+                    print_job(&cfg, &store, j.id).await?;
+                    return Ok(if j.state == JobState::Succeeded {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    });
+                }
+            }
+        }
+        Command::Jobs { state, limit } => {
+            let cfg = load(&cli.config, None)?;
+            let store = open_store(&cfg).await?;
+            let state = state.map(|s| s.parse::<JobState>()).transpose()?;
+            let jobs = store
+                .list_jobs(&JobFilter {
+                    state,
+                    limit,
+                    ..Default::default()
+                })
+                .await?;
+            println!(
+                "{:<36}  {:<9}  {:<20}  {:<20}  URL",
+                "ID", "STATE", "STAGE", "CREATED"
+            );
+            for j in &jobs {
+                let s = views::summary(j);
+                println!(
+                    "{:<36}  {:<9}  {:<20}  {:<20}  {}",
+                    s.id,
+                    s.state,
+                    s.current_stage.unwrap_or_default(),
+                    s.created_at,
+                    s.url
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Job { id } => {
+            let cfg = load(&cli.config, None)?;
+            let store = open_store(&cfg).await?;
+            print_job(&cfg, &store, id.parse()?).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { id } => {
+            let cfg = load(&cli.config, None)?;
+            let store = open_store(&cfg).await?;
+            let id: JobId = id.parse()?;
+            match store.request_cancel(id).await? {
+                CancelOutcome::Cancelled => println!("job {id} cancelled"),
+                CancelOutcome::Requested => {
+                    println!("cancel requested: job {id} stops and tears down")
+                }
+                CancelOutcome::AlreadyFinal(s) => {
+                    anyhow::bail!("job {id} already {s}; nothing to cancel")
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retry { id } => {
+            let cfg = load(&cli.config, None)?;
+            let store = open_store(&cfg).await?;
+            let job = store.retry_job(id.parse()?).await?;
+            println!("job {} queued again", job.id);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn print_job(cfg: &Config, store: &crate::store::DynStore, id: JobId) -> anyhow::Result<()> {
+    let job = store
+        .get_job(id)
+        .await?
+        .with_context(|| format!("job {id} not found"))?;
+    let runs = store.stage_runs(id).await?;
+    let stages: Vec<_> = cfg.pipeline.stages.clone();
+    let v = views::job_view(&job, &stages, &runs, store.resources(id).await?);
+    println!("job {}  {}", v.id, v.status_text);
+    println!("url      {}", v.url);
+    if let Some(e) = &v.error {
+        println!("error    {e}");
+    }
+    println!();
+    println!("{:<16} {:<12} {:>10}  DETAIL", "STAGE", "STATE", "DURATION");
+    for s in &v.stages {
+        let facts: Vec<String> = s.facts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<16} {:<12} {:>10}  {}{}",
+            s.name,
+            s.state,
+            s.duration.clone().unwrap_or_default(),
+            facts.join(" "),
+            s.error
+                .as_ref()
+                .map(|e| format!(" error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    println!();
+    for l in store.log_tail(id, 20).await? {
+        println!(
+            "{} {:<5} {}{}",
+            fmt_millis(l.ts),
+            l.level.as_str(),
+            l.stage.map(|s| format!("[{s}] ")).unwrap_or_default(),
+            l.message
+        );
+    }
+    Ok(())
+}

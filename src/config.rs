@@ -1,0 +1,268 @@
+//! Configuration: one typed struct, loaded from a TOML file and then from
+//! `VMSCAN_…` environment variables (`__` separates sections:
+//! `VMSCAN_WORKER__POOL_SIZE=4`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::StageName;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub worker: WorkerConfig,
+    pub pipeline: PipelineConfig,
+    pub fetch: FetchConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the dashboard and API listen on.
+    pub listen: SocketAddr,
+    /// Base URL people use to reach the dashboard (links in emails, tickets).
+    pub external_url: Option<String>,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Work directories, the SQLite file and images live here.
+    pub data_dir: PathBuf,
+    /// `sqlite:PATH` or `postgres://user:pass@host/db`. Empty: SQLite under data_dir.
+    #[serde(serialize_with = "redact_secret")]
+    pub database_url: Option<SecretString>,
+    pub max_connections: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Jobs one process runs at once.
+    pub pool_size: usize,
+    /// How long a claim holds without renewal before the job counts as lost.
+    pub lease_secs: u64,
+    /// Polling interval when no notification arrives.
+    pub poll_interval_ms: u64,
+    /// Lease losses before a job is torn down and failed.
+    pub max_lease_expiries: i64,
+    /// On SIGTERM, how long running stages may take to finish before they are handed back.
+    pub shutdown_grace_secs: u64,
+    /// How often a running job checks whether it was cancelled.
+    pub cancel_check_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// The stages, in order. Only built stages may be listed.
+    pub stages: Vec<StageName>,
+    /// Times a stage failing with a retryable error is tried again.
+    pub retry_limit: u32,
+    /// First back-off after a retryable failure; doubles each time.
+    pub retry_backoff_secs: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FetchConfig {
+    pub connect_timeout_secs: u64,
+    /// A download that receives no byte for this long is aborted (and resumed later).
+    pub read_timeout_secs: u64,
+    /// Largest image accepted, in bytes.
+    pub max_bytes: u64,
+    /// Directories `file://` URLs and plain paths may read from. Empty: none.
+    pub allowed_roots: Vec<PathBuf>,
+    /// Destinations never fetched from, checked on the resolved address and every redirect.
+    pub deny_cidrs: Vec<String>,
+    /// If not empty, only these destinations are allowed.
+    pub allow_cidrs: Vec<String>,
+    pub max_redirects: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            external_url: None,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            max_connections: 10,
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            pool_size: 2,
+            lease_secs: 30,
+            poll_interval_ms: 1000,
+            max_lease_expiries: 3,
+            shutdown_grace_secs: 30,
+            cancel_check_ms: 1000,
+        }
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            stages: crate::pipeline::BUILT_STAGES.to_vec(),
+            retry_limit: 3,
+            retry_backoff_secs: 30,
+        }
+    }
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            connect_timeout_secs: 15,
+            read_timeout_secs: 60,
+            max_bytes: 256 * 1024 * 1024 * 1024,
+            allowed_roots: Vec::new(),
+            deny_cidrs: vec![
+                "169.254.0.0/16".into(),
+                "fe80::/10".into(),
+                "fd00:ec2::254/128".into(),
+            ],
+            allow_cidrs: Vec::new(),
+            max_redirects: 10,
+        }
+    }
+}
+
+fn redact_secret<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(secret) => s.serialize_some(&redact_url(secret.expose_secret())),
+        None => s.serialize_none(),
+    }
+}
+
+/// Hides the password in a URL such as `postgres://user:pass@host/db`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if given), then `VMSCAN_…` variables.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    p.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(p));
+        }
+        fig = fig.merge(Env::prefixed("VMSCAN_").split("__"));
+        let cfg: Config = fig.extract().map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.worker.lease_secs < 3 {
+            return bad(format!(
+                "worker.lease_secs = {} is too short (at least 3)",
+                self.worker.lease_secs
+            ));
+        }
+        if self.worker.max_lease_expiries < 1 {
+            return bad("worker.max_lease_expiries must be at least 1".into());
+        }
+        for s in &self.pipeline.stages {
+            if !crate::pipeline::BUILT_STAGES.contains(s) {
+                return bad(format!(
+                    "pipeline.stages lists {s:?}, which this build does not have (built: {})",
+                    crate::pipeline::BUILT_STAGES
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        for c in self.fetch.deny_cidrs.iter().chain(&self.fetch.allow_cidrs) {
+            if c.parse::<ipnet::IpNet>().is_err() {
+                return bad(format!("fetch: {c:?} is not a CIDR such as 10.0.0.0/8"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect (SQLite under the data directory by default).
+    pub fn database_url(&self) -> String {
+        match &self.storage.database_url {
+            Some(u) if !u.expose_secret().trim().is_empty() => u.expose_secret().trim().to_string(),
+            _ => format!(
+                "sqlite:{}",
+                self.storage.data_dir.join("vmscan.db").display()
+            ),
+        }
+    }
+
+    /// The effective config as JSON, secrets redacted (`config check`).
+    pub fn to_redacted_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_database_passwords() {
+        assert_eq!(
+            redact_url("postgres://vm:hunter2@db.example/vmscan"),
+            "postgres://vm:***@db.example/vmscan"
+        );
+        let mut c = Config::default();
+        c.storage.database_url = Some(SecretString::from("postgres://vm:hunter2@db/x"));
+        assert!(!c.to_redacted_json().contains("hunter2"));
+        assert_eq!(c.database_url(), "postgres://vm:hunter2@db/x");
+    }
+
+    #[test]
+    fn defaults_to_sqlite_under_the_data_dir() {
+        let c = Config::default();
+        assert_eq!(c.database_url(), "sqlite:./data/vmscan.db");
+        c.validate().unwrap();
+    }
+}

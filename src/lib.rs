@@ -1,0 +1,13 @@
+//! vmscan: proves VM template images are picked up by license tracking before
+//! release. A job is stored durably, claimed by a worker and run through the
+//! pipeline stages; the web layer shows it all.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod pipeline;
+pub mod store;
+pub mod submit;
+pub mod web;
+pub mod worker;

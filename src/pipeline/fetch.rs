@@ -1,0 +1,547 @@
+//! fetch: brings the image into the job's work directory (http/https, with
+//! resume), or points at it in place (file:// under an allowed root), hashing
+//! the bytes as they pass.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+use super::hashing::{self, MultiHasher};
+use super::http::{client, literal_ip};
+use super::netpolicy::{Denied, NetPolicy};
+use super::{Stage, StageCtx, StageError, StageFailure, StageOutcome};
+use crate::config::FetchConfig;
+use crate::domain::{fmt_bytes, ChecksumAlgo, ChecksumSpec, SourceUrl, StageName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{url}: the server answered {status}")]
+    Status {
+        url: String,
+        status: String,
+        code: u16,
+    },
+    #[error("cannot reach {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("download stalled: no data for {secs} s after {got}; it resumes on the next try")]
+    Stalled { secs: u64, got: String },
+    #[error("download interrupted after {got}: {reason}; it resumes on the next try")]
+    Interrupted { got: String, reason: String },
+    #[error("image is too large: {size} exceeds the limit of {limit} (fetch.max_bytes)")]
+    TooLarge { size: String, limit: String },
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error("{0}: local paths must be under one of the allowed roots (fetch.allowed_roots: {1})")]
+    NotAllowed(String, String),
+    #[error("{path}: {reason}")]
+    Local { path: String, reason: String },
+    #[error("{0}")]
+    Io(String),
+    #[error("sftp:// sources are not supported by this build yet; use http(s):// or file://")]
+    Unsupported,
+    #[error("invalid source URL in job: {0}")]
+    BadUrl(String),
+}
+
+impl StageFailure for FetchError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            FetchError::Status { code, .. } => *code >= 500 || *code == 429 || *code == 408,
+            FetchError::Connect { .. }
+            | FetchError::Stalled { .. }
+            | FetchError::Interrupted { .. } => true,
+            FetchError::Io(_) => true,
+            _ => false,
+        }
+    }
+}
+
+pub struct FetchStage {
+    cfg: FetchConfig,
+    policy: Arc<NetPolicy>,
+    http: reqwest::Client,
+}
+
+impl FetchStage {
+    pub fn new(cfg: FetchConfig) -> Self {
+        let policy = Arc::new(NetPolicy::from_config(&cfg));
+        let http = client(&cfg, &policy);
+        FetchStage { cfg, policy, http }
+    }
+}
+
+/// The algorithms to hash while fetching: sha256 plus the one the user's checksum names.
+fn wanted_algos(ctx: &StageCtx) -> Vec<ChecksumAlgo> {
+    match ctx.job.checksum.as_deref().map(str::parse::<ChecksumSpec>) {
+        Some(Ok(ChecksumSpec::Digest(c))) => vec![c.algo],
+        _ => vec![],
+    }
+}
+
+#[async_trait]
+impl Stage for FetchStage {
+    fn name(&self) -> StageName {
+        StageName::Fetch
+    }
+
+    async fn run(&self, ctx: &StageCtx) -> Result<StageOutcome, StageError> {
+        let src: SourceUrl = ctx
+            .job
+            .url
+            .parse()
+            .map_err(|e: crate::domain::SourceUrlError| FetchError::BadUrl(e.to_string()))?;
+        ctx.set_detail(
+            json!({"source": src.redacted(), "file_name": src.file_name()}),
+            true,
+        )
+        .await?;
+        match src.scheme() {
+            "http" | "https" => self.fetch_http(ctx, &src).await,
+            "file" => self.fetch_local(ctx, &src).await,
+            _ => Err(FetchError::Unsupported.into()),
+        }?;
+        Ok(StageOutcome::Done)
+    }
+}
+
+/// Tracks bytes and rate, and writes progress to the stage detail now and then.
+struct Progress {
+    started: Instant,
+    last: Instant,
+    base: u64,
+    bytes: u64,
+    total: Option<u64>,
+}
+
+impl Progress {
+    fn new(base: u64, total: Option<u64>) -> Self {
+        let now = Instant::now();
+        Progress {
+            started: now,
+            last: now - Duration::from_secs(1),
+            base,
+            bytes: base,
+            total,
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let rate = (self.bytes - self.base) as f64 / secs;
+        let eta = self
+            .total
+            .filter(|_| rate > 0.0)
+            .map(|t| (t.saturating_sub(self.bytes) as f64 / rate).round() as u64);
+        json!({
+            "bytes": self.bytes,
+            "total_bytes": self.total,
+            "progress": self.total.map(|t| if t == 0 { 1.0 } else { self.bytes as f64 / t as f64 }),
+            "rate_bps": rate.round() as u64,
+            "eta_secs": eta,
+        })
+    }
+
+    async fn report(&mut self, ctx: &StageCtx, force: bool) -> Result<(), StageError> {
+        if force || self.last.elapsed() >= Duration::from_millis(500) {
+            self.last = Instant::now();
+            ctx.set_detail(self.json(), true).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A file name safe to create inside the work directory.
+fn safe_name(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-+".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim_start_matches('.');
+    if cleaned.is_empty() {
+        "image".to_string()
+    } else {
+        cleaned.chars().take(200).collect()
+    }
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> FetchError {
+    FetchError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+impl FetchStage {
+    async fn fetch_http(&self, ctx: &StageCtx, src: &SourceUrl) -> Result<(), StageError> {
+        let url = src.url().clone();
+        if let Some(ip) = literal_ip(&url) {
+            self.policy
+                .check(url.host_str().unwrap_or(""), ip)
+                .map_err(FetchError::from)?;
+        }
+        let dir = ctx.work_dir.join("download");
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| io_err("cannot create", &dir, e))?;
+        let dest = dir.join(safe_name(&src.file_name()));
+        let part = dest.with_extension(format!(
+            "{}part",
+            dest.extension()
+                .map(|e| format!("{}.", e.to_string_lossy()))
+                .unwrap_or_default()
+        ));
+        let validator_path = part.with_extension("part.validator");
+
+        // Resume what an earlier attempt left behind, if the server still has the same file.
+        let mut hasher = MultiHasher::new(wanted_algos(ctx));
+        let mut have = match tokio::fs::metadata(&part).await {
+            Ok(m) if m.len() > 0 => m.len(),
+            _ => 0,
+        };
+        let validator = tokio::fs::read_to_string(&validator_path).await.ok();
+        let mut req = self.http.get(url.clone());
+        if have > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+            if let Some(v) = &validator {
+                req = req.header(reqwest::header::IF_RANGE, v.trim());
+            }
+        }
+        let resp = req.send().await.map_err(|e| classify(&src.redacted(), e))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
+            // The part file is not a prefix of what the server has now: start over.
+            let _ = tokio::fs::remove_file(&part).await;
+            let _ = tokio::fs::remove_file(&validator_path).await;
+            return Err(FetchError::Interrupted {
+                got: fmt_bytes(have),
+                reason: "the server refused to resume (416); restarting from the beginning".into(),
+            }
+            .into());
+        }
+        if !status.is_success() {
+            return Err(FetchError::Status {
+                url: src.redacted(),
+                status: status.to_string(),
+                code: status.as_u16(),
+            }
+            .into());
+        }
+        let resumed = status == reqwest::StatusCode::PARTIAL_CONTENT
+            && have > 0
+            && content_range_start(&resp) == Some(have);
+        if !resumed {
+            have = 0;
+        }
+        let total = if resumed {
+            content_range_total(&resp)
+        } else {
+            resp.content_length()
+        };
+        if let Some(t) = total.filter(|t| *t > self.cfg.max_bytes) {
+            return Err(FetchError::TooLarge {
+                size: fmt_bytes(t),
+                limit: fmt_bytes(self.cfg.max_bytes),
+            }
+            .into());
+        }
+        if let Some(v) = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .or_else(|| resp.headers().get(reqwest::header::LAST_MODIFIED))
+            .and_then(|v| v.to_str().ok())
+        {
+            let _ = tokio::fs::write(&validator_path, v).await;
+        } else {
+            let _ = tokio::fs::remove_file(&validator_path).await;
+        }
+        if resumed {
+            hasher
+                .update_from_file(&part)
+                .await
+                .map_err(|e| io_err("cannot read", &part, e))?;
+            ctx.info(format!(
+                "resuming download at {} of {}",
+                fmt_bytes(have),
+                total
+                    .map(fmt_bytes)
+                    .unwrap_or_else(|| "unknown size".into())
+            ))
+            .await?;
+        } else {
+            ctx.info(format!(
+                "downloading {} ({})",
+                src.redacted(),
+                total
+                    .map(fmt_bytes)
+                    .unwrap_or_else(|| "size unknown".into())
+            ))
+            .await?;
+        }
+        ctx.set_detail(json!({"resumed_from": if resumed { Some(have) } else { None }, "content_type": resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok())}), true)
+            .await?;
+
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(resumed)
+            .truncate(!resumed)
+            .open(&part)
+            .await
+            .map_err(|e| io_err("cannot open", &part, e))?;
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        let mut progress = Progress::new(have, total);
+        progress.report(ctx, true).await?;
+        let idle = Duration::from_secs(self.cfg.read_timeout_secs);
+        let mut body = resp.bytes_stream();
+        loop {
+            let next = tokio::select! {
+                n = tokio::time::timeout(idle, body.next()) => n,
+                _ = ctx.cancel.cancelled() => return Err(StageError::Cancelled),
+            };
+            let chunk = match next {
+                Err(_) => {
+                    out.flush()
+                        .await
+                        .map_err(|e| io_err("cannot write", &part, e))?;
+                    return Err(FetchError::Stalled {
+                        secs: idle.as_secs(),
+                        got: fmt_bytes(progress.bytes),
+                    }
+                    .into());
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    out.flush()
+                        .await
+                        .map_err(|e| io_err("cannot write", &part, e))?;
+                    return Err(FetchError::Interrupted {
+                        got: fmt_bytes(progress.bytes),
+                        reason: e.to_string(),
+                    }
+                    .into());
+                }
+                Ok(Some(Ok(c))) => c,
+            };
+            progress.bytes += chunk.len() as u64;
+            if progress.bytes > self.cfg.max_bytes {
+                return Err(FetchError::TooLarge {
+                    size: format!("more than {}", fmt_bytes(progress.bytes)),
+                    limit: fmt_bytes(self.cfg.max_bytes),
+                }
+                .into());
+            }
+            hasher.update(&chunk);
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| io_err("cannot write", &part, e))?;
+            progress.report(ctx, false).await?;
+        }
+        out.flush()
+            .await
+            .map_err(|e| io_err("cannot write", &part, e))?;
+        out.into_inner()
+            .sync_all()
+            .await
+            .map_err(|e| io_err("cannot sync", &part, e))?;
+        if let Some(t) = total.filter(|t| *t != progress.bytes) {
+            return Err(FetchError::Interrupted {
+                got: fmt_bytes(progress.bytes),
+                reason: format!("the server announced {t} bytes"),
+            }
+            .into());
+        }
+        tokio::fs::rename(&part, &dest)
+            .await
+            .map_err(|e| io_err("cannot rename", &part, e))?;
+        let _ = tokio::fs::remove_file(&validator_path).await;
+        self.finish(ctx, &dest, false, progress, hasher).await
+    }
+
+    async fn fetch_local(&self, ctx: &StageCtx, src: &SourceUrl) -> Result<(), StageError> {
+        let path = src
+            .url()
+            .to_file_path()
+            .map_err(|_| FetchError::BadUrl(src.to_string()))?;
+        let shown = path.display().to_string();
+        let real = tokio::fs::canonicalize(&path)
+            .await
+            .map_err(|e| FetchError::Local {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut allowed = false;
+        for root in &self.cfg.allowed_roots {
+            if let Ok(r) = tokio::fs::canonicalize(root).await {
+                allowed |= real.starts_with(&r);
+            }
+        }
+        if !allowed {
+            let roots = if self.cfg.allowed_roots.is_empty() {
+                "none configured".to_string()
+            } else {
+                self.cfg
+                    .allowed_roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(FetchError::NotAllowed(shown, roots).into());
+        }
+        let meta = tokio::fs::metadata(&real)
+            .await
+            .map_err(|e| FetchError::Local {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        if !meta.is_file() {
+            return Err(FetchError::Local {
+                path: shown,
+                reason: "not a regular file".into(),
+            }
+            .into());
+        }
+        if meta.len() > self.cfg.max_bytes {
+            return Err(FetchError::TooLarge {
+                size: fmt_bytes(meta.len()),
+                limit: fmt_bytes(self.cfg.max_bytes),
+            }
+            .into());
+        }
+        ctx.info(format!(
+            "reading {} in place ({}), no copy",
+            real.display(),
+            fmt_bytes(meta.len())
+        ))
+        .await?;
+        // Hash in place: one pass, no copy.
+        let mut hasher = MultiHasher::new(wanted_algos(ctx));
+        let mut progress = Progress::new(0, Some(meta.len()));
+        let mut f = tokio::fs::File::open(&real)
+            .await
+            .map_err(|e| io_err("cannot open", &real, e))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            if ctx.cancel.is_cancelled() {
+                return Err(StageError::Cancelled);
+            }
+            let n = tokio::io::AsyncReadExt::read(&mut f, &mut buf)
+                .await
+                .map_err(|e| io_err("cannot read", &real, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            progress.bytes += n as u64;
+            progress.report(ctx, false).await?;
+        }
+        self.finish(ctx, &real, true, progress, hasher).await
+    }
+
+    async fn finish(
+        &self,
+        ctx: &StageCtx,
+        path: &Path,
+        in_place: bool,
+        mut progress: Progress,
+        hasher: MultiHasher,
+    ) -> Result<(), StageError> {
+        progress.total = Some(progress.bytes);
+        progress.report(ctx, true).await?;
+        let digests = hasher.finish();
+        ctx.set_detail(
+            json!({
+                "path": path.display().to_string(),
+                "in_place": in_place,
+                "size": progress.bytes,
+                "size_human": fmt_bytes(progress.bytes),
+                "hashes": hashing::to_json(&digests),
+                "sha256": digests.get(&ChecksumAlgo::Sha256),
+            }),
+            true,
+        )
+        .await?;
+        ctx.info(format!(
+            "fetched {} in {:.1} s, sha256 {}",
+            fmt_bytes(progress.bytes),
+            progress.started.elapsed().as_secs_f64(),
+            digests
+                .get(&ChecksumAlgo::Sha256)
+                .map(String::as_str)
+                .unwrap_or("?")
+        ))
+        .await?;
+        Ok(())
+    }
+}
+
+fn classify(url: &str, e: reqwest::Error) -> StageError {
+    let mut reason = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        if let Some(d) = s.downcast_ref::<Denied>() {
+            return FetchError::Denied(Denied {
+                host: d.host.clone(),
+                addr: d.addr,
+                why: d.why.clone(),
+            })
+            .into();
+        }
+        reason = format!("{reason}: {s}");
+        src = s.source();
+    }
+    FetchError::Connect {
+        url: url.to_string(),
+        reason,
+    }
+    .into()
+}
+
+fn content_range(resp: &reqwest::Response) -> Option<(u64, Option<u64>)> {
+    // "bytes START-END/TOTAL" or "bytes START-END/*"
+    let v = resp
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)?
+        .to_str()
+        .ok()?;
+    let rest = v.strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let start = range.split_once('-')?.0.trim().parse().ok()?;
+    Some((start, total.trim().parse().ok()))
+}
+
+fn content_range_start(resp: &reqwest::Response) -> Option<u64> {
+    content_range(resp).map(|(s, _)| s)
+}
+
+fn content_range_total(resp: &reqwest::Response) -> Option<u64> {
+    content_range(resp).and_then(|(_, t)| t)
+}
+
+/// Where fetch put the image (or the original path, when read in place).
+pub fn fetched_path(ctx: &StageCtx) -> Option<PathBuf> {
+    ctx.output_of(StageName::Fetch)?
+        .get("path")?
+        .as_str()
+        .map(PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_name;
+
+    #[test]
+    fn download_names_cannot_escape_the_work_dir() {
+        assert_eq!(safe_name("../../etc/passwd"), "_.._etc_passwd");
+        assert_eq!(safe_name(".."), "image");
+        assert_eq!(safe_name("rocky-9.4.qcow2"), "rocky-9.4.qcow2");
+    }
+}

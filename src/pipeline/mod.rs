@@ -1,0 +1,98 @@
+//! The pipeline: an ordered list of named stages. A stage is a small trait;
+//! the worker's runner decides what runs, checkpoints results and tears down.
+
+mod checksum;
+mod context;
+mod fetch;
+mod hashing;
+mod http;
+pub mod netpolicy;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::config::Config;
+use crate::domain::{Millis, StageName};
+use crate::store::StoreError;
+
+pub use context::StageCtx;
+
+/// Stages this build has. Anything else is absent from the pipeline, never faked.
+pub const BUILT_STAGES: &[StageName] = &[StageName::Fetch, StageName::Checksum];
+
+/// What a finished stage asks of the runner.
+#[derive(Debug)]
+pub enum StageOutcome {
+    Done,
+    /// Come back later (a check that takes hours); the job holds no worker meanwhile.
+    Park {
+        until: Millis,
+        reason: String,
+    },
+}
+
+/// A stage's own error type reports whether trying again can help.
+pub trait StageFailure: std::error::Error + Send + Sync + 'static {
+    fn is_retryable(&self) -> bool;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{0}")]
+    Failed(Box<dyn StageFailure>),
+    #[error("cancelled")]
+    Cancelled,
+    /// The store refused a write (lease lost) or is down.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl StageError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StageError::Failed(f) => f.is_retryable(),
+            StageError::Cancelled => false,
+            StageError::Store(_) => true,
+        }
+    }
+}
+
+impl<E: StageFailure> From<E> for StageError {
+    fn from(e: E) -> Self {
+        StageError::Failed(Box::new(e))
+    }
+}
+
+#[async_trait]
+pub trait Stage: Send + Sync {
+    fn name(&self) -> StageName;
+
+    /// Teardown-type stages run even after a failure or a cancel.
+    fn always_runs(&self) -> bool {
+        false
+    }
+
+    async fn run(&self, ctx: &StageCtx) -> Result<StageOutcome, StageError>;
+}
+
+pub type Pipeline = Arc<Vec<Arc<dyn Stage>>>;
+
+/// Builds the configured pipeline, in the configured order.
+pub fn build(cfg: &Config) -> Pipeline {
+    let stages = cfg
+        .pipeline
+        .stages
+        .iter()
+        .filter_map(|name| -> Option<Arc<dyn Stage>> {
+            match name {
+                StageName::Fetch => Some(Arc::new(fetch::FetchStage::new(cfg.fetch.clone()))),
+                StageName::Checksum => {
+                    Some(Arc::new(checksum::ChecksumStage::new(cfg.fetch.clone())))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    Arc::new(stages)
+}

@@ -1,0 +1,45 @@
+//! The web layer: JSON API under `/api/v1`, the dashboard pages, health and
+//! metrics. It talks to the store only; it never runs a stage.
+
+mod api;
+mod error;
+mod health;
+mod pages;
+pub mod views;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::services::ServeDir;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::domain::StageName;
+use crate::store::DynStore;
+
+pub use error::{ApiError, ApiResult};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: DynStore,
+    pub config: Arc<Config>,
+    /// The configured pipeline, for showing stages not yet run.
+    pub stages: Arc<Vec<StageName>>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let static_dir = std::env::var("VMSCAN_STATIC_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/static").to_string());
+    let limit = state.config.server.max_body_bytes;
+    Router::new()
+        .merge(api::router())
+        .merge(pages::router())
+        .merge(health::router())
+        .nest_service("/static", ServeDir::new(static_dir))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(CatchPanicLayer::new())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

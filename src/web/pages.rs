@@ -1,0 +1,136 @@
+//! Server-rendered dashboard pages (askama). Small hand-written JS in
+//! `static/app.js` submits through the JSON API and follows live events.
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use super::api::{load_view, parse_filter, parse_id, ListQuery};
+use super::views::{self, JobSummary, JobView, LogView};
+use super::{ApiResult, AppState};
+use crate::domain::JobState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(index))
+        .route("/jobs", get(index))
+        .route("/jobs/table", get(table))
+        .route("/jobs/{id}", get(job_page))
+        .route("/jobs/{id}/panel", get(job_panel))
+}
+
+pub struct StateCount {
+    pub state: &'static str,
+    pub count: i64,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "index.html")]
+struct IndexPage {
+    table: JobTable,
+    counts: Vec<StateCount>,
+    backend: &'static str,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "job_table.html")]
+struct JobTable {
+    jobs: Vec<JobSummary>,
+    state: String,
+    requested_by: String,
+    next_before: Option<String>,
+    /// Query string (without paging) for the filter in effect.
+    filter_qs: String,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "job.html")]
+struct JobPage {
+    panel: JobPanel,
+    log: Vec<LogView>,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "job_panel.html")]
+struct JobPanel {
+    job: JobView,
+}
+
+fn qs_escape(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+async fn load_table(st: &AppState, q: ListQuery) -> ApiResult<JobTable> {
+    let filter = parse_filter(q, 25)?;
+    let jobs = st.store.list_jobs(&filter).await?;
+    let next_before = (jobs.len() as i64 == filter.limit)
+        .then(|| jobs.last().map(|j| j.id.to_string()))
+        .flatten();
+    let state = filter
+        .state
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_default();
+    let requested_by = filter.requested_by.clone().unwrap_or_default();
+    let mut filter_qs = format!("state={}", qs_escape(&state));
+    if !requested_by.is_empty() {
+        filter_qs.push_str(&format!("&requested_by={}", qs_escape(&requested_by)));
+    }
+    Ok(JobTable {
+        jobs: jobs.iter().map(views::summary).collect(),
+        state,
+        requested_by,
+        next_before,
+        filter_qs,
+    })
+}
+
+async fn index(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Response> {
+    let table = load_table(&st, q).await?;
+    let raw = st.store.count_by_state().await?;
+    let counts = JobState::ALL
+        .iter()
+        .map(|s| StateCount {
+            state: s.as_str(),
+            count: raw
+                .iter()
+                .find(|(r, _)| r == s)
+                .map(|(_, n)| *n)
+                .unwrap_or(0),
+        })
+        .collect();
+    Ok(IndexPage {
+        table,
+        counts,
+        backend: st.store.backend(),
+    }
+    .into_response())
+}
+
+async fn table(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Response> {
+    Ok(load_table(&st, q).await?.into_response())
+}
+
+async fn job_page(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let job = load_view(&st, id).await?;
+    let log = st
+        .store
+        .log_tail(id, 500)
+        .await?
+        .iter()
+        .map(LogView::from)
+        .collect();
+    Ok(JobPage {
+        panel: JobPanel { job },
+        log,
+    }
+    .into_response())
+}
+
+async fn job_panel(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let job = load_view(&st, parse_id(&id)?).await?;
+    Ok(JobPanel { job }.into_response())
+}

@@ -1,0 +1,310 @@
+//! What the API returns and the pages show, built from store records.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::domain::{
+    fmt_bytes, fmt_duration_ms, fmt_millis, now_millis, JobState, StageName, StageState,
+};
+use crate::store::{Job, LogLine, Resource, StageRun};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct JobView {
+    pub id: String,
+    pub short_id: String,
+    pub url: String,
+    pub state: JobState,
+    pub error: Option<String>,
+    pub current_stage: Option<String>,
+    pub checksum: Option<String>,
+    pub requested_by: Option<String>,
+    pub email: Option<String>,
+    pub note: Option<String>,
+    pub attempt: i64,
+    pub cancel_requested: bool,
+    pub created_at: String,
+    pub updated_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Wall time from creation to finish (or to now, while unfinished).
+    pub duration_ms: i64,
+    pub wake_at: Option<String>,
+    pub wait_reason: Option<String>,
+    /// One line for people: "running: fetch", "waiting — next check at …".
+    pub status_text: String,
+    pub stages: Vec<StageView>,
+    pub runs: Vec<RunView>,
+    pub resources: Vec<Resource>,
+    pub links: Links,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Links {
+    pub api: String,
+    pub page: String,
+    pub log: String,
+    pub events: String,
+}
+
+/// One pipeline stage, as of the job's current run.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageView {
+    pub name: String,
+    /// pending | running | succeeded | failed | parked | cancelled | interrupted | skipped
+    pub state: String,
+    pub attempt: Option<i64>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub duration: Option<String>,
+    pub error: Option<String>,
+    pub detail: Value,
+    /// 0..=1 when the stage reports progress.
+    pub progress: Option<f64>,
+    /// Key facts from the detail, formatted for people.
+    pub facts: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunView {
+    pub stage: String,
+    pub attempt: i64,
+    pub state: StageState,
+    pub started_at: String,
+    pub duration_ms: Option<i64>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct JobSummary {
+    pub id: String,
+    pub short_id: String,
+    pub url: String,
+    pub state: JobState,
+    pub current_stage: Option<String>,
+    pub error: Option<String>,
+    pub requested_by: Option<String>,
+    pub created_at: String,
+    pub age: String,
+    pub duration_ms: i64,
+    pub duration: String,
+    pub status_text: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LogView {
+    pub id: i64,
+    pub ts: String,
+    pub stage: Option<String>,
+    pub level: String,
+    pub message: String,
+}
+
+impl From<&LogLine> for LogView {
+    fn from(l: &LogLine) -> Self {
+        LogView {
+            id: l.id,
+            ts: fmt_millis(l.ts),
+            stage: l.stage.clone(),
+            level: l.level.as_str().to_string(),
+            message: l.message.clone(),
+        }
+    }
+}
+
+fn redact(url: &str) -> String {
+    crate::config::redact_url(url)
+}
+
+fn job_duration(job: &Job) -> i64 {
+    job.finished_at.unwrap_or_else(now_millis) - job.created_at
+}
+
+pub fn status_text(job: &Job) -> String {
+    match job.state {
+        JobState::Running => match &job.current_stage {
+            Some(s) if job.cancel_requested => format!("cancelling (was running {s})"),
+            Some(s) => format!("running: {s}"),
+            None => "running".into(),
+        },
+        JobState::Waiting => format!(
+            "waiting — next check at {}{}",
+            job.wake_at.map(fmt_millis).unwrap_or_default(),
+            job.wait_reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        ),
+        JobState::Queued if job.attempt > 0 => "queued (resuming)".into(),
+        JobState::Queued => "queued".into(),
+        JobState::Succeeded => "succeeded".into(),
+        JobState::Failed => format!(
+            "failed: {}",
+            job.error.as_deref().unwrap_or("unknown error")
+        ),
+        JobState::Cancelled => "cancelled".into(),
+    }
+}
+
+pub fn summary(job: &Job) -> JobSummary {
+    let d = job_duration(job);
+    JobSummary {
+        id: job.id.to_string(),
+        short_id: job.id.short(),
+        url: redact(&job.url),
+        state: job.state,
+        current_stage: job.current_stage.clone(),
+        error: job.error.clone(),
+        requested_by: job.requested_by.clone(),
+        created_at: fmt_millis(job.created_at),
+        age: fmt_duration_ms(now_millis() - job.created_at),
+        duration_ms: d,
+        duration: fmt_duration_ms(d),
+        status_text: status_text(job),
+    }
+}
+
+/// Human facts drawn from well-known detail keys.
+fn facts(detail: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let num = |k: &str| detail.get(k).and_then(Value::as_u64);
+    if let Some(b) = num("bytes") {
+        let total = num("total_bytes")
+            .map(|t| format!(" of {}", fmt_bytes(t)))
+            .unwrap_or_default();
+        out.push(("bytes".into(), format!("{}{total}", fmt_bytes(b))));
+    }
+    if let Some(r) = num("rate_bps").filter(|r| *r > 0) {
+        out.push(("rate".into(), format!("{}/s", fmt_bytes(r))));
+    }
+    if let Some(e) = num("eta_secs") {
+        out.push(("eta".into(), fmt_duration_ms(e as i64 * 1000)));
+    }
+    for key in [
+        "sha256",
+        "algorithm",
+        "expected",
+        "actual",
+        "verified",
+        "source",
+        "path",
+        "format",
+        "cluster",
+        "vm",
+        "image",
+    ] {
+        if let Some(v) = detail.get(key).filter(|v| !v.is_null()) {
+            let s = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            out.push((key.into(), s));
+        }
+    }
+    out
+}
+
+pub fn job_view(
+    job: &Job,
+    pipeline: &[StageName],
+    runs: &[StageRun],
+    resources: Vec<Resource>,
+) -> JobView {
+    let current: Vec<&StageRun> = runs
+        .iter()
+        .filter(|r| r.attempt >= job.run_base_attempt)
+        .collect();
+    let mut names: Vec<String> = pipeline.iter().map(|s| s.as_str().to_string()).collect();
+    // Stages that ran under an older configuration still show.
+    for r in &current {
+        if !names.contains(&r.stage) {
+            names.push(r.stage.clone());
+        }
+    }
+    let stages = names
+        .into_iter()
+        .map(|name| {
+            let last = current.iter().rev().find(|r| r.stage == name);
+            match last {
+                Some(r) => {
+                    let progress = r.detail.get("progress").and_then(Value::as_f64);
+                    let duration_ms = r.duration_ms.or_else(|| {
+                        (r.state == StageState::Running).then(|| now_millis() - r.started_at)
+                    });
+                    StageView {
+                        name,
+                        state: r.state.as_str().to_string(),
+                        attempt: Some(r.attempt),
+                        started_at: Some(fmt_millis(r.started_at)),
+                        finished_at: r.finished_at.map(fmt_millis),
+                        duration_ms,
+                        duration: duration_ms.map(fmt_duration_ms),
+                        error: r.error.clone(),
+                        facts: facts(&r.detail),
+                        detail: r.detail.clone(),
+                        progress,
+                    }
+                }
+                None => StageView {
+                    state: if job.state.is_final() {
+                        "skipped".into()
+                    } else {
+                        "pending".into()
+                    },
+                    name,
+                    attempt: None,
+                    started_at: None,
+                    finished_at: None,
+                    duration_ms: None,
+                    duration: None,
+                    error: None,
+                    detail: Value::Object(Default::default()),
+                    progress: None,
+                    facts: Vec::new(),
+                },
+            }
+        })
+        .collect();
+    let id = job.id.to_string();
+    JobView {
+        short_id: job.id.short(),
+        url: redact(&job.url),
+        state: job.state,
+        error: job.error.clone(),
+        current_stage: job.current_stage.clone(),
+        checksum: job.checksum.clone(),
+        requested_by: job.requested_by.clone(),
+        email: job.email.clone(),
+        note: job.note.clone(),
+        attempt: job.attempt,
+        cancel_requested: job.cancel_requested,
+        created_at: fmt_millis(job.created_at),
+        updated_at: fmt_millis(job.updated_at),
+        started_at: job.started_at.map(fmt_millis),
+        finished_at: job.finished_at.map(fmt_millis),
+        duration_ms: job_duration(job),
+        wake_at: job.wake_at.map(fmt_millis),
+        wait_reason: job.wait_reason.clone(),
+        status_text: status_text(job),
+        stages,
+        runs: runs
+            .iter()
+            .map(|r| RunView {
+                stage: r.stage.clone(),
+                attempt: r.attempt,
+                state: r.state,
+                started_at: fmt_millis(r.started_at),
+                duration_ms: r.duration_ms,
+                error: r.error.clone(),
+            })
+            .collect(),
+        resources,
+        links: Links {
+            api: format!("/api/v1/jobs/{id}"),
+            page: format!("/jobs/{id}"),
+            log: format!("/api/v1/jobs/{id}/log"),
+            events: format!("/api/v1/jobs/{id}/events"),
+        },
+        id,
+    }
+}

@@ -1,0 +1,9 @@
+//! Workers: claim jobs from the store, hold and renew their leases, run the
+//! pipeline, and give work back cleanly on shutdown.
+
+mod heartbeat;
+mod pool;
+mod runner;
+
+pub use pool::{worker_name, WorkerPool, WorkerPoolHandle};
+pub use runner::{run_claimed, RunEnv};

@@ -1,0 +1,271 @@
+//! Runs one claimed job through the pipeline: resumes at the first stage not
+//! yet done in this run, parks or retries on request, and always runs the
+//! teardown-type stages, even after a failure or a cancel.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::heartbeat::{self, Signals};
+use crate::config::Config;
+use crate::domain::{fmt_duration_ms, fmt_millis, now_millis, JobState, StageName, StageState};
+use crate::pipeline::{Pipeline, StageCtx, StageError, StageOutcome};
+use crate::store::{DynStore, Job, Lease, LogLevel, StoreError, StoreResult};
+
+/// Everything a runner needs besides the job.
+#[derive(Clone)]
+pub struct RunEnv {
+    pub store: DynStore,
+    pub config: Arc<Config>,
+    pub pipeline: Pipeline,
+    /// Fires at the end of the shutdown grace period: running stages are
+    /// stopped and their jobs handed back to the queue.
+    pub hard_stop: CancellationToken,
+}
+
+impl RunEnv {
+    pub fn work_dir(&self, job: &Job) -> PathBuf {
+        self.config
+            .storage
+            .data_dir
+            .join("jobs")
+            .join(job.id.to_string())
+    }
+}
+
+/// How a stage's run ended, from the runner's point of view.
+enum Ran {
+    Done(Result<StageOutcome, StageError>),
+    Lost,
+    Shutdown,
+}
+
+/// Runs a job the caller has claimed. Store errors other than a lost lease are
+/// returned; the lease then expires and the reaper gives the job to someone else.
+pub async fn run_claimed(env: &RunEnv, job: Job, lease: Lease) -> StoreResult<()> {
+    let signals = Signals::default();
+    let hb_stop = CancellationToken::new();
+    let hb = tokio::spawn(heartbeat::run(
+        env.store.clone(),
+        lease.clone(),
+        Arc::new(env.config.worker.clone()),
+        signals.clone(),
+        hb_stop.clone(),
+    ));
+    let result = drive(env, job, &lease, &signals).await;
+    hb_stop.cancel();
+    let _ = hb.await;
+    match result {
+        Err(StoreError::Fenced(_)) => Ok(()),
+        other => other,
+    }
+}
+
+async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> StoreResult<()> {
+    let store = &env.store;
+    let stale = store.interrupt_stale_runs(lease).await?;
+    if stale > 0 {
+        store
+            .append_log(lease, None, LogLevel::Warn, "an earlier worker was lost while running this job; resuming from the last finished stage")
+            .await?;
+    }
+    store
+        .append_log(
+            lease,
+            None,
+            LogLevel::Info,
+            &format!(
+                "claimed by worker {} (attempt {})",
+                lease.worker, lease.attempt
+            ),
+        )
+        .await?;
+
+    let runs = store.stage_runs(job.id).await?;
+    let this_run: Vec<_> = runs
+        .iter()
+        .filter(|r| r.attempt >= job.run_base_attempt)
+        .collect();
+    let mut outputs: HashMap<StageName, serde_json::Value> = HashMap::new();
+    for r in this_run.iter().filter(|r| r.state == StageState::Succeeded) {
+        if let Ok(name) = r.stage.parse::<StageName>() {
+            outputs.insert(name, r.detail.clone());
+        }
+    }
+
+    let mut cancelled = job.cancel_requested;
+    let aborted = job.abort_reason.clone();
+    let mut failure: Option<String> = None;
+    let work_dir = env.work_dir(&job);
+    if let Err(e) = tokio::fs::create_dir_all(&work_dir).await {
+        failure = Some(format!(
+            "cannot create work directory {}: {e}",
+            work_dir.display()
+        ));
+    }
+
+    for stage in env.pipeline.iter() {
+        let name = stage.name();
+        if outputs.contains_key(&name) {
+            continue;
+        }
+        let stopping = cancelled || aborted.is_some() || failure.is_some();
+        if stopping && !stage.always_runs() {
+            continue;
+        }
+        if signals.cancel.is_cancelled() && !stage.always_runs() {
+            cancelled = true;
+            continue;
+        }
+        let run_id = store.start_stage(lease, name).await?;
+        // Teardown must not be interrupted by the cancel that triggered it.
+        let stage_cancel = if stage.always_runs() {
+            CancellationToken::new()
+        } else {
+            signals.cancel.clone()
+        };
+        let ctx = StageCtx::new(
+            job.clone(),
+            lease.clone(),
+            name,
+            env.config.clone(),
+            work_dir.clone(),
+            stage_cancel.clone(),
+            store.clone(),
+            run_id,
+            outputs.clone(),
+        );
+        let ran = tokio::select! {
+            r = stage.run(&ctx) => Ran::Done(r),
+            _ = stage_cancel.cancelled() => Ran::Done(Err(StageError::Cancelled)),
+            _ = signals.lost.cancelled() => Ran::Lost,
+            _ = env.hard_stop.cancelled() => Ran::Shutdown,
+        };
+        let detail = ctx.detail().await;
+        drop(ctx);
+        match ran {
+            Ran::Lost => return Err(StoreError::Fenced(lease.job_id)),
+            Ran::Shutdown => {
+                store
+                    .finish_stage(
+                        lease,
+                        run_id,
+                        StageState::Interrupted,
+                        &detail,
+                        Some("stopped by daemon shutdown; the job was handed back"),
+                    )
+                    .await?;
+                store
+                    .append_log(
+                        lease,
+                        Some(name),
+                        LogLevel::Warn,
+                        "daemon shutting down: job handed back to the queue",
+                    )
+                    .await?;
+                return store.hand_back(lease).await;
+            }
+            Ran::Done(Ok(StageOutcome::Done)) => {
+                store
+                    .finish_stage(lease, run_id, StageState::Succeeded, &detail, None)
+                    .await?;
+                outputs.insert(name, detail);
+            }
+            Ran::Done(Ok(StageOutcome::Park { until, reason })) => {
+                store
+                    .finish_stage(lease, run_id, StageState::Parked, &detail, None)
+                    .await?;
+                store
+                    .append_log(
+                        lease,
+                        Some(name),
+                        LogLevel::Info,
+                        &format!("waiting: {reason} — next check at {}", fmt_millis(until)),
+                    )
+                    .await?;
+                return store.park(lease, until, &reason).await;
+            }
+            Ran::Done(Err(StageError::Cancelled)) => {
+                store
+                    .finish_stage(
+                        lease,
+                        run_id,
+                        StageState::Cancelled,
+                        &detail,
+                        Some("cancelled by user"),
+                    )
+                    .await?;
+                store
+                    .append_log(lease, Some(name), LogLevel::Warn, "cancelled by user")
+                    .await?;
+                cancelled = true;
+            }
+            Ran::Done(Err(StageError::Store(StoreError::Fenced(id)))) => {
+                return Err(StoreError::Fenced(id))
+            }
+            Ran::Done(Err(e)) => {
+                let msg = e.to_string();
+                store
+                    .finish_stage(lease, run_id, StageState::Failed, &detail, Some(&msg))
+                    .await?;
+                store
+                    .append_log(lease, Some(name), LogLevel::Error, &msg)
+                    .await?;
+                if e.is_retryable() && !stage.always_runs() {
+                    let failures = this_run
+                        .iter()
+                        .filter(|r| r.stage == name.as_str() && r.state == StageState::Failed)
+                        .count() as u32
+                        + 1;
+                    let limit = env.config.pipeline.retry_limit;
+                    if failures <= limit {
+                        let backoff = env
+                            .config
+                            .pipeline
+                            .retry_backoff_secs
+                            .saturating_mul(1 << (failures - 1).min(10));
+                        let until = now_millis() + (backoff as i64) * 1000;
+                        let reason = format!("{name} failed ({msg}); retry {failures} of {limit}");
+                        store
+                            .append_log(
+                                lease,
+                                Some(name),
+                                LogLevel::Warn,
+                                &format!(
+                                    "{reason} at {} (in {})",
+                                    fmt_millis(until),
+                                    fmt_duration_ms(backoff as i64 * 1000)
+                                ),
+                            )
+                            .await?;
+                        return store.park(lease, until, &reason).await;
+                    }
+                }
+                failure = Some(format!("{name} failed: {msg}"));
+            }
+        }
+    }
+
+    let (state, error) = if let Some(reason) = aborted {
+        (JobState::Failed, Some(reason))
+    } else if let Some(f) = failure {
+        (JobState::Failed, Some(f))
+    } else if cancelled {
+        (JobState::Cancelled, Some("cancelled by user".to_string()))
+    } else {
+        (JobState::Succeeded, None)
+    };
+    let level = if state == JobState::Succeeded {
+        LogLevel::Info
+    } else {
+        LogLevel::Error
+    };
+    let summary = match &error {
+        Some(e) => format!("job {state}: {e}"),
+        None => format!("job {state}"),
+    };
+    store.append_log(lease, None, level, &summary).await?;
+    store.finish_job(lease, state, error.as_deref()).await
+}

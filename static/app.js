@@ -1,0 +1,140 @@
+// vmscan dashboard: submit through the JSON API, toast the result, refresh
+// the job list, and follow a job page live over Server-Sent Events.
+"use strict";
+
+function toast(kind, html) {
+  const box = document.getElementById("toasts");
+  const t = document.createElement("div");
+  t.className = "toast toast-" + kind;
+  t.setAttribute("role", kind === "error" ? "alert" : "status");
+  t.innerHTML = html;
+  const close = document.createElement("button");
+  close.className = "toast-close";
+  close.textContent = "×";
+  close.onclick = () => t.remove();
+  t.appendChild(close);
+  box.appendChild(t);
+  if (kind !== "error") setTimeout(() => t.remove(), 8000);
+}
+
+function esc(s) {
+  return String(s).replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+}
+
+async function apiError(resp) {
+  try {
+    const body = await resp.json();
+    return body.error || resp.statusText;
+  } catch (_) {
+    return resp.status + " " + resp.statusText;
+  }
+}
+
+async function refreshTable() {
+  const holder = document.getElementById("job-table");
+  if (!holder) return;
+  const qs = window.location.search.replace(/^\?/, "");
+  const resp = await fetch("/jobs/table" + (qs ? "?" + qs : ""));
+  if (resp.ok) holder.innerHTML = await resp.text();
+}
+
+function setupSubmit() {
+  const form = document.getElementById("submit-form");
+  if (!form) return;
+  form.addEventListener("submit", async ev => {
+    ev.preventDefault();
+    const btn = document.getElementById("submit-btn");
+    btn.disabled = true;
+    const body = {};
+    for (const [k, v] of new FormData(form).entries()) if (v.trim() !== "") body[k] = v.trim();
+    try {
+      const resp = await fetch("/api/v1/jobs", {
+        method: "POST",
+        headers: {"Content-Type": "application/json"},
+        body: JSON.stringify(body),
+      });
+      if (resp.ok) {
+        const job = await resp.json();
+        toast("success", `Job <a href="/jobs/${esc(job.id)}">${esc(job.id.slice(0, 8))}</a> queued for ${esc(job.url)}`);
+        form.reset();
+        refreshTable();
+      } else {
+        toast("error", "Not submitted: " + esc(await apiError(resp)));
+      }
+    } catch (e) {
+      toast("error", "Not submitted: cannot reach vmscan (" + esc(e.message) + ")");
+    } finally {
+      btn.disabled = false;
+    }
+  });
+  // Keep the list fresh while people watch it.
+  setInterval(refreshTable, 5000);
+}
+
+function appendLog(line) {
+  const log = document.getElementById("log");
+  if (log.querySelector(`[data-id="${line.id}"]`)) return;
+  const span = document.createElement("span");
+  span.className = "line lvl-" + line.level;
+  span.dataset.id = line.id;
+  span.textContent = `${line.ts} ${line.stage ? "[" + line.stage + "] " : ""}${line.level} ${line.message}\n`;
+  log.appendChild(span);
+  if (document.getElementById("follow").checked) log.scrollTop = log.scrollHeight;
+}
+
+async function refreshPanel(id) {
+  const resp = await fetch(`/jobs/${id}/panel`);
+  if (resp.ok) {
+    document.getElementById("job-panel").innerHTML = await resp.text();
+  }
+}
+
+function setupJobPage() {
+  const root = document.getElementById("job");
+  if (!root) return;
+  const id = root.dataset.id;
+  const log = document.getElementById("log");
+  log.scrollTop = log.scrollHeight;
+
+  root.addEventListener("click", async ev => {
+    const btn = ev.target.closest("button[data-action]");
+    if (!btn) return;
+    const action = btn.dataset.action;
+    btn.disabled = true;
+    const resp = await fetch(`/api/v1/jobs/${id}/${action}`, {method: "POST"});
+    if (resp.ok) {
+      const body = await resp.json();
+      toast("success", esc(body.message));
+      await refreshPanel(id);
+      if (action === "retry") follow(id);
+    } else {
+      toast("error", `${action} failed: ` + esc(await apiError(resp)));
+      btn.disabled = false;
+    }
+  });
+  if (root.dataset.final !== "true") follow(id);
+}
+
+let source = null;
+function follow(id) {
+  if (source) source.close();
+  source = new EventSource(`/api/v1/jobs/${id}/events`);
+  let pending = null;
+  source.addEventListener("log", ev => appendLog(JSON.parse(ev.data)));
+  source.addEventListener("job", () => {
+    // Coalesce bursts of updates into one panel refresh.
+    if (pending) return;
+    pending = setTimeout(() => { pending = null; refreshPanel(id); }, 200);
+  });
+  source.addEventListener("end", ev => {
+    source.close();
+    source = null;
+    refreshPanel(id);
+    toast(ev.data === "succeeded" ? "success" : "error", `Job ${esc(ev.data)}`);
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  setupSubmit();
+  setupJobPage();
+});
