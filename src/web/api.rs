@@ -34,8 +34,8 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Reads a JSON body with errors that say what is wrong.
+/// Content-Type is not enforced (curl -d sends form encoding); the body must be JSON.
 fn parse_json<T: serde::de::DeserializeOwned>(
-    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     limit: usize,
 ) -> ApiResult<T> {
@@ -46,28 +46,20 @@ fn parse_json<T: serde::de::DeserializeOwned>(
             ApiError::BadRequest(format!("cannot read request body: {e}"))
         }
     })?;
-    if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("");
-        if !ct.starts_with("application/json") && !ct.is_empty() {
-            return Err(ApiError::UnsupportedMedia(format!(
-                "Content-Type must be application/json (got {ct:?})"
-            )));
-        }
-    }
     if body.is_empty() {
         return Err(ApiError::BadRequest(
             "request body is empty; send a JSON object such as {\"url\": \"https://…\"}".into(),
         ));
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
 }
 
 async fn create_job(
     State(st): State<AppState>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let req: SubmitRequest = parse_json(&headers, body, st.config.server.max_body_bytes)?;
+    let req: SubmitRequest = parse_json(body, st.config.server.max_body_bytes)?;
     let new = validate(req).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let job = st.store.create_job(new).await?;
     let who = job.requested_by.as_deref().unwrap_or("anonymous");

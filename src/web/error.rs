@@ -20,8 +20,6 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body too large (limit {0} bytes)")]
     TooLarge(usize),
-    #[error("{0}")]
-    UnsupportedMedia(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -34,7 +32,6 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

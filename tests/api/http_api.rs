@@ -1,0 +1,234 @@
+//! The JSON API and pages, driven over HTTP like a user or a tool would.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{backends, stage, TestApp};
+
+fn image_dir() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.raw");
+    std::fs::write(&path, vec![7u8; 300_000]).unwrap();
+    let url = format!("file://{}", path.display());
+    (dir, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submits_a_url_and_sees_the_job_finish() {
+    for backend in backends() {
+        let (dir, url) = image_dir();
+        let root = dir.path().to_path_buf();
+        let app = TestApp::spawn(backend, |c| c.fetch.allowed_roots = vec![root]).await;
+        let job = app
+            .submit(json!({"url": url, "email": "ann@example.com", "note": "nightly"}))
+            .await;
+        let id = job["id"].as_str().unwrap();
+        assert_eq!(job["state"], "queued");
+        assert_eq!(job["requested_by"], "ann@example.com");
+        assert_eq!(job["stages"].as_array().unwrap().len(), 2);
+        let done = app.wait_final(id, Duration::from_secs(20)).await;
+        assert_eq!(done["state"], "succeeded", "{done:#}");
+        let fetch = stage(&done, "fetch");
+        assert_eq!(fetch["state"], "succeeded");
+        assert_eq!(fetch["detail"]["size"], 300_000);
+        assert_eq!(fetch["detail"]["in_place"], true);
+        let check = stage(&done, "checksum");
+        assert_eq!(check["detail"]["verified"], false);
+        assert!(app.log_text(id).await.contains("NOT verified"));
+
+        // It shows in the list, the filters and the pages.
+        let (_, list) = app.get("/api/v1/jobs?state=succeeded").await;
+        assert_eq!(list["jobs"][0]["id"], id);
+        let (_, mine) = app.get("/api/v1/jobs?requested_by=ann@example.com").await;
+        assert_eq!(mine["jobs"].as_array().unwrap().len(), 1);
+        let (_, none) = app.get("/api/v1/jobs?requested_by=bob@example.com").await;
+        assert_eq!(none["jobs"].as_array().unwrap().len(), 0);
+        let (status, page) = app.get_text(&format!("/jobs/{id}")).await;
+        assert_eq!(status, 200);
+        assert!(
+            page.contains("checksum") && page.contains("succeeded") && page.contains("nightly")
+        );
+        let (status, index) = app.get_text("/").await;
+        assert_eq!(status, 200);
+        assert!(index.contains(&id[..8]));
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_specific_errors() {
+    for backend in backends() {
+        let app = TestApp::spawn(backend, |c| c.worker.pool_size = 0).await;
+        let cases = [
+            (json!({}), 422, "url: missing"),
+            (
+                json!({"url": "ftp://h.example/x.img"}),
+                422,
+                "unsupported URL scheme \"ftp\"",
+            ),
+            (json!({"url": "not a url"}), 422, "not a valid URL"),
+            (
+                json!({"url": "https://h.example/dir/"}),
+                422,
+                "names no file",
+            ),
+            (
+                json!({"url": "https://h.example/x.img", "checksum": "sha256:abc"}),
+                422,
+                "64 hex digits",
+            ),
+            (
+                json!({"url": "https://h.example/x.img", "checksum": "crc32:abcd"}),
+                422,
+                "unknown checksum algorithm",
+            ),
+            (
+                json!({"url": "https://h.example/x.img", "email": "nope"}),
+                422,
+                "not an email address",
+            ),
+            (json!({"url": 42}), 400, "malformed JSON"),
+        ];
+        for (body, status, needle) in cases {
+            let (got, err) = app.post("/api/v1/jobs", body.clone()).await;
+            assert_eq!(got, status, "{body} → {err}");
+            let msg = err["error"].as_str().unwrap_or_default();
+            assert!(
+                msg.contains(needle),
+                "{body}: {msg:?} should mention {needle:?}"
+            );
+        }
+        // Malformed JSON, empty and huge bodies.
+        let r = app
+            .client
+            .post(app.url("/api/v1/jobs"))
+            .header("content-type", "application/json")
+            .body("{\"url\": ")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        assert!(r.text().await.unwrap().contains("malformed JSON"));
+        let r = app
+            .client
+            .post(app.url("/api/v1/jobs"))
+            .body("")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let huge = format!("{{\"url\": \"https://h.example/{}\"}}", "a".repeat(200_000));
+        let r = app
+            .client
+            .post(app.url("/api/v1/jobs"))
+            .header("content-type", "application/json")
+            .body(huge)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 413);
+        assert!(r.text().await.unwrap().contains("too large"));
+        // Unknown and malformed ids.
+        let (s, e) = app
+            .get("/api/v1/jobs/0192f0c1-8a6e-7c3d-9f10-1b2c3d4e5f60")
+            .await;
+        assert_eq!(s, 404);
+        assert!(e["error"].as_str().unwrap().contains("not found"));
+        let (s, e) = app.get("/api/v1/jobs/nonsense").await;
+        assert_eq!(s, 404);
+        assert!(e["error"].as_str().unwrap().contains("not a job id"));
+        let (s, _) = app
+            .post(
+                "/api/v1/jobs/0192f0c1-8a6e-7c3d-9f10-1b2c3d4e5f60/cancel",
+                json!({}),
+            )
+            .await;
+        assert_eq!(s, 404);
+        let (s, e) = app.get("/api/v1/jobs?state=bogus").await;
+        assert_eq!(s, 400);
+        assert!(e["error"].as_str().unwrap().contains("unknown job state"));
+        let (s, _) = app.get("/api/v1/jobs?limit=100000").await;
+        assert_eq!(s, 400);
+        let (s, _) = app.get("/api/v1/nope").await;
+        assert_eq!(s, 404);
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_page_by_page_newest_first() {
+    for backend in backends() {
+        let app = TestApp::spawn(backend, |c| c.worker.pool_size = 0).await;
+        let mut ids = Vec::new();
+        for i in 0..12 {
+            let j = app
+                .submit(json!({"url": format!("https://h.example/{i}.qcow2")}))
+                .await;
+            ids.push(j["id"].as_str().unwrap().to_string());
+        }
+        let mut seen = Vec::new();
+        let mut path = "/api/v1/jobs?limit=5".to_string();
+        loop {
+            let (s, page) = app.get(&path).await;
+            assert_eq!(s, 200);
+            for j in page["jobs"].as_array().unwrap() {
+                seen.push(j["id"].as_str().unwrap().to_string());
+            }
+            match page["next_before"].as_str() {
+                Some(b) => path = format!("/api/v1/jobs?limit=5&before={b}"),
+                None => break,
+            }
+        }
+        ids.reverse();
+        assert_eq!(seen, ids);
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    for backend in backends() {
+        let app = TestApp::spawn(backend, |c| c.worker.pool_size = 0).await;
+        app.submit(json!({"url": "https://h.example/a.img"})).await;
+        assert_eq!(app.get_text("/healthz").await.0, 200);
+        let (s, ready) = app.get_text("/readyz").await;
+        assert_eq!(s, 200, "{ready}");
+        let (s, m) = app.get_text("/metrics").await;
+        assert_eq!(s, 200);
+        assert!(m.contains("vmscan_jobs{state=\"queued\"} 1"), "{m}");
+        assert!(m.contains("vmscan_queue_depth 1"), "{m}");
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_sends_log_lines_and_the_end() {
+    let (dir, url) = image_dir();
+    let root = dir.path().to_path_buf();
+    let app = TestApp::spawn(crate::support::Backend::Sqlite, |c| {
+        c.fetch.allowed_roots = vec![root]
+    })
+    .await;
+    let job = app.submit(json!({"url": url})).await;
+    let id = job["id"].as_str().unwrap();
+    let resp = app
+        .client
+        .get(app.url(&format!("/api/v1/jobs/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let body = tokio::time::timeout(Duration::from_secs(20), resp.text())
+        .await
+        .expect("stream ends when the job does")
+        .unwrap();
+    assert!(body.contains("event: log"), "{body}");
+    assert!(body.contains("event: job"));
+    assert!(body.contains("event: end\ndata: succeeded"), "{body}");
+    app.stop().await;
+}

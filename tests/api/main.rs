@@ -1,0 +1,10 @@
+//! The foundation's integration tests: one binary, run against SQLite and
+//! (under scripts/test.sh) PostgreSQL.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod http_api;
+mod reliability;
+mod runner;
+mod store_suite;

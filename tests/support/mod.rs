@@ -1,0 +1,229 @@
+//! Test helpers: start the real app against a fresh database (SQLite or
+//! PostgreSQL) and drive it over HTTP; a file server with Range support,
+//! throttling and hit counting for fetch tests.
+#![allow(dead_code)]
+
+pub mod fileserver;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use vmscan::app::{Application, Role};
+use vmscan::config::Config;
+use vmscan::pipeline::Pipeline;
+use vmscan::store::DynStore;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The backends to test: SQLite always; PostgreSQL when the test script
+/// started one (`VMSCAN_TEST_PG_URL`). Under CI a missing PostgreSQL is an error.
+pub fn backends() -> Vec<Backend> {
+    let mut v = vec![Backend::Sqlite];
+    if pg_admin_url().is_some() {
+        v.push(Backend::Postgres);
+    } else if std::env::var("CI").is_ok() {
+        panic!("VMSCAN_TEST_PG_URL is not set under CI: run the tests through scripts/test.sh");
+    } else {
+        eprintln!(
+            "note: VMSCAN_TEST_PG_URL not set; PostgreSQL tests skipped (scripts/test.sh sets it)"
+        );
+    }
+    v
+}
+
+pub fn pg_admin_url() -> Option<String> {
+    std::env::var("VMSCAN_TEST_PG_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// A fresh, empty PostgreSQL database for one test; returns its URL.
+pub async fn fresh_pg_database() -> String {
+    use sqlx::Connection;
+    let admin = pg_admin_url().expect("VMSCAN_TEST_PG_URL");
+    let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to test PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let (base, _) = admin.rsplit_once('/').expect("database URL has a path");
+    format!("{base}/{name}")
+}
+
+/// A config for tests: fresh data dir, fast leases and polling, port 0.
+pub async fn test_config(backend: Backend, data_dir: &std::path::Path) -> Config {
+    let mut cfg = Config::default();
+    cfg.server.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.storage.data_dir = data_dir.to_path_buf();
+    cfg.storage.database_url = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(fresh_pg_database().await.into()),
+    };
+    cfg.worker.poll_interval_ms = 100;
+    cfg.worker.cancel_check_ms = 100;
+    cfg.worker.lease_secs = 5;
+    cfg.worker.shutdown_grace_secs = 5;
+    cfg.pipeline.retry_backoff_secs = 1;
+    cfg
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub store: DynStore,
+    pub config: Config,
+    pub data_dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        Self::spawn_with(backend, tweak, None).await
+    }
+
+    /// `pipeline` replaces the configured stages (tests of the runner itself).
+    pub async fn spawn_with(
+        backend: Backend,
+        tweak: impl FnOnce(&mut Config),
+        pipeline: Option<Pipeline>,
+    ) -> TestApp {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data_dir = tmp.path().join("data");
+        let mut cfg = test_config(backend, &data_dir).await;
+        tweak(&mut cfg);
+        let app = Application::build_with_pipeline(cfg.clone(), Role::Serve, pipeline)
+            .await
+            .expect("app starts");
+        let base = format!("http://{}", app.addr().unwrap());
+        let store = app.store.clone();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run_until(shutdown.clone()));
+        TestApp {
+            base,
+            client: reqwest::Client::new(),
+            store,
+            config: cfg,
+            data_dir,
+            _tmp: tmp,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.client.get(self.url(path)).send().await.expect("GET");
+        let status = r.status().as_u16();
+        let body = r.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let r = self.client.get(self.url(path)).send().await.expect("GET");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Submits a job and expects 201; returns the job JSON.
+    pub async fn submit(&self, body: Value) -> Value {
+        let (status, job) = self.post("/api/v1/jobs", body.clone()).await;
+        assert_eq!(status, 201, "submit {body} → {status} {job}");
+        job
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        let (status, job) = self.get(&format!("/api/v1/jobs/{id}")).await;
+        assert_eq!(status, 200, "GET job {id}: {job}");
+        job
+    }
+
+    /// Polls the job until `pred` holds; panics with the last state after `timeout`.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        loop {
+            let job = self.job(id).await;
+            if pred(&job) {
+                return job;
+            }
+            if start.elapsed() > timeout {
+                let (_, log) = self.get(&format!("/api/v1/jobs/{id}/log")).await;
+                panic!("job {id} did not reach the expected state in {timeout:?}: {job:#}\nlog: {log:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_final(&self, id: &str, timeout: Duration) -> Value {
+        self.wait_for(id, timeout, |j| {
+            matches!(
+                j["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+        })
+        .await
+    }
+
+    pub async fn log_text(&self, id: &str) -> String {
+        let (_, log) = self.get(&format!("/api/v1/jobs/{id}/log?limit=5000")).await;
+        log["lines"]
+            .as_array()
+            .map(|ls| {
+                ls.iter()
+                    .map(|l| l["message"].as_str().unwrap_or("").to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The stage named `name` in a job JSON.
+pub fn stage<'a>(job: &'a Value, name: &str) -> &'a Value {
+    job["stages"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no stage {name} in {job:#}"))
+}
