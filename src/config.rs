@@ -28,6 +28,9 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub pipeline: PipelineConfig,
     pub fetch: FetchConfig,
+    pub extract: ExtractConfig,
+    pub inspect: InspectConfig,
+    pub convert: ConvertConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -95,6 +98,103 @@ pub struct FetchConfig {
     /// If not empty, only these destinations are allowed.
     pub allow_cidrs: Vec<String>,
     pub max_redirects: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExtractConfig {
+    /// Most bytes an archive may unpack to (all entries together).
+    pub max_total_bytes: u64,
+    /// Most bytes out per byte in; more is a decompression bomb. Enforced once 64 MiB came out.
+    pub max_expansion_ratio: u64,
+    /// Free disk always left in the data directory while extracting.
+    pub min_free_bytes: u64,
+    /// Several disk images in one archive: fail (listing them), or take the largest or the first.
+    pub candidate_rule: CandidateRule,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CandidateRule {
+    Fail,
+    Largest,
+    First,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InspectConfig {
+    /// The qemu-img binary (cross-checks the header reading).
+    pub qemu_img: PathBuf,
+    /// qemu-img info is killed after this long.
+    pub timeout_secs: u64,
+    /// CPU seconds and address space qemu-img info may use on an untrusted file.
+    pub qemu_cpu_secs: u64,
+    pub qemu_memory_bytes: u64,
+    /// Largest virtual disk size accepted.
+    pub max_virtual_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConvertConfig {
+    pub qemu_img: PathBuf,
+    /// The disk format the target cluster wants (qcow2 for Nutanix and local QEMU).
+    pub target_format: TargetFormat,
+    /// A conversion still running after this long is killed.
+    pub timeout_secs: u64,
+    /// Parallel coroutines for qemu-img convert (-m), with out-of-order writes (-W).
+    pub coroutines: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetFormat {
+    Qcow2,
+    Raw,
+}
+
+impl TargetFormat {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TargetFormat::Qcow2 => "qcow2",
+            TargetFormat::Raw => "raw",
+        }
+    }
+}
+
+impl Default for ExtractConfig {
+    fn default() -> Self {
+        ExtractConfig {
+            max_total_bytes: 256 * 1024 * 1024 * 1024,
+            max_expansion_ratio: 1000,
+            min_free_bytes: 1024 * 1024 * 1024,
+            candidate_rule: CandidateRule::Fail,
+        }
+    }
+}
+
+impl Default for InspectConfig {
+    fn default() -> Self {
+        InspectConfig {
+            qemu_img: PathBuf::from("qemu-img"),
+            timeout_secs: 60,
+            qemu_cpu_secs: 30,
+            qemu_memory_bytes: 1024 * 1024 * 1024,
+            max_virtual_bytes: 4 * 1024 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for ConvertConfig {
+    fn default() -> Self {
+        ConvertConfig {
+            qemu_img: PathBuf::from("qemu-img"),
+            target_format: TargetFormat::Qcow2,
+            timeout_secs: 4 * 3600,
+            coroutines: 8,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -217,6 +317,15 @@ impl Config {
                         .join(", ")
                 ));
             }
+        }
+        if self.extract.max_expansion_ratio < 1 {
+            return bad("extract.max_expansion_ratio must be at least 1".into());
+        }
+        if !(1..=16).contains(&self.convert.coroutines) {
+            return bad(format!(
+                "convert.coroutines = {} must be between 1 and 16 (qemu-img's limit)",
+                self.convert.coroutines
+            ));
         }
         for c in self.fetch.deny_cidrs.iter().chain(&self.fetch.allow_cidrs) {
             if c.parse::<ipnet::IpNet>().is_err() {

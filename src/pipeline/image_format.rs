@@ -350,10 +350,7 @@ mod tests {
             image_signatures(&poly, &[]),
             [ImageFormat::Qcow2, ImageFormat::Iso]
         );
-        assert_eq!(
-            image_signatures(&[0; 64], b"conectix"),
-            [ImageFormat::Vhd]
-        );
+        assert_eq!(image_signatures(&[0; 64], b"conectix"), [ImageFormat::Vhd]);
         assert!(image_signatures(&[0; 1024], &[0; 512]).is_empty());
     }
 
@@ -391,7 +388,9 @@ mod tests {
     fn allows_only_single_file_vmdk_descriptors() {
         let ok = "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"streamOptimized\"\n\nRW 2048 SPARSE \"disk.vmdk\"\nddb.adapterType = \"lsilogic\"\n\0\0\0";
         assert_eq!(check_vmdk_descriptor(ok).unwrap(), "streamOptimized");
-        let flat = ok.replace("SPARSE", "FLAT").replace("\"disk.vmdk\"", "\"/etc/passwd\" 0");
+        let flat = ok
+            .replace("SPARSE", "FLAT")
+            .replace("\"disk.vmdk\"", "\"/etc/passwd\" 0");
         assert!(check_vmdk_descriptor(&flat)
             .unwrap_err()
             .contains("refers to another file"));
@@ -400,9 +399,13 @@ mod tests {
             .unwrap_err()
             .contains("twoGbMaxExtentSparse"));
         let odd = format!("{ok}\nfoo=bar");
-        assert!(check_vmdk_descriptor(&odd).unwrap_err().contains("not allowed"));
+        assert!(check_vmdk_descriptor(&odd)
+            .unwrap_err()
+            .contains("not allowed"));
         let child = ok.replace("parentCID=ffffffff", "parentCID=1234abcd");
-        assert!(check_vmdk_descriptor(&child).unwrap_err().contains("parent"));
+        assert!(check_vmdk_descriptor(&child)
+            .unwrap_err()
+            .contains("parent"));
     }
 
     #[test]
@@ -411,7 +414,10 @@ mod tests {
             ImageFormat::from_file_name("a/Rocky.QCOW2"),
             Some(ImageFormat::Qcow2)
         );
-        assert_eq!(ImageFormat::from_file_name("disk.img"), Some(ImageFormat::Raw));
+        assert_eq!(
+            ImageFormat::from_file_name("disk.img"),
+            Some(ImageFormat::Raw)
+        );
         assert_eq!(ImageFormat::from_file_name("README"), None);
         assert_eq!(ImageFormat::from_file_name("x.ovf"), None);
     }

@@ -1,11 +1,14 @@
 //! The pipeline: an ordered list of named stages. A stage is a small trait;
 //! the worker's runner decides what runs, checkpoints results and tears down.
 
+mod archive;
 mod checksum;
 mod context;
+mod extract;
 mod fetch;
 mod hashing;
 mod http;
+pub mod image_format;
 pub mod netpolicy;
 
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use crate::store::StoreError;
 pub use context::StageCtx;
 
 /// Stages this build has. Anything else is absent from the pipeline, never faked.
-pub const BUILT_STAGES: &[StageName] = &[StageName::Fetch, StageName::Checksum];
+pub const BUILT_STAGES: &[StageName] = &[StageName::Fetch, StageName::Extract, StageName::Checksum];
 
 /// What a finished stage asks of the runner.
 #[derive(Debug)]
@@ -87,6 +90,9 @@ pub fn build(cfg: &Config) -> Pipeline {
         .filter_map(|name| -> Option<Arc<dyn Stage>> {
             match name {
                 StageName::Fetch => Some(Arc::new(fetch::FetchStage::new(cfg.fetch.clone()))),
+                StageName::Extract => {
+                    Some(Arc::new(extract::ExtractStage::new(cfg.extract.clone())))
+                }
                 StageName::Checksum => {
                     Some(Arc::new(checksum::ChecksumStage::new(cfg.fetch.clone())))
                 }
