@@ -2,7 +2,7 @@
 //! (`ALGO:HEX`, bare hex, or `file:URL` of a SUMS file), using the digests
 //! fetch computed on the way in.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -36,7 +36,7 @@ pub enum ChecksumStageError {
         reason: String,
         retryable: bool,
     },
-    #[error("checksum file {url} has no line for {name:?} (it lists: {listed})")]
+    #[error("checksum file {url} has no line for {name} (it lists: {listed})")]
     NoLine {
         url: String,
         name: String,
@@ -169,28 +169,44 @@ impl Stage for ChecksumStage {
         let spec: ChecksumSpec = spec.parse().map_err(|e: crate::domain::ChecksumError| {
             ChecksumStageError::BadSpec(e.to_string())
         })?;
-        let (expected, source) = match &spec {
-            ChecksumSpec::Digest(c) => (c.clone(), "given with the job".to_string()),
+        // The extracted image, when the download was an archive.
+        let extracted = ctx
+            .output_of(StageName::Extract)
+            .filter(|d| d.get("extracted").and_then(|v| v.as_bool()) == Some(true))
+            .and_then(|d| {
+                let path = d.get("path")?.as_str()?;
+                let name = d.get("file_name")?.as_str()?;
+                Some((PathBuf::from(path), name.to_string()))
+            });
+        let (expected, source, target) = match &spec {
+            ChecksumSpec::Digest(c) => (
+                c.clone(),
+                "given with the job".to_string(),
+                Target::Download,
+            ),
             ChecksumSpec::File { url } => {
                 let text = self.sums_file(url).await?;
                 let entries = parse_sums(&text);
-                let found = entries.iter().find(|e| e.name == file_name).or_else(|| {
-                    entries.iter().find(|e| {
-                        Path::new(&e.name)
-                            .file_name()
-                            .is_some_and(|n| n.to_string_lossy() == file_name)
-                    })
-                });
-                let Some(e) = found else {
+                let found = find_line(&entries, &file_name)
+                    .map(|e| (e, Target::Download))
+                    .or_else(|| {
+                        let (_, name) = extracted.as_ref()?;
+                        find_line(&entries, name).map(|e| (e, Target::Extracted))
+                    });
+                let Some((e, target)) = found else {
                     let listed = entries
                         .iter()
                         .map(|e| e.name.as_str())
                         .take(20)
                         .collect::<Vec<_>>()
                         .join(", ");
+                    let name = match &extracted {
+                        Some((_, inner)) => format!("{file_name:?} or {inner:?}"),
+                        None => format!("{file_name:?}"),
+                    };
                     return Err(ChecksumStageError::NoLine {
                         url: url.clone(),
-                        name: file_name,
+                        name,
                         listed: if listed.is_empty() {
                             "no checksum lines".into()
                         } else {
@@ -199,27 +215,48 @@ impl Stage for ChecksumStage {
                     }
                     .into());
                 };
-                (e.checksum.clone(), format!("from {url}"))
+                (e.checksum.clone(), format!("from {url}"), target)
             }
         };
-        let actual = match known(expected.algo) {
-            Some(h) => h,
-            None => {
+        let mut actual = match target {
+            Target::Download => match known(expected.algo) {
+                Some(h) => h,
                 // fetch did not know the algorithm in advance (SUMS file): one more pass.
-                ctx.info(format!(
-                    "computing {} of {}",
-                    expected.algo,
-                    image.display()
-                ))
-                .await?;
-                let mut h = MultiHasher::new([expected.algo]);
-                h.update_from_file(&image)
-                    .await
-                    .map_err(|e| ChecksumStageError::Io(format!("{}: {e}", image.display())))?;
-                h.finish().remove(&expected.algo).unwrap_or_default()
+                None => rehash(ctx, &image, expected.algo).await?,
+            },
+            Target::Extracted => {
+                let (path, _) = extracted
+                    .as_ref()
+                    .expect("found through the extracted name");
+                rehash(ctx, path, expected.algo).await?
             }
         };
-        ctx.set_detail(json!({"algorithm": expected.algo, "expected": expected.hex, "actual": actual, "source": source}), true).await?;
+        let mut target = target;
+        // A digest given with the job may be the one of the image inside the archive.
+        if actual != expected.hex && matches!(spec, ChecksumSpec::Digest(_)) {
+            if let Some((path, name)) = &extracted {
+                let inner = rehash(ctx, path, expected.algo).await?;
+                if inner == expected.hex {
+                    ctx.info(format!(
+                        "the checksum is the one of {name}, the image inside the archive"
+                    ))
+                    .await?;
+                    actual = inner;
+                    target = Target::Extracted;
+                } else {
+                    ctx.set_detail(json!({"actual_extracted": inner}), false)
+                        .await?;
+                }
+            }
+        }
+        let verified_file = match target {
+            Target::Download => file_name.clone(),
+            Target::Extracted => extracted
+                .as_ref()
+                .map(|(_, n)| n.clone())
+                .unwrap_or_default(),
+        };
+        ctx.set_detail(json!({"algorithm": expected.algo, "expected": expected.hex, "actual": actual, "source": source, "verified_file": verified_file, "verified_target": target.as_str()}), true).await?;
         if actual != expected.hex {
             return Err(ChecksumStageError::Mismatch {
                 algo: expected.algo,
@@ -230,12 +267,52 @@ impl Stage for ChecksumStage {
         }
         ctx.set_detail(json!({"verified": true}), true).await?;
         ctx.info(format!(
-            "checksum verified: {} {} ({source})",
-            expected.algo, expected.hex
+            "checksum verified: {verified_file} ({}) {} {} ({source})",
+            target.as_str(),
+            expected.algo,
+            expected.hex
         ))
         .await?;
         Ok(StageOutcome::Done)
     }
+}
+
+/// Which file a checksum is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Download,
+    Extracted,
+}
+
+impl Target {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Target::Download => "download",
+            Target::Extracted => "extracted image",
+        }
+    }
+}
+
+/// The SUMS line for `name` (exact, or by its last path component).
+fn find_line<'a>(entries: &'a [SumsEntry], name: &str) -> Option<&'a SumsEntry> {
+    entries.iter().find(|e| e.name == name).or_else(|| {
+        entries.iter().find(|e| {
+            Path::new(&e.name)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy() == name)
+        })
+    })
+}
+
+/// One more pass over a file for an algorithm nobody computed yet.
+async fn rehash(ctx: &StageCtx, path: &Path, algo: ChecksumAlgo) -> Result<String, StageError> {
+    ctx.info(format!("computing {algo} of {}", path.display()))
+        .await?;
+    let mut h = MultiHasher::new([algo]);
+    h.update_from_file(path)
+        .await
+        .map_err(|e| ChecksumStageError::Io(format!("{}: {e}", path.display())))?;
+    Ok(h.finish().remove(&algo).unwrap_or_default())
 }
 
 #[derive(Debug, PartialEq, Eq)]

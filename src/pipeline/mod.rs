@@ -4,12 +4,15 @@
 mod archive;
 mod checksum;
 mod context;
+mod convert;
 mod extract;
 mod fetch;
 mod hashing;
 mod http;
 pub mod image_format;
+mod inspect;
 pub mod netpolicy;
+mod qemu;
 
 use std::sync::Arc;
 
@@ -81,6 +84,16 @@ pub trait Stage: Send + Sync {
 
 pub type Pipeline = Arc<Vec<Arc<dyn Stage>>>;
 
+/// The image as the latest of `stages` (newest first) left it: each records "path".
+pub(crate) fn current_image(ctx: &StageCtx, stages: &[StageName]) -> Option<std::path::PathBuf> {
+    stages.iter().find_map(|s| {
+        ctx.output_of(*s)?
+            .get("path")?
+            .as_str()
+            .map(std::path::PathBuf::from)
+    })
+}
+
 /// Builds the configured pipeline, in the configured order.
 pub fn build(cfg: &Config) -> Pipeline {
     let stages = cfg
@@ -95,6 +108,12 @@ pub fn build(cfg: &Config) -> Pipeline {
                 }
                 StageName::Checksum => {
                     Some(Arc::new(checksum::ChecksumStage::new(cfg.fetch.clone())))
+                }
+                StageName::Inspect => {
+                    Some(Arc::new(inspect::InspectStage::new(cfg.inspect.clone())))
+                }
+                StageName::Convert => {
+                    Some(Arc::new(convert::ConvertStage::new(cfg.convert.clone())))
                 }
                 _ => None,
             }

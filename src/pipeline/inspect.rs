@@ -1,0 +1,457 @@
+//! inspect: reads the image's headers to learn its real format (never the
+//! name), applies the safety rules (no backing or data files, single-file
+//! VMDK only, no polyglots, size limit), then cross-checks with qemu-img told
+//! that format explicitly.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::image_format::{
+    check_vmdk_descriptor, container_of, image_signatures, qcow2_header, vmdk_descriptor_range,
+    BootInfo, ImageFormat, QCOW2_CORRUPT, QCOW2_DATA_FILE, QCOW2_KNOWN_INCOMPATIBLE, SNIFF_BYTES,
+};
+use super::qemu::{self, QemuError, RunLimits};
+use super::{current_image, Stage, StageCtx, StageError, StageFailure, StageOutcome};
+use crate::config::InspectConfig;
+use crate::domain::{fmt_bytes, StageName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("no image to inspect: neither fetch nor extract recorded a path")]
+    NoImage,
+    #[error("cannot read {path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("image refused: {0}")]
+    Refused(String),
+    #[error("image refused: the header says {ours} but qemu-img says {theirs}")]
+    Disagree { ours: String, theirs: String },
+    #[error(transparent)]
+    Qemu(#[from] QemuError),
+}
+
+impl StageFailure for InspectError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, InspectError::Io { .. })
+    }
+}
+
+pub struct InspectStage {
+    cfg: InspectConfig,
+}
+
+impl InspectStage {
+    pub fn new(cfg: InspectConfig) -> Self {
+        InspectStage { cfg }
+    }
+}
+
+/// What the header reading found and judged acceptable.
+#[derive(Debug)]
+pub struct Verdict {
+    pub format: ImageFormat,
+    pub boot: Option<BootInfo>,
+    /// qcow2 header virtual size, to compare with qemu's.
+    pub header_virtual_size: Option<u64>,
+    pub notes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Reads the header bytes and applies the safety rules; `Err` carries the reason.
+pub async fn examine(path: &Path) -> Result<Verdict, InspectError> {
+    let io = |e: std::io::Error| InspectError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let mut f = tokio::fs::File::open(path).await.map_err(io)?;
+    let len = f.metadata().await.map_err(io)?.len();
+    let mut head = vec![0u8; SNIFF_BYTES];
+    let n = read_full(&mut f, &mut head).await.map_err(io)?;
+    head.truncate(n);
+    let mut tail = vec![0u8; 512];
+    if len >= 1024 {
+        f.seek(std::io::SeekFrom::Start(len - 512))
+            .await
+            .map_err(io)?;
+        let n = read_full(&mut f, &mut tail).await.map_err(io)?;
+        tail.truncate(n);
+    } else {
+        tail.clear();
+    }
+    let refuse = |m: String| Err(InspectError::Refused(m));
+    if let Some(c) = container_of(&head) {
+        return refuse(format!(
+            "it is a {} archive, not a disk image (is the extract stage in pipeline.stages?)",
+            c.as_str()
+        ));
+    }
+    let sigs = image_signatures(&head, &tail);
+    let format = match sigs.as_slice() {
+        [] => ImageFormat::Raw,
+        [one] => *one,
+        many => {
+            let names: Vec<_> = many.iter().map(|f| f.as_str()).collect();
+            return refuse(format!(
+                "it matches several formats at once ({}): a polyglot file",
+                names.join(" and ")
+            ));
+        }
+    };
+    let mut notes = serde_json::Map::new();
+    let mut header_virtual_size = None;
+    match format {
+        ImageFormat::Qed => {
+            return refuse("QED images are not accepted (convert it to qcow2 first)".into())
+        }
+        ImageFormat::Luks => {
+            return refuse("it is LUKS-encrypted; vmscan cannot look inside".into())
+        }
+        ImageFormat::Qcow2 => {
+            let h = qcow2_header(&head)
+                .ok_or_else(|| InspectError::Refused("truncated qcow2 header".into()))?;
+            if h.version != 2 && h.version != 3 {
+                return refuse(format!(
+                    "qcow2 version {} (only 2 and 3 are accepted)",
+                    h.version
+                ));
+            }
+            if h.has_backing_file {
+                let name = qcow2_backing_name(&mut f, &head).await.map_err(io)?;
+                return refuse(format!(
+                    "qcow2 image has a backing file ({name}); only standalone images are accepted"
+                ));
+            }
+            if h.incompatible & QCOW2_DATA_FILE != 0 {
+                return refuse("qcow2 image uses an external data file".into());
+            }
+            if h.incompatible & QCOW2_CORRUPT != 0 {
+                return refuse("qcow2 image is marked corrupt".into());
+            }
+            if h.incompatible & !QCOW2_KNOWN_INCOMPATIBLE != 0 {
+                return refuse(format!(
+                    "qcow2 image sets unknown incompatible features ({:#x})",
+                    h.incompatible & !QCOW2_KNOWN_INCOMPATIBLE
+                ));
+            }
+            if h.encrypted {
+                return refuse("qcow2 image is encrypted".into());
+            }
+            header_virtual_size = Some(h.virtual_size);
+            notes.insert("qcow2_version".into(), json!(h.version));
+        }
+        ImageFormat::Vmdk => {
+            let Some((offset, size)) = vmdk_descriptor_range(&head) else {
+                return refuse(
+                    "it is a VMDK descriptor that refers to other files; upload a monolithicSparse or streamOptimized VMDK".into(),
+                );
+            };
+            if size == 0 || size > 1 << 20 || offset.saturating_add(size) > len {
+                return refuse("VMDK embedded descriptor lies outside the file".into());
+            }
+            let mut text = vec![0u8; size as usize];
+            f.seek(std::io::SeekFrom::Start(offset)).await.map_err(io)?;
+            f.read_exact(&mut text).await.map_err(io)?;
+            let create_type = check_vmdk_descriptor(&String::from_utf8_lossy(&text))
+                .map_err(InspectError::Refused)?;
+            notes.insert("create_type".into(), json!(create_type));
+        }
+        _ => {}
+    }
+    let boot = matches!(format, ImageFormat::Raw | ImageFormat::Iso).then(|| BootInfo::of(&head));
+    Ok(Verdict {
+        format,
+        boot,
+        header_virtual_size,
+        notes,
+    })
+}
+
+async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let k = f.read(&mut buf[n..]).await?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    Ok(n)
+}
+
+async fn qcow2_backing_name(f: &mut tokio::fs::File, head: &[u8]) -> std::io::Result<String> {
+    let off = u64::from_be_bytes(head[8..16].try_into().expect("8 bytes"));
+    let size = u32::from_be_bytes(head[16..20].try_into().expect("4 bytes")).min(1023);
+    let mut name = vec![0u8; size as usize];
+    f.seek(std::io::SeekFrom::Start(off)).await?;
+    let n = read_full(f, &mut name).await?;
+    name.truncate(n);
+    Ok(format!("{:?}", String::from_utf8_lossy(&name)))
+}
+
+#[async_trait]
+impl Stage for InspectStage {
+    fn name(&self) -> StageName {
+        StageName::Inspect
+    }
+
+    async fn run(&self, ctx: &StageCtx) -> Result<StageOutcome, StageError> {
+        let path = current_image(ctx, &[StageName::Extract, StageName::Fetch])
+            .ok_or(InspectError::NoImage)?;
+        match self.inspect(ctx, &path).await {
+            Err(StageError::Failed(e)) => {
+                ctx.set_detail(json!({"verdict": "refused", "reason": e.to_string()}), true)
+                    .await?;
+                Err(StageError::Failed(e))
+            }
+            other => other.map(|_| StageOutcome::Done),
+        }
+    }
+}
+
+impl InspectStage {
+    async fn inspect(&self, ctx: &StageCtx, path: &Path) -> Result<(), StageError> {
+        ctx.set_detail(json!({"path": path.display().to_string()}), true)
+            .await?;
+        let v = examine(path).await?;
+        let driver = v.format.qemu_driver().ok_or_else(|| {
+            InspectError::Refused(format!("{} images are not accepted", v.format))
+        })?;
+        let info = qemu::info(
+            &self.cfg.qemu_img,
+            path,
+            driver,
+            Duration::from_secs(self.cfg.timeout_secs),
+            Some(RunLimits {
+                cpu_secs: self.cfg.qemu_cpu_secs,
+                memory_bytes: self.cfg.qemu_memory_bytes,
+            }),
+        )
+        .await
+        .map_err(InspectError::from)?;
+        check_info(&v, driver, path, &info, self.cfg.max_virtual_bytes)?;
+        let file_size = tokio::fs::metadata(path).await.map(|m| m.len()).ok();
+        let mut detail = json!({
+            "path": path.display().to_string(),
+            "format": v.format.as_str(),
+            "qemu_format": driver,
+            "virtual_size": info.virtual_size,
+            "virtual_size_human": fmt_bytes(info.virtual_size),
+            "actual_size": info.actual_size,
+            "file_size": file_size,
+            "bootable": v.boot.map(|b| b.bootable()),
+            "boot": v.boot,
+            "verdict": "accepted",
+        });
+        detail
+            .as_object_mut()
+            .expect("object")
+            .extend(v.notes.clone());
+        ctx.set_detail(detail, true).await?;
+        ctx.info(format!(
+            "{} image, virtual size {}, {} on disk{}",
+            v.format,
+            fmt_bytes(info.virtual_size),
+            fmt_bytes(info.actual_size.or(file_size).unwrap_or(0)),
+            match v.boot {
+                Some(b) if b.bootable() => ", bootable",
+                Some(_) => ", no boot sector or partition table",
+                None => "",
+            }
+        ))
+        .await?;
+        Ok(())
+    }
+}
+
+/// qemu-img's view must agree with ours and obey the same rules.
+pub fn check_info(
+    v: &Verdict,
+    driver: &str,
+    path: &Path,
+    info: &qemu::Info,
+    max_virtual: u64,
+) -> Result<(), InspectError> {
+    if info.format != driver {
+        return Err(InspectError::Disagree {
+            ours: driver.to_string(),
+            theirs: format!("format {}", info.format),
+        });
+    }
+    if let Some(b) = info
+        .full_backing_filename
+        .as_ref()
+        .or(info.backing_filename.as_ref())
+    {
+        return Err(InspectError::Refused(format!(
+            "{} image has a backing file ({b}); only standalone images are accepted",
+            v.format
+        )));
+    }
+    if let Some(d) = info.data_file() {
+        return Err(InspectError::Refused(format!(
+            "qcow2 image uses an external data file ({d})"
+        )));
+    }
+    let me = std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path));
+    for e in info.extent_files() {
+        let theirs = std::fs::canonicalize(&e).unwrap_or_else(|_| PathBuf::from(&e));
+        if theirs != me {
+            return Err(InspectError::Refused(format!(
+                "VMDK extent refers to another file ({e})"
+            )));
+        }
+    }
+    if let Some(h) = v.header_virtual_size {
+        if h != info.virtual_size {
+            return Err(InspectError::Disagree {
+                ours: format!("virtual size {h}"),
+                theirs: format!("virtual size {}", info.virtual_size),
+            });
+        }
+    }
+    if info.virtual_size > max_virtual {
+        return Err(InspectError::Refused(format!(
+            "virtual size {} exceeds the limit of {} (inspect.max_virtual_bytes)",
+            fmt_bytes(info.virtual_size),
+            fmt_bytes(max_virtual)
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn qemu_img(args: &[&str]) {
+        let out = tokio::process::Command::new("qemu-img")
+            .args(args)
+            .output()
+            .await
+            .expect("qemu-img is installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    async fn verdict_of(path: &Path) -> Result<(Verdict, qemu::Info), InspectError> {
+        let v = examine(path).await?;
+        let driver = v.format.qemu_driver().unwrap();
+        let info = qemu::info(
+            Path::new("qemu-img"),
+            path,
+            driver,
+            Duration::from_secs(30),
+            Some(RunLimits {
+                cpu_secs: 30,
+                memory_bytes: 1 << 30,
+            }),
+        )
+        .await?;
+        check_info(&v, driver, path, &info, 1 << 40)?;
+        Ok((v, info))
+    }
+
+    #[tokio::test]
+    async fn accepts_plain_images_of_each_format() {
+        let dir = tempfile::tempdir().unwrap();
+        for (fmt, expect) in [
+            ("qcow2", ImageFormat::Qcow2),
+            ("vmdk", ImageFormat::Vmdk),
+            ("vpc", ImageFormat::Vhd),
+            ("vhdx", ImageFormat::Vhdx),
+            ("vdi", ImageFormat::Vdi),
+            ("raw", ImageFormat::Raw),
+        ] {
+            // The name lies on purpose: content decides.
+            let p = dir.path().join(format!("disk-{fmt}.iso"));
+            qemu_img(&["create", "-q", "-f", fmt, p.to_str().unwrap(), "64M"]).await;
+            let (v, info) = verdict_of(&p)
+                .await
+                .unwrap_or_else(|e| panic!("{fmt}: {e}"));
+            assert_eq!(v.format, expect, "{fmt}");
+            assert!(info.virtual_size >= 64 << 20, "{fmt}");
+        }
+    }
+
+    #[tokio::test]
+    async fn refuses_qcow2_with_a_backing_file_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("evil.qcow2");
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-u",
+            "-b",
+            "/etc/passwd",
+            "-F",
+            "raw",
+            p.to_str().unwrap(),
+            "1G",
+        ])
+        .await;
+        let e = verdict_of(&p).await.unwrap_err().to_string();
+        assert!(e.contains("backing file (\"/etc/passwd\")"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn refuses_qcow2_with_a_data_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("evil.qcow2");
+        let data = dir.path().join("data.raw");
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("data_file={}", data.display()),
+            p.to_str().unwrap(),
+            "16M",
+        ])
+        .await;
+        let e = verdict_of(&p).await.unwrap_err().to_string();
+        assert!(e.contains("external data file"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn refuses_vmdk_descriptors_and_polyglots() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("desc.vmdk");
+        std::fs::write(
+            &p,
+            "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"/etc/passwd\" 0\n",
+        )
+        .unwrap();
+        let e = examine(&p).await.unwrap_err().to_string();
+        assert!(e.contains("refers to other files"), "{e}");
+
+        let p = dir.path().join("poly.qcow2");
+        qemu_img(&["create", "-q", "-f", "qcow2", p.to_str().unwrap(), "1M"]).await;
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes.resize(bytes.len().max(0x9000), 0);
+        bytes[0x8001..0x8006].copy_from_slice(b"CD001");
+        std::fs::write(&p, bytes).unwrap();
+        let e = examine(&p).await.unwrap_err().to_string();
+        assert!(e.contains("polyglot"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn refuses_archives_and_qed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.qcow2");
+        std::fs::write(&p, [0x1f, 0x8b, 8, 0, 0, 0]).unwrap();
+        let e = examine(&p).await.unwrap_err().to_string();
+        assert!(e.contains("gzip archive"), "{e}");
+        let p = dir.path().join("b.qed");
+        qemu_img(&["create", "-q", "-f", "qed", p.to_str().unwrap(), "1M"]).await;
+        let e = examine(&p).await.unwrap_err().to_string();
+        assert!(e.contains("QED"), "{e}");
+    }
+}
