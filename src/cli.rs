@@ -136,6 +136,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let app = Application::build(cfg, Role::Serve).await?;
             let url = format!("http://{}/", app.addr().context("no listen address")?);
             println!("vmscan dashboard: {url}");
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
             println!(
                 "database: {} · workers: {} · stages: {}",
                 app.store.backend(),

@@ -276,6 +276,9 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// `VMSCAN_…` variables that are not config keys.
+const NOT_CONFIG_VARS: &[&str] = &["log", "config", "static_dir", "test_pg_url"];
+
 impl Config {
     /// Defaults, then the file (if given), then `VMSCAN_…` variables.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -289,7 +292,11 @@ impl Config {
             }
             fig = fig.merge(Toml::file(p));
         }
-        fig = fig.merge(Env::prefixed("VMSCAN_").split("__"));
+        // VMSCAN_LOG, VMSCAN_CONFIG … are read elsewhere, not config keys.
+        let env = Env::prefixed("VMSCAN_")
+            .filter(|k| !NOT_CONFIG_VARS.contains(&k.as_str().to_ascii_lowercase().as_str()))
+            .split("__");
+        fig = fig.merge(env);
         let cfg: Config = fig.extract().map_err(Box::new)?;
         cfg.validate()?;
         Ok(cfg)
