@@ -25,7 +25,13 @@ use crate::store::StoreError;
 pub use context::StageCtx;
 
 /// Stages this build has. Anything else is absent from the pipeline, never faked.
-pub const BUILT_STAGES: &[StageName] = &[StageName::Fetch, StageName::Extract, StageName::Checksum];
+pub const BUILT_STAGES: &[StageName] = &[
+    StageName::Fetch,
+    StageName::Extract,
+    StageName::Checksum,
+    StageName::Inspect,
+    StageName::Convert,
+];
 
 /// What a finished stage asks of the runner.
 #[derive(Debug)]
