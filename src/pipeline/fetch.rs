@@ -322,9 +322,16 @@ impl FetchStage {
                     out.flush()
                         .await
                         .map_err(|e| io_err("cannot write", &part, e))?;
+                    if e.is_timeout() {
+                        return Err(FetchError::Stalled {
+                            secs: idle.as_secs(),
+                            got: fmt_bytes(progress.bytes),
+                        }
+                        .into());
+                    }
                     return Err(FetchError::Interrupted {
                         got: fmt_bytes(progress.bytes),
-                        reason: e.to_string(),
+                        reason: error_chain(&e),
                     }
                     .into());
                 }
@@ -483,8 +490,18 @@ impl FetchStage {
     }
 }
 
-fn classify(url: &str, e: reqwest::Error) -> StageError {
+/// An error and its causes on one line ("error decoding response body: connection reset").
+fn error_chain(e: &dyn std::error::Error) -> String {
     let mut reason = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        reason = format!("{reason}: {s}");
+        src = s.source();
+    }
+    reason
+}
+
+fn classify(url: &str, e: reqwest::Error) -> StageError {
     let mut src = std::error::Error::source(&e);
     while let Some(s) = src {
         if let Some(d) = s.downcast_ref::<Denied>() {
@@ -495,12 +512,11 @@ fn classify(url: &str, e: reqwest::Error) -> StageError {
             })
             .into();
         }
-        reason = format!("{reason}: {s}");
         src = s.source();
     }
     FetchError::Connect {
         url: url.to_string(),
-        reason,
+        reason: error_chain(&e),
     }
     .into()
 }

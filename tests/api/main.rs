@@ -5,6 +5,7 @@
 mod support;
 
 mod dashboard;
+mod fetch;
 mod http_api;
 mod reliability;
 mod runner;
