@@ -11,3 +11,5 @@ pub mod store;
 pub mod submit;
 pub mod web;
 pub mod worker;
+pub mod cluster;
+pub mod remote;

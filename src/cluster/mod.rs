@@ -1,0 +1,114 @@
+//! Cluster providers: where scan VMs run. The pipeline only sees this trait;
+//! the local QEMU provider is the embedded default, Nutanix and OpenStack
+//! are chosen by configuration.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::JobId;
+
+/// Names every cluster object a job creates, stable across retries of the job.
+pub fn vm_name(job: JobId) -> String {
+    format!("vmscan-{}", job.as_uuid().simple())
+}
+
+pub fn image_name(job: JobId) -> String {
+    format!("vmscan-img-{}", job.as_uuid().simple())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A deadline expired; `what` names it ("power-on", "address", "ssh port", "ssh login").
+    #[error("VM did not reach {what} within {secs} s{}", console_tail.as_deref().map(|t| format!("; serial console ends with:\n{t}")).unwrap_or_default())]
+    Deadline { what: String, secs: u64, console_tail: Option<String> },
+    #[error("{provider}: {message}")]
+    Api { provider: String, message: String, retryable: bool },
+    #[error("{0}")]
+    Local(String),
+    #[error("cluster capacity: {0}")]
+    Capacity(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl ClusterError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClusterError::Api { retryable, .. } => *retryable,
+            ClusterError::Capacity(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// An image uploaded to the cluster.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterImage {
+    pub id: String,
+    pub name: String,
+    pub size: u64,
+}
+
+/// What a VM is created from and with.
+#[derive(Clone, Debug)]
+pub struct VmSpec {
+    pub job: JobId,
+    pub name: String,
+    pub image: ClusterImage,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// cloud-init NoCloud user-data (YAML text starting with `#cloud-config`).
+    pub user_data: String,
+    pub hostname: String,
+}
+
+/// A VM the cluster runs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterVm {
+    pub id: String,
+    pub name: String,
+    /// Where its SSH/WinRM port is reachable from vmscan, once known.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// Provider-specific facts for the job page (pid, console file, cluster uuid…).
+    pub detail: serde_json::Value,
+}
+
+/// Separate deadlines for each step of bringing a VM up.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Deadlines {
+    pub power_on: Duration,
+    pub address: Duration,
+    pub port_open: Duration,
+}
+
+/// Something tagged as ours that the cluster still holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owned {
+    Vm { id: String, name: String, job: Option<JobId> },
+    Image { id: String, name: String, job: Option<JobId> },
+}
+
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
+
+#[async_trait]
+pub trait ClusterProvider: Send + Sync {
+    /// "qemu-local", "nutanix:pc1", … shown on the job page.
+    fn name(&self) -> String;
+    /// Uploads (or reuses) the job's image; `progress(done, total)` while it runs.
+    async fn upload_image(&self, job: JobId, path: &Path, progress: Progress<'_>) -> Result<ClusterImage, ClusterError>;
+    /// Creates and powers on the VM (replacing an earlier one of the same name).
+    async fn create_vm(&self, spec: &VmSpec) -> Result<ClusterVm, ClusterError>;
+    /// Waits until the VM is on and its remote-shell port answers.
+    async fn wait_ready(&self, vm: &ClusterVm, deadlines: &Deadlines) -> Result<ClusterVm, ClusterError>;
+    /// The tail of the VM's console, if the provider has one.
+    async fn console_tail(&self, vm: &ClusterVm, max_bytes: usize) -> Option<String>;
+    /// Powers off and deletes the VM, and checks that it is gone. Missing = done.
+    async fn delete_vm(&self, vm_id: &str) -> Result<(), ClusterError>;
+    async fn delete_image(&self, image_id: &str) -> Result<(), ClusterError>;
+    /// Every VM and image this vmscan created that still exists.
+    async fn list_owned(&self) -> Result<Vec<Owned>, ClusterError>;
+}
