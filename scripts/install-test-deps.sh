@@ -87,7 +87,32 @@ deps_aiosmtpd() {
         python3 -m pip install -q --disable-pip-version-check --break-system-packages aiosmtpd
 }
 
+# --- OpenSSH server (sshd + sftp-server) for tests/ssh_remote.rs, which runs
+# its own sshd on 127.0.0.1 with a temp config. The package's postinst would
+# start a system sshd on port 22; a temporary policy-rc.d (exit 101) stops
+# that when the machine has none, so CI never gains a listening daemon.
+deps_sshd() {
+    if [ -x /usr/sbin/sshd ] && [ -x /usr/lib/openssh/sftp-server ]; then
+        log "openssh-server: already installed"; return
+    fi
+    log "openssh-server: installing (service start suppressed)"
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+        $SUDO chmod 755 "$policy"
+        made_policy=1
+    fi
+    local rc=0
+    apt_install openssh-server openssh-sftp-server || rc=$?
+    [ "$made_policy" -eq 0 ] || $SUDO rm -f "$policy"
+    return "$rc"
+}
+
 timed "postgresql" deps_postgres
 timed "chromium" deps_chromium
 timed "qemu-system-x86" deps_qemu
 timed "aiosmtpd" deps_aiosmtpd
+timed "openssh-server" deps_sshd
+
+# --- the bootable test VM image (cached in target/test-image; ~1 s when warm).
+timed "test image" "$(dirname "$0")/build-test-image.sh"
