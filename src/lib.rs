@@ -4,12 +4,13 @@
 
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod domain;
+pub mod inventory;
 pub mod pipeline;
+pub mod remote;
 pub mod store;
 pub mod submit;
 pub mod web;
 pub mod worker;
-pub mod cluster;
-pub mod remote;

@@ -7,6 +7,7 @@ mod support;
 mod dashboard;
 mod fetch;
 mod http_api;
+mod inventory;
 mod reliability;
 mod runner;
 mod store_suite;

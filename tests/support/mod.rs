@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fileserver;
+pub mod flexera;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -1,0 +1,250 @@
+//! Flexera One: OAuth access token from a refresh token, then the
+//! report-execute API searched by hostname, following relative `nextPage` links.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use super::{InventoryClient, InventoryError, InventoryHit};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlexeraOneConfig {
+    /// `https://login.flexera.com/oidc/token` (EU: login.flexera.eu).
+    pub token_url: String,
+    /// `https://api.flexera.com` (EU: api.flexera.eu).
+    pub api_base: String,
+    pub org_id: String,
+    pub report_id: String,
+    /// The report column holding the computer name.
+    pub computer_column: String,
+    /// The refresh token (secret; set it from the environment:
+    /// VMSCAN_INVENTORY__FLEXERA_ONE__REFRESH_TOKEN).
+    #[serde(skip_serializing)]
+    pub refresh_token: Option<SecretString>,
+    pub timeout_secs: u64,
+    /// Pages followed at most per lookup.
+    pub max_pages: usize,
+}
+
+impl Default for FlexeraOneConfig {
+    fn default() -> Self {
+        FlexeraOneConfig {
+            token_url: "https://login.flexera.com/oidc/token".into(),
+            api_base: "https://api.flexera.com".into(),
+            org_id: String::new(),
+            report_id: String::new(),
+            computer_column: "ComputerName".into(),
+            refresh_token: None,
+            timeout_secs: 60,
+            max_pages: 50,
+        }
+    }
+}
+
+pub struct FlexeraOne {
+    cfg: FlexeraOneConfig,
+    http: reqwest::Client,
+    token: Mutex<Option<(SecretString, Instant)>>,
+}
+
+const SYSTEM: &str = "Flexera One";
+
+/// Access tokens last an hour; renew a little early.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(55 * 60);
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ReportPage {
+    #[serde(default)]
+    values: Vec<serde_json::Value>,
+    #[serde(default, rename = "nextPage")]
+    next_page: Option<String>,
+}
+
+fn err_connect(url: &str, e: reqwest::Error) -> InventoryError {
+    InventoryError::Connect {
+        system: SYSTEM.into(),
+        url: url.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Error bodies are shown to people: keep them short.
+fn short(body: &str) -> String {
+    let b = body.trim();
+    if b.chars().count() > 500 {
+        format!("{}…", b.chars().take(500).collect::<String>())
+    } else {
+        b.to_string()
+    }
+}
+
+impl FlexeraOne {
+    pub fn new(cfg: FlexeraOneConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(cfg.timeout_secs))
+            .build()
+            .expect("HTTP client configuration is valid");
+        FlexeraOne {
+            cfg,
+            http,
+            token: Mutex::new(None),
+        }
+    }
+
+    async fn access_token(&self) -> Result<SecretString, InventoryError> {
+        let mut guard = self.token.lock().await;
+        if let Some((t, until)) = guard.as_ref() {
+            if Instant::now() < *until {
+                return Ok(t.clone());
+            }
+        }
+        let refresh = self
+            .cfg
+            .refresh_token
+            .as_ref()
+            .ok_or_else(|| InventoryError::Token {
+                system: SYSTEM.into(),
+                reason: "no refresh token configured (inventory.flexera_one.refresh_token)".into(),
+            })?;
+        let resp = self
+            .http
+            .post(&self.cfg.token_url)
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh.expose_secret()),
+            ])
+            .send()
+            .await
+            .map_err(|e| err_connect(&self.cfg.token_url, e))?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(InventoryError::Token {
+                system: SYSTEM.into(),
+                reason: format!("{status}: {}", short(&body)),
+            });
+        }
+        let parsed: TokenResponse =
+            serde_json::from_str(&body).map_err(|e| InventoryError::Token {
+                system: SYSTEM.into(),
+                reason: format!("token response is not JSON: {e}"),
+            })?;
+        let token = parsed
+            .access_token
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| InventoryError::Token {
+                system: SYSTEM.into(),
+                reason: "token response has no access_token".into(),
+            })?;
+        let life = parsed
+            .expires_in
+            .map(|s| Duration::from_secs(s.saturating_sub(60)))
+            .unwrap_or(TOKEN_LIFETIME);
+        let token = SecretString::from(token);
+        *guard = Some((token.clone(), Instant::now() + life.min(TOKEN_LIFETIME)));
+        Ok(token)
+    }
+
+    fn first_url(&self, hostname: &str) -> String {
+        let base = self.cfg.api_base.trim_end_matches('/');
+        let q: String = url::form_urlencoded::byte_serialize(hostname.as_bytes()).collect();
+        format!(
+            "{base}/fnms/v1/orgs/{}/reports/{}/execute?searchText={q}",
+            self.cfg.org_id, self.cfg.report_id
+        )
+    }
+
+    /// `nextPage` is a path on the API host.
+    fn next_url(&self, next: &str) -> String {
+        if next.starts_with("http://") || next.starts_with("https://") {
+            next.to_string()
+        } else {
+            format!(
+                "{}/{}",
+                self.cfg.api_base.trim_end_matches('/'),
+                next.trim_start_matches('/')
+            )
+        }
+    }
+}
+
+#[async_trait]
+impl InventoryClient for FlexeraOne {
+    fn name(&self) -> String {
+        format!(
+            "{SYSTEM} (org {}, report {})",
+            self.cfg.org_id, self.cfg.report_id
+        )
+    }
+
+    async fn find_computer(&self, hostname: &str) -> Result<Vec<InventoryHit>, InventoryError> {
+        let mut url = self.first_url(hostname);
+        let mut hits = Vec::new();
+        let mut retried_auth = false;
+        let mut pages = 0;
+        loop {
+            let token = self.access_token().await?;
+            let resp = self
+                .http
+                .get(&url)
+                .bearer_auth(token.expose_secret())
+                .header("Accept", "application/json")
+                .send()
+                .await
+                .map_err(|e| err_connect(&url, e))?;
+            let status = resp.status();
+            if status == reqwest::StatusCode::UNAUTHORIZED && !retried_auth {
+                // The cached token may have been revoked: fetch a new one once.
+                retried_auth = true;
+                *self.token.lock().await = None;
+                continue;
+            }
+            let body = resp.text().await.unwrap_or_default();
+            if !status.is_success() {
+                return Err(InventoryError::Status {
+                    system: SYSTEM.into(),
+                    status: status.as_u16(),
+                    url,
+                    body: short(&body),
+                });
+            }
+            let page: ReportPage =
+                serde_json::from_str(&body).map_err(|e| InventoryError::Shape {
+                    system: SYSTEM.into(),
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
+            for row in page.values {
+                let name = row
+                    .get(&self.cfg.computer_column)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("");
+                // searchText is a substring search: keep exact (case-insensitive) matches,
+                // also when the report holds a fully qualified name.
+                let short_name = name.split('.').next().unwrap_or("");
+                if name.eq_ignore_ascii_case(hostname) || short_name.eq_ignore_ascii_case(hostname)
+                {
+                    hits.push(InventoryHit {
+                        computer_name: name.to_string(),
+                        row,
+                    });
+                }
+            }
+            pages += 1;
+            match page.next_page.filter(|n| !n.is_empty()) {
+                Some(next) if pages < self.cfg.max_pages => url = self.next_url(&next),
+                _ => return Ok(hits),
+            }
+        }
+    }
+}
