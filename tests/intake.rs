@@ -410,3 +410,51 @@ async fn refuses_an_archive_with_several_images_listing_them() {
     let err = assert_failed_at(&job, "extract", "several disk images");
     assert!(err.contains("a.qcow2") && err.contains("b.qcow2"), "{err}");
 }
+
+/// Throughput numbers for the closing note:
+/// `cargo test --release --test intake measures -- --ignored --nocapture`.
+/// 1 GiB raw: 256 MiB of incompressible data, the rest zeros, as a dense tar.gz.
+#[tokio::test]
+#[ignore = "benchmark: builds a 1 GiB image"]
+async fn measures_a_1gib_raw_image_in_a_tar_gz() {
+    let images = Images::new();
+    let started = std::time::Instant::now();
+    let gz = std::fs::File::create(images.path("big.tar.gz")).unwrap();
+    let gz = flate2::write::GzEncoder::new(gz, flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1 << 30);
+    h.set_mode(0o644);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise = std::iter::repeat_with(move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x.to_le_bytes()
+    })
+    .flatten()
+    .take(256 << 20)
+    .collect::<Vec<u8>>();
+    let data = std::io::Read::chain(
+        &noise[..],
+        std::io::Read::take(std::io::repeat(0), 768 << 20),
+    );
+    b.append_data(&mut h, "big.raw", data).unwrap();
+    b.into_inner().unwrap().finish().unwrap();
+    let size = std::fs::metadata(images.path("big.tar.gz")).unwrap().len();
+    eprintln!(
+        "packed: {size} bytes in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let app = images.app(|_| {}).await;
+    let started = std::time::Instant::now();
+    let job = run(&app, json!({"url": images.url("big.tar.gz")})).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    for s in job["stages"].as_array().unwrap() {
+        eprintln!(
+            "{}: {} ms, detail {}",
+            s["name"], s["duration_ms"], s["detail"]
+        );
+    }
+    eprintln!("whole job: {:.1} s", started.elapsed().as_secs_f64());
+}
