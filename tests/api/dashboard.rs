@@ -215,7 +215,12 @@ async fn pastes_a_url_sees_the_popup_and_follows_the_job_page() {
     let image = images.path().join("template.raw");
     std::fs::write(&image, vec![1u8; 2_000_000]).unwrap();
     let root = images.path().to_path_buf();
-    let app = TestApp::spawn(Backend::Sqlite, |c| c.fetch.allowed_roots = vec![root]).await;
+    // The intake stages only: booting a VM is the e2e_local_vm tests' job.
+    let app = TestApp::spawn(Backend::Sqlite, |c| {
+        c.fetch.allowed_roots = vec![root];
+        c.pipeline.stages = vmscan::pipeline::BUILT_STAGES[..5].to_vec();
+    })
+    .await;
 
     driver.goto(&app.url("/")).await;
     // A bad URL: the popup says exactly what is wrong.

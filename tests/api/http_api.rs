@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use vmscan::domain::StageName;
+
 use crate::support::{backends, stage, TestApp};
 
 fn image_dir() -> (tempfile::TempDir, String) {
@@ -19,7 +21,11 @@ async fn submits_a_url_and_sees_the_job_finish() {
     for backend in backends() {
         let (dir, url) = image_dir();
         let root = dir.path().to_path_buf();
-        let app = TestApp::spawn(backend, |c| c.fetch.allowed_roots = vec![root]).await;
+        let app = TestApp::spawn(backend, |c| {
+            c.fetch.allowed_roots = vec![root];
+            c.pipeline.stages = vec![StageName::Fetch, StageName::Checksum];
+        })
+        .await;
         let job = app
             .submit(json!({"url": url, "email": "ann@example.com", "note": "nightly"}))
             .await;
@@ -207,7 +213,8 @@ async fn the_event_stream_sends_log_lines_and_the_end() {
     let (dir, url) = image_dir();
     let root = dir.path().to_path_buf();
     let app = TestApp::spawn(crate::support::Backend::Sqlite, |c| {
-        c.fetch.allowed_roots = vec![root]
+        c.fetch.allowed_roots = vec![root];
+        c.pipeline.stages = vec![StageName::Fetch, StageName::Checksum];
     })
     .await;
     let job = app.submit(json!({"url": url})).await;
