@@ -481,7 +481,7 @@ TIMEOUT 0
 LABEL testimg
   LINUX /vmlinuz
   INITRD /initrd.img
-  APPEND console=tty0 console=ttyS0,115200n8 quiet panic=-1 cryptomgr.notests 8250.nr_uarts=1 $KERNEL_APPEND
+  APPEND console=tty0 console=ttyS0,115200n8 loglevel=5 panic=-1 cryptomgr.notests 8250.nr_uarts=1 $KERNEL_APPEND
 EOF
 PART_START=2048
 PART_SECTORS=$(( IMAGE_MB * 2048 - PART_START ))

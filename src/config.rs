@@ -31,6 +31,7 @@ pub struct Config {
     pub extract: ExtractConfig,
     pub inspect: InspectConfig,
     pub convert: ConvertConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -254,6 +255,86 @@ impl Default for FetchConfig {
             ],
             allow_cidrs: Vec::new(),
             max_redirects: 10,
+        }
+    }
+}
+
+/// Where scan VMs run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Which provider runs the VMs.
+    pub provider: ClusterProviderKind,
+    pub qemu: QemuConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterProviderKind {
+    /// `qemu-system-x86_64` processes on this host (the embedded default).
+    #[default]
+    Qemu,
+}
+
+/// The local QEMU "cluster": VMs are child processes of vmscan.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QemuConfig {
+    pub qemu_system: PathBuf,
+    pub qemu_img: PathBuf,
+    /// The image repository. Empty: `<data_dir>/images`.
+    pub image_dir: Option<PathBuf>,
+    /// Where each VM's state lives. Empty: `<data_dir>/vms`.
+    pub vm_dir: Option<PathBuf>,
+    /// "auto": KVM only if a probe guest runs under it; "kvm" or "tcg" forces one.
+    pub accel: QemuAccel,
+    /// How long the KVM probe guest may take to print on its serial port.
+    pub kvm_probe_secs: u64,
+    /// QEMU machine type.
+    pub machine: String,
+    /// CPUs and memory when the VM spec asks for 0.
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// VMs running at once; a further create waits for a slot.
+    pub max_vms: usize,
+    /// How long a create waits for a free slot before failing (retryably).
+    pub slot_wait_secs: u64,
+    /// On delete: how long the guest may take to power off after the ACPI button.
+    pub powerdown_secs: u64,
+    /// Then how long QEMU may take to quit (QMP `quit`) before it is killed.
+    pub quit_secs: u64,
+    /// SeaBIOS prints on the serial console too ("No bootable device" shows on the job page).
+    pub bios_serial_console: bool,
+    /// Extra arguments appended to the qemu-system command line.
+    pub extra_args: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QemuAccel {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        QemuConfig {
+            qemu_system: PathBuf::from("qemu-system-x86_64"),
+            qemu_img: PathBuf::from("qemu-img"),
+            image_dir: None,
+            vm_dir: None,
+            accel: QemuAccel::Auto,
+            kvm_probe_secs: 5,
+            machine: "pc".into(),
+            cpus: 1,
+            memory_mib: 512,
+            max_vms: 2,
+            slot_wait_secs: 60,
+            powerdown_secs: 10,
+            quit_secs: 3,
+            bios_serial_console: true,
+            extra_args: Vec::new(),
         }
     }
 }

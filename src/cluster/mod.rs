@@ -2,7 +2,10 @@
 //! the local QEMU provider is the embedded default, Nutanix and OpenStack
 //! are chosen by configuration.
 
+pub mod qemu;
+
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,6 +18,13 @@ pub fn vm_name(job: JobId) -> String {
     format!("vmscan-{}", job.as_uuid().simple())
 }
 
+/// The guest's hostname: what the inventory system will list. Uses the
+/// random tail of the job id (the head is a timestamp).
+pub fn guest_hostname(job: JobId) -> String {
+    let s = job.as_uuid().simple().to_string();
+    format!("vmscan-{}", &s[s.len() - 12..])
+}
+
 pub fn image_name(job: JobId) -> String {
     format!("vmscan-img-{}", job.as_uuid().simple())
 }
@@ -23,9 +33,17 @@ pub fn image_name(job: JobId) -> String {
 pub enum ClusterError {
     /// A deadline expired; `what` names it ("power-on", "address", "ssh port", "ssh login").
     #[error("VM did not reach {what} within {secs} s{}", console_tail.as_deref().map(|t| format!("; serial console ends with:\n{t}")).unwrap_or_default())]
-    Deadline { what: String, secs: u64, console_tail: Option<String> },
+    Deadline {
+        what: String,
+        secs: u64,
+        console_tail: Option<String>,
+    },
     #[error("{provider}: {message}")]
-    Api { provider: String, message: String, retryable: bool },
+    Api {
+        provider: String,
+        message: String,
+        retryable: bool,
+    },
     #[error("{0}")]
     Local(String),
     #[error("cluster capacity: {0}")]
@@ -88,8 +106,16 @@ pub struct Deadlines {
 /// Something tagged as ours that the cluster still holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Owned {
-    Vm { id: String, name: String, job: Option<JobId> },
-    Image { id: String, name: String, job: Option<JobId> },
+    Vm {
+        id: String,
+        name: String,
+        job: Option<JobId>,
+    },
+    Image {
+        id: String,
+        name: String,
+        job: Option<JobId>,
+    },
 }
 
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
@@ -99,11 +125,20 @@ pub trait ClusterProvider: Send + Sync {
     /// "qemu-local", "nutanix:pc1", … shown on the job page.
     fn name(&self) -> String;
     /// Uploads (or reuses) the job's image; `progress(done, total)` while it runs.
-    async fn upload_image(&self, job: JobId, path: &Path, progress: Progress<'_>) -> Result<ClusterImage, ClusterError>;
+    async fn upload_image(
+        &self,
+        job: JobId,
+        path: &Path,
+        progress: Progress<'_>,
+    ) -> Result<ClusterImage, ClusterError>;
     /// Creates and powers on the VM (replacing an earlier one of the same name).
     async fn create_vm(&self, spec: &VmSpec) -> Result<ClusterVm, ClusterError>;
     /// Waits until the VM is on and its remote-shell port answers.
-    async fn wait_ready(&self, vm: &ClusterVm, deadlines: &Deadlines) -> Result<ClusterVm, ClusterError>;
+    async fn wait_ready(
+        &self,
+        vm: &ClusterVm,
+        deadlines: &Deadlines,
+    ) -> Result<ClusterVm, ClusterError>;
     /// The tail of the VM's console, if the provider has one.
     async fn console_tail(&self, vm: &ClusterVm, max_bytes: usize) -> Option<String>;
     /// Powers off and deletes the VM, and checks that it is gone. Missing = done.
@@ -111,4 +146,14 @@ pub trait ClusterProvider: Send + Sync {
     async fn delete_image(&self, image_id: &str) -> Result<(), ClusterError>;
     /// Every VM and image this vmscan created that still exists.
     async fn list_owned(&self) -> Result<Vec<Owned>, ClusterError>;
+}
+
+/// The configured cluster provider.
+pub fn build(cfg: &crate::config::Config) -> Result<Arc<dyn ClusterProvider>, ClusterError> {
+    match cfg.cluster.provider {
+        crate::config::ClusterProviderKind::Qemu => Ok(Arc::new(qemu::QemuProvider::new(
+            cfg.cluster.qemu.clone(),
+            &cfg.storage.data_dir,
+        )?)),
+    }
 }
