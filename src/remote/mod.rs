@@ -6,6 +6,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub mod keys;
+mod lines;
+pub mod ssh;
+
+pub use keys::SshKey;
+pub use ssh::{SshOptions, SshShell};
+
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
     #[error("cannot connect to {addr}: {reason}")]
@@ -13,7 +20,11 @@ pub enum RemoteError {
     #[error("authentication as {user} failed: {reason}")]
     Auth { user: String, reason: String },
     #[error("host key changed for {addr}: recorded {recorded}, now {seen}")]
-    HostKeyMismatch { addr: String, recorded: String, seen: String },
+    HostKeyMismatch {
+        addr: String,
+        recorded: String,
+        seen: String,
+    },
     #[error("{what} timed out after {secs} s")]
     Timeout { what: String, secs: u64 },
     #[error("{0}")]
@@ -43,16 +54,35 @@ pub type OnLine<'a> = &'a (dyn Fn(Stream, &str) + Send + Sync);
 pub trait RemoteShell: Send + Sync {
     /// Runs a shell command line (the caller quotes arguments with [`quote`]).
     /// Each output line is passed to `on_line` as it arrives.
-    async fn run(&self, command: &str, timeout: Duration, on_line: OnLine<'_>) -> Result<CommandOutput, RemoteError>;
-    async fn upload(&self, local: &Path, remote: &str, timeout: Duration) -> Result<(), RemoteError>;
+    async fn run(
+        &self,
+        command: &str,
+        timeout: Duration,
+        on_line: OnLine<'_>,
+    ) -> Result<CommandOutput, RemoteError>;
+    async fn upload(
+        &self,
+        local: &Path,
+        remote: &str,
+        timeout: Duration,
+    ) -> Result<(), RemoteError>;
     /// Reads at most `max_bytes` of a remote file.
-    async fn read_file(&self, remote: &str, max_bytes: usize, timeout: Duration) -> Result<Vec<u8>, RemoteError>;
+    async fn read_file(
+        &self,
+        remote: &str,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RemoteError>;
     async fn close(&self);
 }
 
 /// Quotes one argument for a POSIX shell.
 pub fn quote(arg: &str) -> String {
-    if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+    {
         return arg.to_string();
     }
     format!("'{}'", arg.replace('\'', r"'\''"))
