@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::ClusterProvider;
 use crate::config::Config;
 use crate::pipeline::{self, Pipeline};
 use crate::store::{self, DynStore};
@@ -25,6 +26,7 @@ pub struct Application {
     pub config: Arc<Config>,
     pub store: DynStore,
     pub pipeline: Pipeline,
+    pub provider: Arc<dyn ClusterProvider>,
     listener: Option<tokio::net::TcpListener>,
     addr: Option<SocketAddr>,
 }
@@ -57,7 +59,8 @@ impl Application {
     ) -> anyhow::Result<Self> {
         config.validate()?;
         let store = open_store(&config).await?;
-        let pipeline = pipeline.unwrap_or_else(|| pipeline::build(&config));
+        let provider = pipeline::cluster_provider(&config)?;
+        let pipeline = pipeline.unwrap_or_else(|| pipeline::build_on(&config, provider.clone()));
         let (listener, addr) = if role == Role::Serve {
             let l = tokio::net::TcpListener::bind(config.server.listen)
                 .await
@@ -71,6 +74,7 @@ impl Application {
             config: Arc::new(config),
             store,
             pipeline,
+            provider,
             listener,
             addr,
         })
@@ -105,11 +109,27 @@ impl Application {
     /// Runs until `shutdown` fires: stops accepting, then drains workers.
     pub async fn run_until(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let pool = self.start_workers();
+        // Leftover VMs and images of ended jobs are removed now and then.
+        let janitor = (self.config.worker.pool_size > 0).then(|| {
+            tokio::spawn(worker::janitor::run(
+                self.store.clone(),
+                self.provider.clone(),
+                Duration::from_secs(self.config.worker.janitor_secs.max(10)),
+                shutdown.clone(),
+            ))
+        });
         let server = self.listener.take().map(|listener| {
             let state = AppState {
                 store: self.store.clone(),
                 config: self.config.clone(),
                 stages: Arc::new(self.pipeline.iter().map(|s| s.name()).collect()),
+                notes: Arc::new(
+                    pipeline::scan::omitted(&self.config)
+                        .into_iter()
+                        .filter(|(s, _)| self.config.pipeline.stages.contains(s))
+                        .map(|(s, why)| format!("{s} is left out: {why}"))
+                        .collect(),
+                ),
             };
             let router = web::router(state);
             let stop = shutdown.clone();
@@ -127,6 +147,9 @@ impl Application {
         if let Some(pool) = pool {
             pool.shutdown(Duration::from_secs(self.config.worker.shutdown_grace_secs))
                 .await;
+        }
+        if let Some(j) = janitor {
+            j.abort();
         }
         if let Some(server) = server {
             // SSE streams keep connections open; do not wait on them forever.

@@ -12,6 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::StageName;
 
+mod scan;
+pub use scan::{
+    installer_is_url, installer_path, AgentConfig, AgentProfile, InventoryConfig, InventoryKind,
+    VmConfig,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration: {0}")]
@@ -32,6 +38,9 @@ pub struct Config {
     pub inspect: InspectConfig,
     pub convert: ConvertConfig,
     pub cluster: ClusterConfig,
+    pub vm: VmConfig,
+    pub agent: AgentConfig,
+    pub inventory: InventoryConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -71,6 +80,8 @@ pub struct WorkerConfig {
     pub shutdown_grace_secs: u64,
     /// How often a running job checks whether it was cancelled.
     pub cancel_check_ms: u64,
+    /// How often the janitor removes VMs and images of ended jobs (also at start-up).
+    pub janitor_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -227,6 +238,7 @@ impl Default for WorkerConfig {
             max_lease_expiries: 3,
             shutdown_grace_secs: 30,
             cancel_check_ms: 1000,
+            janitor_secs: 300,
         }
     }
 }

@@ -18,9 +18,11 @@ impl JobId {
         self.0
     }
 
-    /// The first 8 hex digits, used in VM names and short displays.
+    /// The last 8 hex digits (random; the leading ones are a timestamp shared
+    /// by jobs created within a minute), for short displays.
     pub fn short(&self) -> String {
-        self.0.simple().to_string()[..8].to_string()
+        let s = self.0.simple().to_string();
+        s[s.len() - 8..].to_string()
     }
 }
 

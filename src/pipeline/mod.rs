@@ -13,11 +13,14 @@ pub mod image_format;
 mod inspect;
 pub mod netpolicy;
 mod qemu;
+pub mod scan;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::cluster::qemu::QemuProvider;
+use crate::cluster::{ClusterError, ClusterProvider};
 use crate::config::Config;
 use crate::domain::{Millis, StageName};
 use crate::store::StoreError;
@@ -31,6 +34,12 @@ pub const BUILT_STAGES: &[StageName] = &[
     StageName::Checksum,
     StageName::Inspect,
     StageName::Convert,
+    StageName::ClusterUpload,
+    StageName::VmCreate,
+    StageName::AgentInstall,
+    StageName::LogCheck,
+    StageName::ReportCheck,
+    StageName::Teardown,
 ];
 
 /// What a finished stage asks of the runner.
@@ -100,12 +109,30 @@ pub(crate) fn current_image(ctx: &StageCtx, stages: &[StageName]) -> Option<std:
     })
 }
 
-/// Builds the configured pipeline, in the configured order.
-pub fn build(cfg: &Config) -> Pipeline {
+/// Builds the configured pipeline, in the configured order, on the
+/// configured cluster. Scan stages whose prerequisites are not configured
+/// are left out (see [`scan::omitted`]).
+pub fn build(cfg: &Config) -> Result<Pipeline, ClusterError> {
+    Ok(build_on(cfg, cluster_provider(cfg)?))
+}
+
+/// The cluster provider the configuration names.
+pub fn cluster_provider(cfg: &Config) -> Result<Arc<dyn ClusterProvider>, ClusterError> {
+    Ok(Arc::new(QemuProvider::new(
+        cfg.cluster.qemu.clone(),
+        &cfg.storage.data_dir,
+    )?))
+}
+
+/// Like [`build`], on a given cluster provider.
+pub fn build_on(cfg: &Config, provider: Arc<dyn ClusterProvider>) -> Pipeline {
+    let env = Arc::new(scan::ScanEnv::new(cfg, provider));
+    let omitted: Vec<StageName> = scan::omitted(cfg).into_iter().map(|(s, _)| s).collect();
     let stages = cfg
         .pipeline
         .stages
         .iter()
+        .filter(|name| !omitted.contains(name))
         .filter_map(|name| -> Option<Arc<dyn Stage>> {
             match name {
                 StageName::Fetch => Some(Arc::new(fetch::FetchStage::new(cfg.fetch.clone()))),
@@ -121,7 +148,17 @@ pub fn build(cfg: &Config) -> Pipeline {
                 StageName::Convert => {
                     Some(Arc::new(convert::ConvertStage::new(cfg.convert.clone())))
                 }
-                _ => None,
+                StageName::ClusterUpload => {
+                    Some(Arc::new(scan::ClusterUploadStage::new(env.clone())))
+                }
+                StageName::VmCreate => Some(Arc::new(scan::VmCreateStage::new(env.clone()))),
+                StageName::AgentInstall => {
+                    Some(Arc::new(scan::AgentInstallStage::new(env.clone())))
+                }
+                StageName::LogCheck => Some(Arc::new(scan::LogCheckStage::new(env.clone()))),
+                StageName::ReportCheck => Some(Arc::new(scan::ReportCheckStage::new(env.clone()))),
+                StageName::Teardown => Some(Arc::new(scan::TeardownStage::new(env.clone()))),
+                StageName::Publish | StageName::Notify => None,
             }
         })
         .collect();

@@ -173,6 +173,22 @@ macro_rules! store_impl {
                     .collect())
             }
 
+            async fn resource_gone(
+                &self,
+                id: JobId,
+                provider: &str,
+                external_id: &str,
+            ) -> StoreResult<()> {
+                sqlx::query(sql::RESOURCE_GONE)
+                    .bind(id.to_string())
+                    .bind(provider)
+                    .bind(external_id)
+                    .bind(now_millis())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
             async fn append_system_log(
                 &self,
                 id: JobId,
@@ -386,6 +402,18 @@ macro_rules! store_impl {
                     .bind(&lease.worker)
                     .bind(lease.attempt)
                     .bind(state.as_str())
+                    .bind(error)
+                    .bind(now_millis())
+                    .execute(&self.pool)
+                    .await?;
+                fenced(r.rows_affected(), lease)
+            }
+
+            async fn set_error(&self, lease: &Lease, error: &str) -> StoreResult<()> {
+                let r = sqlx::query(sql::SET_ERROR)
+                    .bind(lease.job_id.to_string())
+                    .bind(&lease.worker)
+                    .bind(lease.attempt)
                     .bind(error)
                     .bind(now_millis())
                     .execute(&self.pool)

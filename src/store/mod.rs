@@ -205,6 +205,8 @@ pub trait Store: Send + Sync + 'static {
     async fn log_tail(&self, id: JobId, limit: i64) -> StoreResult<Vec<LogLine>>;
     async fn resources(&self, id: JobId) -> StoreResult<Vec<Resource>>;
     async fn stage_stats(&self) -> StoreResult<Vec<StageStat>>;
+    /// Marks a job's resource deleted without a lease (cleanup after the job ended).
+    async fn resource_gone(&self, id: JobId, provider: &str, external_id: &str) -> StoreResult<()>;
     /// A log line not tied to a lease (API actions, the reaper).
     async fn append_system_log(&self, id: JobId, level: LogLevel, message: &str)
         -> StoreResult<()>;
@@ -254,6 +256,8 @@ pub trait Store: Send + Sync + 'static {
         state: JobState,
         error: Option<&str>,
     ) -> StoreResult<()>;
+    /// Records why the job will fail while its teardown still runs.
+    async fn set_error(&self, lease: &Lease, error: &str) -> StoreResult<()>;
     /// Gives the job back to the queue without penalty (graceful shutdown).
     async fn hand_back(&self, lease: &Lease) -> StoreResult<()>;
     /// Re-queues jobs whose lease expired; after `max_expiries` the job is

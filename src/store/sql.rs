@@ -66,6 +66,10 @@ pub const RESOURCES: &str =
 pub const STAGE_STATS: &str = "SELECT stage, state, COUNT(*) AS n, CAST(COALESCE(SUM(duration_ms), 0) AS BIGINT) AS total_ms \
      FROM stage_runs WHERE finished_at IS NOT NULL GROUP BY stage, state ORDER BY stage, state";
 
+/// Marks a resource deleted outside any lease (the janitor, after the job ended).
+pub const RESOURCE_GONE: &str = "UPDATE resources SET deleted_at = $4 \
+     WHERE job_id = $1 AND provider = $2 AND external_id = $3 AND deleted_at IS NULL";
+
 pub const SYSTEM_LOG: &str =
     "INSERT INTO job_log (job_id, ts, stage, level, message) VALUES ($1, $2, NULL, $3, $4)";
 
@@ -145,6 +149,12 @@ pub const FINISH_JOB: &str = concat!(
     "UPDATE jobs SET state = $4, error = $5, finished_at = $6, updated_at = $6, locked_by = NULL, \
      lease_expires_at = NULL, current_stage = NULL, wake_at = NULL, wait_reason = NULL",
     " WHERE ",
+    fence!()
+);
+
+/// A terminal stage failure, recorded before teardown runs so a resumed job knows.
+pub const SET_ERROR: &str = concat!(
+    "UPDATE jobs SET error = $4, updated_at = $5 WHERE ",
     fence!()
 );
 

@@ -70,7 +70,8 @@ async fn create_job(
             &format!("submitted by {who}: {}", views::summary(&job).url),
         )
         .await?;
-    let view = views::job_view(&job, &st.stages, &[], vec![]);
+    let mut view = views::job_view(&job, &st.stages, &[], vec![]);
+    view.notes = st.notes.to_vec();
     Ok((
         StatusCode::CREATED,
         [(axum::http::header::LOCATION, view.links.api.clone())],
@@ -136,7 +137,9 @@ pub async fn load_view(st: &AppState, id: JobId) -> ApiResult<JobView> {
         .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
     let runs = st.store.stage_runs(id).await?;
     let resources = st.store.resources(id).await?;
-    Ok(views::job_view(&job, &st.stages, &runs, resources))
+    let mut view = views::job_view(&job, &st.stages, &runs, resources);
+    view.notes = st.notes.to_vec();
+    Ok(view)
 }
 
 async fn get_job(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {

@@ -27,6 +27,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The configured pipeline, for showing stages not yet run.
     pub stages: Arc<Vec<StageName>>,
+    /// Stages left out of this configuration, with the reason, for job pages.
+    pub notes: Arc<Vec<String>>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -35,6 +35,8 @@ pub struct JobView {
     pub stages: Vec<StageView>,
     pub runs: Vec<RunView>,
     pub resources: Vec<Resource>,
+    /// Stages this configuration leaves out, and why.
+    pub notes: Vec<String>,
     pub links: Links,
 }
 
@@ -63,6 +65,10 @@ pub struct StageView {
     pub progress: Option<f64>,
     /// Key facts from the detail, formatted for people.
     pub facts: Vec<(String, String)>,
+    /// The VM's serial console tail, when the stage recorded one.
+    pub console: Option<String>,
+    /// Log lines that proved something (log-check), as "file: line".
+    pub excerpts: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -204,6 +210,24 @@ fn facts(detail: &Value) -> Vec<(String, String)> {
     out
 }
 
+fn excerpts(detail: &Value) -> Vec<String> {
+    detail
+        .get("excerpts")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    format!(
+                        "{}: {}",
+                        e["file"].as_str().unwrap_or("?"),
+                        e["line"].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn job_view(
     job: &Job,
     pipeline: &[StageName],
@@ -241,6 +265,12 @@ pub fn job_view(
                         duration: duration_ms.map(fmt_duration_ms),
                         error: r.error.clone(),
                         facts: facts(&r.detail),
+                        console: r
+                            .detail
+                            .get("console_tail")
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
+                        excerpts: excerpts(&r.detail),
                         detail: r.detail.clone(),
                         progress,
                     }
@@ -261,6 +291,8 @@ pub fn job_view(
                     detail: Value::Object(Default::default()),
                     progress: None,
                     facts: Vec::new(),
+                    console: None,
+                    excerpts: Vec::new(),
                 },
             }
         })
@@ -299,6 +331,7 @@ pub fn job_view(
             })
             .collect(),
         resources,
+        notes: Vec::new(),
         links: Links {
             api: format!("/api/v1/jobs/{id}"),
             page: format!("/jobs/{id}"),

@@ -2,6 +2,7 @@
 //! pipeline, and give work back cleanly on shutdown.
 
 mod heartbeat;
+pub mod janitor;
 mod pool;
 mod runner;
 

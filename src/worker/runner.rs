@@ -97,7 +97,8 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
 
     let mut cancelled = job.cancel_requested;
     let aborted = job.abort_reason.clone();
-    let mut failure: Option<String> = None;
+    // A running job with an error failed earlier and was interrupted during teardown.
+    let mut failure: Option<String> = job.error.clone();
     let work_dir = env.work_dir(&job);
     if let Err(e) = tokio::fs::create_dir_all(&work_dir).await {
         failure = Some(format!(
@@ -243,7 +244,11 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
                         return store.park(lease, until, &reason).await;
                     }
                 }
-                failure = Some(format!("{name} failed: {msg}"));
+                let reason = format!("{name} failed: {msg}");
+                if failure.is_none() {
+                    store.set_error(lease, &reason).await?;
+                    failure = Some(reason);
+                }
             }
         }
     }

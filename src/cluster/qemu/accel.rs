@@ -42,6 +42,12 @@ pub async fn choose(cfg: &QemuConfig, scratch: &Path) -> Accel {
                         tracing::info!("no /dev/kvm: VMs run under TCG (software emulation)");
                         return false;
                     }
+                    // Nested "kvm-pvm" runs the BIOS and a real-mode probe but hangs
+                    // guest kernels once they leave real mode: never use it.
+                    if Path::new("/sys/module/kvm_pvm").exists() {
+                        tracing::warn!("/dev/kvm is nested kvm-pvm, which hangs guest kernels: VMs run under TCG");
+                        return false;
+                    }
                     let limit = Duration::from_secs(cfg.kvm_probe_secs.max(1));
                     match probe(&cfg.qemu_system, Accel::Kvm, scratch, limit).await {
                         Ok(t) => {

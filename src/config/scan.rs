@@ -1,0 +1,174 @@
+//! Settings of the scan itself: the VM each job boots, the agent profile
+//! installed on it, and the inventory system asked about it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::FlexeraOneConfig;
+
+/// The VM a scan boots.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmConfig {
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// The user vmscan logs in as; the seed authorises the job's key for it.
+    pub ssh_user: String,
+    /// Fallback when key login fails (secret: VMSCAN_VM__SSH_PASSWORD).
+    #[serde(skip_serializing)]
+    pub ssh_password: Option<SecretString>,
+    /// Deadlines for bringing the VM up, each reported by name when it expires.
+    pub power_on_secs: u64,
+    pub address_secs: u64,
+    pub port_secs: u64,
+    pub login_secs: u64,
+    /// Timeout of one remote command.
+    pub command_secs: u64,
+    /// Keep a failed job's VM this long for debugging (0: tear down at once).
+    /// The job waits, shown with the time of teardown; Cancel tears down now.
+    pub keep_failed_secs: u64,
+    /// Delete the cluster image at teardown too.
+    pub delete_image: bool,
+    /// Extra cloud-init user-data lines appended to the generated seed.
+    pub extra_user_data: String,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            cpus: 1,
+            memory_mib: 256,
+            ssh_user: "root".into(),
+            ssh_password: None,
+            power_on_secs: 30,
+            address_secs: 60,
+            port_secs: 180,
+            login_secs: 60,
+            command_secs: 600,
+            keep_failed_secs: 0,
+            delete_image: true,
+            extra_user_data: String::new(),
+        }
+    }
+}
+
+/// How to install and check the license agent on one guest OS family.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentProfile {
+    /// Commands run before the install (e.g. a repository rpm for end-of-life CentOS).
+    pub pre_install: Vec<String>,
+    /// The installer: a local path or an http(s) URL; uploaded to `upload_dir`.
+    pub installer: String,
+    pub upload_dir: String,
+    /// The bootstrap file the agent reads (Flexera: the rollout response file),
+    /// rendered from `response_template` with {upload_url}, {download_url},
+    /// {hostname}, {job_id} replaced.
+    pub response_file: String,
+    pub response_template: String,
+    pub upload_url: String,
+    pub download_url: String,
+    /// The install command; {installer} is the uploaded installer's path.
+    pub install_command: String,
+    /// A command that must exit 0 once the agent runs.
+    pub service_check: String,
+    /// Log files polled by log-check, and the patterns (regular expressions).
+    pub log_files: Vec<String>,
+    pub required_patterns: Vec<String>,
+    pub forbidden_patterns: Vec<String>,
+    pub log_timeout_secs: u64,
+    pub log_poll_secs: u64,
+    /// Pattern in the logs proving the agent's upload; with
+    /// `teardown_before_inventory`, the VM is removed once it appears.
+    pub upload_confirmed_pattern: String,
+    pub teardown_before_inventory: bool,
+}
+
+impl Default for AgentProfile {
+    fn default() -> Self {
+        AgentProfile {
+            pre_install: Vec::new(),
+            installer: String::new(),
+            upload_dir: "/var/tmp".into(),
+            response_file: "/var/tmp/mgsft_rollout_response".into(),
+            response_template: "MGSFT_BOOTSTRAP_DOWNLOAD={download_url}\nMGSFT_BOOTSTRAP_UPLOAD={upload_url}\n\
+                                MGSFT_HTTPS_CHECKSERVERCERTIFICATE=false\nMGSFT_HTTPS_CHECKCERTIFICATEREVOCATION=false\n\
+                                MGSFT_RUNPOLICY=1\n"
+                .into(),
+            upload_url: String::new(),
+            download_url: String::new(),
+            install_command: "sh {installer}".into(),
+            service_check: String::new(),
+            log_files: vec![
+                "/var/opt/managesoft/log/installation.log".into(),
+                "/var/opt/managesoft/log/tracker.log".into(),
+            ],
+            required_patterns: Vec::new(),
+            forbidden_patterns: vec!["(?i)\\berror\\b".into()],
+            log_timeout_secs: 600,
+            log_poll_secs: 5,
+            upload_confirmed_pattern: String::new(),
+            teardown_before_inventory: false,
+        }
+    }
+}
+
+/// Agent profiles per OS family ("linux"; "windows" arrives with WinRM).
+/// None configured: the agent stages are left out of the pipeline.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    pub profiles: BTreeMap<String, AgentProfile>,
+}
+
+impl AgentConfig {
+    pub fn linux(&self) -> Option<&AgentProfile> {
+        self.profiles
+            .get("linux")
+            .filter(|p| !p.installer.is_empty())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InventoryKind {
+    /// No inventory check: report-check is left out of the pipeline.
+    #[default]
+    None,
+    FlexeraOne,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InventoryConfig {
+    pub kind: InventoryKind,
+    /// Between checks the job waits without holding a worker.
+    pub check_interval_secs: u64,
+    /// Give up when the VM is not listed this long after the first check.
+    pub deadline_secs: u64,
+    pub flexera_one: FlexeraOneConfig,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        InventoryConfig {
+            kind: InventoryKind::None,
+            check_interval_secs: 3600,
+            deadline_secs: 3 * 24 * 3600,
+            flexera_one: FlexeraOneConfig::default(),
+        }
+    }
+}
+
+/// Where a local-path installer may be read from is not restricted: it comes
+/// from the operator's configuration, not from a submitter.
+pub fn installer_is_url(installer: &str) -> bool {
+    installer.starts_with("http://") || installer.starts_with("https://")
+}
+
+pub fn installer_path(installer: &str) -> Option<PathBuf> {
+    (!installer_is_url(installer) && !installer.is_empty()).then(|| PathBuf::from(installer))
+}

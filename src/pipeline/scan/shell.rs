@@ -1,0 +1,148 @@
+//! The job's SSH identity and sessions into its VM, and streaming command
+//! output into the job log.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::ScanEnv;
+use crate::domain::StageName;
+use crate::pipeline::{StageCtx, StageError, StageFailure};
+use crate::remote::ssh::{SshOptions, SshShell};
+use crate::remote::{CommandOutput, RemoteError, RemoteShell, SshKey, Stream};
+use crate::store::LogLevel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShellError {
+    #[error("SSH key: {0}")]
+    Key(String),
+    #[error("vm-create recorded no address for the VM; cannot reach it")]
+    NoAddress,
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+impl StageFailure for ShellError {
+    fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ShellError::Remote(RemoteError::Connect { .. })
+                | ShellError::Remote(RemoteError::Timeout { .. })
+        )
+    }
+}
+
+fn key_path(ctx: &StageCtx) -> PathBuf {
+    ctx.work_dir.join("ssh").join("id_ed25519")
+}
+
+/// The job's key: generated once, kept in the job's work directory (mode
+/// 0600), never in the database or the log.
+pub async fn job_key(ctx: &StageCtx) -> Result<SshKey, ShellError> {
+    let path = key_path(ctx);
+    if let Ok(pem) = tokio::fs::read_to_string(&path).await {
+        return SshKey::from_openssh(&pem).map_err(|e| ShellError::Key(e.to_string()));
+    }
+    let key = SshKey::generate(&format!("vmscan-{}", ctx.job.id.short()))
+        .map_err(|e| ShellError::Key(e.to_string()))?;
+    let pem = key
+        .to_openssh()
+        .map_err(|e| ShellError::Key(e.to_string()))?;
+    write_private(&path, secrecy::ExposeSecret::expose_secret(&pem))
+        .await
+        .map_err(|e| ShellError::Key(format!("cannot store the job key: {e}")))?;
+    Ok(key)
+}
+
+async fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    let path = path.to_path_buf();
+    let text = text.to_string();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        f.write_all(text.as_bytes())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+pub fn ssh_options(
+    env: &ScanEnv,
+    host: &str,
+    port: u16,
+    key: SshKey,
+    host_key: Option<String>,
+) -> SshOptions {
+    let mut o = SshOptions::new(host, port, env.vm.ssh_user.clone());
+    o.key = Some(key);
+    o.password = env.vm.ssh_password.clone();
+    o.host_key = host_key;
+    o
+}
+
+/// Reconnects to the job's VM as vm-create recorded it (address and host key).
+pub async fn connect_vm(ctx: &StageCtx, env: &ScanEnv) -> Result<SshShell, StageError> {
+    let vm = ctx
+        .output_of(StageName::VmCreate)
+        .cloned()
+        .unwrap_or(Value::Null);
+    let host = vm
+        .get("ssh_host")
+        .and_then(Value::as_str)
+        .ok_or(ShellError::NoAddress)?;
+    let port = vm
+        .get("ssh_port")
+        .and_then(Value::as_u64)
+        .ok_or(ShellError::NoAddress)? as u16;
+    let host_key = vm
+        .get("host_key")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let key = job_key(ctx).await?;
+    let shell = SshShell::connect(&ssh_options(env, host, port, key, host_key))
+        .await
+        .map_err(ShellError::from)?;
+    Ok(shell)
+}
+
+/// Runs a command, streaming its output lines into the job log as they come.
+pub async fn run_logged(
+    ctx: &StageCtx,
+    shell: &dyn RemoteShell,
+    command: &str,
+    timeout: Duration,
+) -> Result<CommandOutput, StageError> {
+    ctx.info(format!("$ {command}")).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Stream, String)>();
+    let run = async move {
+        let on_line = move |s: Stream, l: &str| {
+            let _ = tx.send((s, l.to_string()));
+        };
+        shell.run(command, timeout, &on_line).await
+    };
+    let drain = async {
+        while let Some((s, line)) = rx.recv().await {
+            let level = if s == Stream::Stderr {
+                LogLevel::Warn
+            } else {
+                LogLevel::Info
+            };
+            ctx.log(level, format!("  {line}")).await?;
+        }
+        Ok::<(), StageError>(())
+    };
+    let (out, drained) = tokio::join!(run, drain);
+    drained?;
+    Ok(out.map_err(ShellError::from)?)
+}

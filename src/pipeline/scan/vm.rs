@@ -1,0 +1,265 @@
+//! vm-create: boots the job's VM with a NoCloud seed carrying the job's SSH
+//! key, waits for it (each deadline reported by name), logs in, records the
+//! host key and detects the guest OS.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use super::shell::{job_key, ssh_options, ShellError};
+use super::ScanEnv;
+use crate::cluster::{
+    guest_hostname, vm_name, ClusterError, ClusterImage, ClusterVm, Deadlines, VmSpec,
+};
+use crate::domain::StageName;
+use crate::pipeline::{Stage, StageCtx, StageError, StageFailure, StageOutcome};
+use crate::remote::ssh::SshShell;
+use crate::remote::{RemoteError, RemoteShell};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cluster-upload recorded no image")]
+    NoImage,
+    #[error("{0}")]
+    Cluster(#[from] ClusterError),
+    #[error("the VM did not accept an SSH login within {secs} s: {last}{}", console.as_deref().map(|c| format!("; serial console ends with:\n{c}")).unwrap_or_default())]
+    Login {
+        secs: u64,
+        last: String,
+        console: Option<String>,
+    },
+}
+
+impl StageFailure for VmError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, VmError::Cluster(c) if c.is_retryable())
+    }
+}
+
+pub struct VmCreateStage {
+    env: Arc<ScanEnv>,
+}
+
+impl VmCreateStage {
+    pub fn new(env: Arc<ScanEnv>) -> Self {
+        VmCreateStage { env }
+    }
+}
+
+/// cloud-init user-data: the job's key for the login user, the hostname.
+pub fn user_data(user: &str, hostname: &str, public_key: &str, extra: &str) -> String {
+    let mut s =
+        format!("#cloud-config\nhostname: {hostname}\nfqdn: {hostname}\nmanage_etc_hosts: true\n");
+    if user == "root" {
+        s.push_str("disable_root: false\n");
+    }
+    s.push_str(&format!("ssh_authorized_keys:\n  - {public_key}\n"));
+    if user != "root" {
+        s.push_str(&format!(
+            "users:\n  - default\n  - name: {user}\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    shell: /bin/sh\n    ssh_authorized_keys:\n      - {public_key}\n"
+        ));
+    }
+    if !extra.trim().is_empty() {
+        s.push_str(extra.trim_end());
+        s.push('\n');
+    }
+    s
+}
+
+/// `/etc/os-release` as a JSON object of its KEY=value pairs.
+pub fn parse_os_release(text: &str) -> Value {
+    let mut m = serde_json::Map::new();
+    for line in text.lines() {
+        if let Some((k, v)) = line.split_once('=') {
+            let v = v.trim().trim_matches('"').trim_matches('\'');
+            if !k.trim().is_empty() && !k.starts_with('#') {
+                m.insert(k.trim().to_string(), Value::String(v.to_string()));
+            }
+        }
+    }
+    Value::Object(m)
+}
+
+impl VmCreateStage {
+    async fn console(&self, vm: &ClusterVm) -> Option<String> {
+        self.env.provider.console_tail(vm, 4096).await
+    }
+
+    async fn login(&self, ctx: &StageCtx, vm: &ClusterVm) -> Result<SshShell, StageError> {
+        let host = vm.host.clone().unwrap_or_else(|| "127.0.0.1".into());
+        let port = vm.port.unwrap_or(22);
+        let key = job_key(ctx).await?;
+        let secs = self.env.vm.login_secs;
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut last = String::from("no attempt");
+        while Instant::now() < deadline {
+            if ctx.cancel.is_cancelled() {
+                return Err(StageError::Cancelled);
+            }
+            match SshShell::connect(&ssh_options(&self.env, &host, port, key.clone(), None)).await {
+                Ok(shell) => return Ok(shell),
+                // Keys may not be applied yet, or sshd not fully up: try again.
+                Err(
+                    e @ (RemoteError::Auth { .. }
+                    | RemoteError::Connect { .. }
+                    | RemoteError::Timeout { .. }
+                    | RemoteError::Protocol(_)),
+                ) => {
+                    last = e.to_string();
+                }
+                Err(e) => return Err(ShellError::from(e).into()),
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        Err(VmError::Login {
+            secs,
+            last,
+            console: self.console(vm).await,
+        }
+        .into())
+    }
+}
+
+#[async_trait]
+impl Stage for VmCreateStage {
+    fn name(&self) -> StageName {
+        StageName::VmCreate
+    }
+
+    async fn run(&self, ctx: &StageCtx) -> Result<StageOutcome, StageError> {
+        let image: ClusterImage = ctx
+            .output_of(StageName::ClusterUpload)
+            .and_then(|d| d.get("image"))
+            .and_then(|i| serde_json::from_value(i.clone()).ok())
+            .ok_or(VmError::NoImage)?;
+        let key = job_key(ctx).await?;
+        let hostname = guest_hostname(ctx.job.id);
+        let spec = VmSpec {
+            job: ctx.job.id,
+            name: vm_name(ctx.job.id),
+            image,
+            cpus: self.env.vm.cpus,
+            memory_mib: self.env.vm.memory_mib,
+            user_data: user_data(
+                &self.env.vm.ssh_user,
+                &hostname,
+                &key.public_line(),
+                &self.env.vm.extra_user_data,
+            ),
+            hostname: hostname.clone(),
+        };
+        let cluster = self.env.provider.name();
+        ctx.set_detail(json!({"cluster": cluster, "vm_name": spec.name, "hostname": hostname, "cpus": spec.cpus, "memory_mib": spec.memory_mib}), true)
+            .await?;
+        ctx.info(format!(
+            "creating VM {} on {cluster} ({} CPU, {} MiB)",
+            spec.name, spec.cpus, spec.memory_mib
+        ))
+        .await?;
+        let vm = self
+            .env
+            .provider
+            .create_vm(&spec)
+            .await
+            .map_err(VmError::from)?;
+        ctx.record_resource("vm", &cluster, &vm.id, &json!({"name": vm.name}))
+            .await?;
+        ctx.set_detail(json!({"vm": vm.id, "vm_detail": vm.detail}), true)
+            .await?;
+
+        let deadlines = Deadlines {
+            power_on: Duration::from_secs(self.env.vm.power_on_secs),
+            address: Duration::from_secs(self.env.vm.address_secs),
+            port_open: Duration::from_secs(self.env.vm.port_secs),
+        };
+        let started = Instant::now();
+        let vm = match self.env.provider.wait_ready(&vm, &deadlines).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                let tail = self.console(&vm).await;
+                ctx.set_detail(json!({"console_tail": tail}), true).await?;
+                return Err(VmError::from(e).into());
+            }
+        };
+        let ready_secs = started.elapsed().as_secs_f64();
+        ctx.info(format!(
+            "VM is up, SSH answers at {}:{} after {ready_secs:.1} s",
+            vm.host.as_deref().unwrap_or("?"),
+            vm.port.unwrap_or(0)
+        ))
+        .await?;
+        let shell = match self.login(ctx, &vm).await {
+            Ok(s) => s,
+            Err(e) => {
+                ctx.set_detail(json!({"console_tail": self.console(&vm).await}), true)
+                    .await?;
+                return Err(e);
+            }
+        };
+        let fingerprint = shell.host_key_fingerprint().to_string();
+        ctx.info(format!(
+            "logged in as {}; host key {fingerprint} recorded",
+            self.env.vm.ssh_user
+        ))
+        .await?;
+        let timeout = Duration::from_secs(60);
+        let os = match shell.read_file("/etc/os-release", 64 * 1024, timeout).await {
+            Ok(bytes) => parse_os_release(&String::from_utf8_lossy(&bytes)),
+            Err(e) => {
+                ctx.warn(format!("cannot read /etc/os-release: {e}"))
+                    .await?;
+                Value::Null
+            }
+        };
+        let pretty = os
+            .get("PRETTY_NAME")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown OS")
+            .to_string();
+        ctx.info(format!("guest OS: {pretty}")).await?;
+        shell.close().await;
+        ctx.set_detail(
+            json!({
+                "ssh_host": vm.host,
+                "ssh_port": vm.port,
+                "host_key": fingerprint,
+                "os": pretty,
+                "os_release": os,
+                "ready_secs": ready_secs,
+                "boot_secs": started.elapsed().as_secs_f64(),
+                "console_tail": self.console(&vm).await,
+            }),
+            true,
+        )
+        .await?;
+        Ok(StageOutcome::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_authorises_the_job_key_for_the_login_user() {
+        let root = user_data("root", "vmscan-abc", "ssh-ed25519 AAAA k", "");
+        assert!(root.starts_with("#cloud-config\n"));
+        assert!(root.contains("disable_root: false") && root.contains("  - ssh-ed25519 AAAA k"));
+        let rocky = user_data(
+            "rocky",
+            "vmscan-abc",
+            "ssh-ed25519 AAAA k",
+            "runcmd:\n  - echo hi",
+        );
+        assert!(rocky.contains("  - name: rocky") && rocky.ends_with("  - echo hi\n"));
+    }
+
+    #[test]
+    fn parses_os_release() {
+        let v = parse_os_release("NAME=\"Rocky Linux\"\nVERSION_ID=\"9.4\"\nID=rocky\n# c\n");
+        assert_eq!(v["ID"], "rocky");
+        assert_eq!(v["VERSION_ID"], "9.4");
+    }
+}

@@ -1,0 +1,81 @@
+//! The cluster janitor: at start-up and then periodically, removes VMs and
+//! images tagged by vmscan whose job has ended or is unknown, so nothing is
+//! left running even when a teardown never got to run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{ClusterProvider, Owned};
+use crate::store::{DynStore, LogLevel};
+
+/// One sweep; returns how many objects were removed.
+pub async fn sweep(store: &DynStore, provider: &Arc<dyn ClusterProvider>) -> usize {
+    let owned = match provider.list_owned().await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "janitor: cannot list cluster objects");
+            return 0;
+        }
+    };
+    let cluster = provider.name();
+    let mut removed = 0;
+    for o in owned {
+        let (kind, id, name, job) = match &o {
+            Owned::Vm { id, name, job } => ("vm", id, name, *job),
+            Owned::Image { id, name, job } => ("image", id, name, *job),
+        };
+        let ended = match job {
+            Some(j) => match store.get_job(j).await {
+                Ok(Some(job)) => job.state.is_final(),
+                Ok(None) => true,
+                Err(_) => false,
+            },
+            None => true,
+        };
+        if !ended {
+            continue;
+        }
+        let result = if kind == "vm" {
+            provider.delete_vm(id).await
+        } else {
+            provider.delete_image(id).await
+        };
+        match result {
+            Ok(()) => {
+                removed += 1;
+                tracing::warn!(kind, id = %id, name = %name, "janitor removed a leftover");
+                if let Some(j) = job {
+                    let _ = store.resource_gone(j, &cluster, id).await;
+                    let _ = store
+                        .append_system_log(
+                            j,
+                            LogLevel::Warn,
+                            &format!("janitor removed leftover {kind} {name} on {cluster}"),
+                        )
+                        .await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(kind, id = %id, error = %e, "janitor could not remove a leftover")
+            }
+        }
+    }
+    removed
+}
+
+pub async fn run(
+    store: DynStore,
+    provider: Arc<dyn ClusterProvider>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        sweep(&store, &provider).await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}

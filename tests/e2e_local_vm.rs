@@ -1,0 +1,297 @@
+//! End to end on the local QEMU cluster: a real VM boots from the test
+//! image, the test agent is installed over SSH, its logs and the (fake)
+//! Flexera inventory are checked, and nothing is left running afterwards.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use vmscan::config::{AgentProfile, Config, InventoryKind};
+
+use support::fileserver::FileServer;
+use support::flexera::{FakeFlexera, ORG, REFRESH_TOKEN, REPORT};
+use support::{stage, Backend, TestApp};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The fixture image, built (and cached) by the project's own script.
+fn test_image_dir() -> PathBuf {
+    let dir = repo().join("target/test-image");
+    if !dir.join("disk.raw.tar.gz").exists() {
+        let ok = std::process::Command::new(repo().join("scripts/build-test-image.sh"))
+            .arg(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "scripts/build-test-image.sh failed; run scripts/install-test-deps.sh"
+        );
+    }
+    dir
+}
+
+fn sha256_of(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap();
+    hex::encode(sha2::Sha256::digest(&bytes))
+}
+
+struct World {
+    app: TestApp,
+    images: FileServer,
+    flexera: FakeFlexera,
+    _tmp: tempfile::TempDir,
+}
+
+fn agent_profile(flexera: &FakeFlexera, mode: &str) -> AgentProfile {
+    AgentProfile {
+        installer: repo()
+            .join("tests/fixtures/flexera-test-agent.sh")
+            .display()
+            .to_string(),
+        // The guest reaches the host's loopback as 10.0.2.2 (QEMU user networking).
+        upload_url: format!("http://10.0.2.2:{}/ManageSoftRL/", flexera.addr.port()),
+        download_url: format!("http://10.0.2.2:{}/ManageSoftDL/", flexera.addr.port()),
+        install_command: format!("AGENT_MODE={mode} sh {{installer}}"),
+        service_check: "kill -0 \"$(cat /var/run/ndtask.pid)\"".into(),
+        required_patterns: vec![
+            "Program exited successfully".into(),
+            "Upload successful".into(),
+        ],
+        upload_confirmed_pattern: "Upload successful".into(),
+        log_timeout_secs: 20,
+        log_poll_secs: 2,
+        ..AgentProfile::default()
+    }
+}
+
+async fn world(tweak: impl FnOnce(&mut Config, &FakeFlexera)) -> World {
+    let images = FileServer::start(test_image_dir()).await;
+    let flexera = FakeFlexera::start().await;
+    flexera.set_reconcile_delay(Duration::from_secs(3));
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let f = flexera.clone();
+    let app = TestApp::spawn(Backend::Sqlite, move |c| {
+        c.fetch.allowed_roots = vec![root];
+        c.pipeline.stages = vmscan::pipeline::BUILT_STAGES.to_vec();
+        c.pipeline.retry_limit = 0;
+        c.vm.memory_mib = 256;
+        c.vm.login_secs = 60;
+        c.vm.port_secs = 120;
+        c.agent
+            .profiles
+            .insert("linux".into(), agent_profile(&f, "ok"));
+        c.inventory.kind = InventoryKind::FlexeraOne;
+        c.inventory.check_interval_secs = 2;
+        c.inventory.deadline_secs = 60;
+        c.inventory.flexera_one.token_url = format!("{}/oidc/token", f.base());
+        c.inventory.flexera_one.api_base = f.base();
+        c.inventory.flexera_one.org_id = ORG.into();
+        c.inventory.flexera_one.report_id = REPORT.into();
+        c.inventory.flexera_one.refresh_token = Some(REFRESH_TOKEN.to_string().into());
+        tweak(c, &f);
+    })
+    .await;
+    World {
+        app,
+        images,
+        flexera,
+        _tmp: tmp,
+    }
+}
+
+/// No qemu process and no image of this job survive it.
+fn assert_nothing_left(w: &World, job: &Value) {
+    let id = job["id"].as_str().unwrap().replace('-', "");
+    let procs = std::process::Command::new("pgrep")
+        .args(["-f", &format!("vmscan-{id}")])
+        .output()
+        .unwrap();
+    assert!(
+        procs.stdout.is_empty(),
+        "qemu still running for {id}: {}",
+        String::from_utf8_lossy(&procs.stdout)
+    );
+    for r in job["resources"].as_array().unwrap() {
+        assert!(!r["deleted_at"].is_null(), "resource not deleted: {r}");
+    }
+    let images = w.app.data_dir.join("images");
+    let left: Vec<_> = std::fs::read_dir(&images)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter().all(|n| !n.to_string_lossy().contains(&id)),
+        "images left: {left:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_the_fixture_image_from_a_tar_gz_end_to_end() {
+    let w = world(|_, _| {}).await;
+    let archive = test_image_dir().join("disk.raw.tar.gz");
+    let job = w
+        .app
+        .submit(json!({"url": w.images.url("disk.raw.tar.gz"), "checksum": format!("sha256:{}", sha256_of(&archive)), "email": "sam@example.com"}))
+        .await;
+    let id = job["id"].as_str().unwrap();
+    let done = w.app.wait_final(id, Duration::from_secs(300)).await;
+    assert_eq!(
+        done["state"],
+        "succeeded",
+        "{done:#}\n{}",
+        w.app.log_text(id).await
+    );
+    for s in [
+        "fetch",
+        "extract",
+        "checksum",
+        "inspect",
+        "convert",
+        "cluster-upload",
+        "vm-create",
+        "agent-install",
+        "log-check",
+        "report-check",
+        "teardown",
+    ] {
+        assert_eq!(stage(&done, s)["state"], "succeeded", "stage {s}: {done:#}");
+    }
+    let vm = &stage(&done, "vm-create")["detail"];
+    assert!(vm["host_key"].as_str().unwrap().starts_with("SHA256:"));
+    let console = vm["console_tail"].as_str().unwrap_or("");
+    assert!(
+        console.contains(&format!("{} login:", vm["hostname"].as_str().unwrap())),
+        "console: {vm}"
+    );
+    assert!(!vm["os"].as_str().unwrap().is_empty());
+    let excerpts = stage(&done, "log-check")["detail"]["excerpts"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(excerpts.len(), 2);
+    assert_eq!(stage(&done, "report-check")["detail"]["found"], true);
+    let hostname = vm["hostname"].as_str().unwrap();
+    assert_eq!(
+        w.flexera.uploads(),
+        vec![hostname.to_string()],
+        "the agent in the VM reported itself"
+    );
+    let log = w.app.log_text(id).await;
+    assert!(
+        log.contains("installing managesoft agent"),
+        "installer output streamed into the job log"
+    );
+    assert!(
+        log.contains("waiting for inventory"),
+        "the job parked while inventory caught up: {log}"
+    );
+    assert_nothing_left(&w, &done);
+    let (_, page) = w.app.get_text(&format!("/jobs/{id}")).await;
+    assert!(page.contains("report-check") && page.contains("Program exited successfully"));
+}
+
+async fn failing_scan(
+    mode: &str,
+    tweak: impl FnOnce(&mut Config, &FakeFlexera),
+) -> (World, Value, String) {
+    let mode = mode.to_string();
+    let w = world(move |c, f| {
+        c.agent
+            .profiles
+            .insert("linux".into(), agent_profile(f, &mode));
+        tweak(c, f);
+    })
+    .await;
+    let job = w
+        .app
+        .submit(json!({"url": w.images.url("disk.qcow2")}))
+        .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = w.app.wait_final(&id, Duration::from_secs(240)).await;
+    assert_eq!(done["state"], "failed", "{done:#}");
+    assert_eq!(stage(&done, "teardown")["state"], "succeeded", "{done:#}");
+    assert_nothing_left(&w, &done);
+    let err = done["error"].as_str().unwrap().to_string();
+    (w, done, err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_installer_fails_the_scan_and_tears_down() {
+    let (_w, done, err) = failing_scan("fail", |_, _| {}).await;
+    assert!(err.starts_with("agent-install failed: install command `AGENT_MODE=fail sh /var/tmp/flexera-test-agent.sh` exited with status 1"), "{err}");
+    assert!(err.contains("post-install script failed"), "{err}");
+    assert_eq!(stage(&done, "log-check")["state"], "skipped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_log_line_fails_the_log_check() {
+    let (_w, _done, err) = failing_scan("nolog", |c, _| {
+        c.agent.profiles.get_mut("linux").unwrap().log_timeout_secs = 6;
+    })
+    .await;
+    assert!(
+        err.starts_with(
+            "log-check failed: after 6 s, the agent logs still lack Program exited successfully"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inventory_that_never_lists_the_vm_fails_the_report_check() {
+    let (w, done, err) = failing_scan("noupload", |c, _| {
+        c.agent.profiles.get_mut("linux").unwrap().required_patterns =
+            vec!["Program exited successfully".into()];
+        c.inventory.deadline_secs = 5;
+    })
+    .await;
+    assert!(
+        err.contains(
+            "report-check failed: Flexera One (org 35715, report 351) never listed vmscan-"
+        ),
+        "{err}"
+    );
+    assert!(
+        done["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["stage"] == "report-check")
+            .count()
+            >= 2
+    );
+    assert!(w.flexera.uploads().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_that_never_boots_names_the_deadline_and_shows_the_console() {
+    let w = world(|c, _| {
+        c.vm.port_secs = 15;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("blank.raw"), vec![0u8; 1 << 20]).unwrap();
+    let blank = FileServer::start(dir.path()).await;
+    let job = w.app.submit(json!({"url": blank.url("blank.raw")})).await;
+    let id = job["id"].as_str().unwrap();
+    let done = w.app.wait_final(id, Duration::from_secs(120)).await;
+    assert_eq!(done["state"], "failed");
+    let err = done["error"].as_str().unwrap();
+    assert!(
+        err.starts_with("vm-create failed: VM did not reach"),
+        "{err}"
+    );
+    assert!(err.contains("within"), "{err}");
+    assert!(
+        stage(&done, "vm-create")["detail"]["console_tail"].is_string(),
+        "{done:#}"
+    );
+    assert_eq!(stage(&done, "teardown")["state"], "succeeded");
+    assert_nothing_left(&w, &done);
+}
