@@ -108,11 +108,22 @@ deps_sshd() {
     return "$rc"
 }
 
+# --- Dropbear (the SSH server of the fixture VM) for tests/ssh_remote.rs.
+# dropbear-bin ships no init script, so nothing starts on install.
+deps_dropbear() {
+    if [ -x /usr/sbin/dropbear ] && [ -x /usr/bin/dropbearkey ]; then
+        log "dropbear-bin: already installed"; return
+    fi
+    log "dropbear-bin: installing"
+    apt_install dropbear-bin
+}
+
 timed "postgresql" deps_postgres
 timed "chromium" deps_chromium
 timed "qemu-system-x86" deps_qemu
 timed "aiosmtpd" deps_aiosmtpd
 timed "openssh-server" deps_sshd
+timed "dropbear-bin" deps_dropbear
 
 # --- the bootable test VM image (cached in target/test-image; ~1 s when warm).
 timed "test image" "$(dirname "$0")/build-test-image.sh"

@@ -566,3 +566,158 @@ async fn a_key_stored_as_pem_logs_in_again() {
     assert_eq!(out.stdout.trim(), sshd.user);
     shell.close().await;
 }
+
+/// Dropbear as on the fixture VM: no SFTP subsystem it can start (it looks
+/// for /usr/lib/sftp-server), so uploads and reads take the exec path. Dropbear
+/// reads `~user/.ssh/authorized_keys`, so it runs in a private mount namespace
+/// where a temp dir is bind-mounted over the home directory; the real one is
+/// never touched.
+struct Dropbear {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Dropbear {
+    /// `None` when this machine cannot make a mount namespace (not root).
+    fn start(authorized: &str) -> Option<Dropbear> {
+        assert!(
+            Path::new("/usr/sbin/dropbear").exists(),
+            "dropbear is missing: run scripts/install-test-deps.sh (installs dropbear-bin)"
+        );
+        if !nix_is_root() {
+            eprintln!("skipping the dropbear test: needs root for a private mount namespace");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("home/.ssh")).unwrap();
+        std::fs::write(
+            d.join("home/.ssh/authorized_keys"),
+            format!("{authorized}\n"),
+        )
+        .unwrap();
+        let st = Command::new("dropbearkey")
+            .args(["-t", "ed25519", "-f"])
+            .arg(d.join("host_key"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "dropbearkey failed");
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".to_string());
+        let port = free_port();
+        let script = format!(
+            "mount --bind {home_tmp} {home} && exec /usr/sbin/dropbear -F -E -s -p 127.0.0.1:{port} -r {key} -P {pid}",
+            home_tmp = quote(d.join("home").to_str().unwrap()),
+            home = quote(&home),
+            key = quote(d.join("host_key").to_str().unwrap()),
+            pid = quote(d.join("pid").to_str().unwrap()),
+        );
+        let log = std::fs::File::create(d.join("dropbear.log")).unwrap();
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut db = Dropbear { child, port, dir };
+        let until = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = db.child.try_wait().unwrap() {
+                eprintln!(
+                    "skipping the dropbear test: it exited with {st}: {}",
+                    db.log()
+                );
+                return None;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(db);
+            }
+            assert!(
+                Instant::now() < until,
+                "dropbear did not listen: {}",
+                db.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dropbear.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Dropbear {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn works_against_dropbear_like_the_fixture_vm() {
+    let key = SshKey::generate("vmscan-test-job").unwrap();
+    let Some(db) = Dropbear::start(&key.public_line()) else {
+        return;
+    };
+    let mut opts = SshOptions::new("127.0.0.1", db.port, "root");
+    opts.key = Some(key.clone());
+    let shell = SshShell::connect(&opts).await.unwrap();
+    let fp = shell.host_key_fingerprint().to_string();
+
+    let lines = Lines::default();
+    let out = shell
+        .run("echo one; echo two >&2; exit 4", T, &|s, l| {
+            lines.push(s, l)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.exit_status, out.stdout.as_str(), out.stderr.as_str()),
+        (4, "one\n", "two\n")
+    );
+    assert_eq!(lines.of(Stream::Stdout), ["one"]);
+    assert_eq!(lines.of(Stream::Stderr), ["two"]);
+
+    let err = shell
+        .run("sleep 43", Duration::from_secs(1), &ignore)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Timeout { .. }), "{err:?}");
+
+    let local = db.dir.path().join("agent.bin");
+    write_noise(&local, 5 * 1024 * 1024);
+    let remote = db.dir.path().join("uploaded agent.bin");
+    shell
+        .upload(&local, remote.to_str().unwrap(), T)
+        .await
+        .unwrap();
+    assert_eq!(sha256_file(&remote), sha256_file(&local));
+    let head = shell
+        .read_file(remote.to_str().unwrap(), 4, T)
+        .await
+        .unwrap();
+    assert_eq!(head.len(), 4);
+    let missing = db.dir.path().join("missing.log");
+    let err = shell
+        .read_file(missing.to_str().unwrap(), 4, T)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().ends_with("no such file or directory"),
+        "{err}"
+    );
+    shell.close().await;
+
+    // The recorded host key is accepted on the next connect.
+    opts.host_key = Some(fp);
+    SshShell::connect(&opts).await.unwrap().close().await;
+    let alive = Command::new("pgrep")
+        .args(["-f", "^sleep 43$"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(!alive, "the timed-out sleep was left running");
+}
