@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::pipeline::{self, Pipeline};
 use crate::store::{self, DynStore};
 use crate::web::{self, AppState};
+use crate::worker::events::JobEvents;
 use crate::worker::{self, RunEnv, WorkerPool, WorkerPoolHandle};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +28,8 @@ pub struct Application {
     pub store: DynStore,
     pub pipeline: Pipeline,
     pub provider: Arc<dyn ClusterProvider>,
+    /// Followers of job life (notifiers), called by the runner.
+    pub events: Arc<Vec<Arc<dyn JobEvents>>>,
     listener: Option<tokio::net::TcpListener>,
     addr: Option<SocketAddr>,
 }
@@ -75,6 +78,7 @@ impl Application {
             store,
             pipeline,
             provider,
+            events: Arc::new(Vec::new()),
             listener,
             addr,
         })
@@ -94,6 +98,7 @@ impl Application {
             config: self.config.clone(),
             pipeline: self.pipeline.clone(),
             hard_stop,
+            events: self.events.clone(),
         }
     }
 

@@ -1,7 +1,9 @@
 //! Durable state: jobs (which are also the queue), stage runs, the job log and
 //! the external resources each job created. SQL lives in `sql.rs` only.
 
+pub mod catalog;
 mod common;
+pub mod notify;
 mod postgres;
 mod rows;
 mod sql;
@@ -187,7 +189,7 @@ pub struct StageStat {
 
 /// Storage for jobs and everything hanging off them.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: catalog::CatalogStore + notify::NotifyStore + Send + Sync + 'static {
     /// Which backend this is ("sqlite" / "postgres"), for logs and metrics.
     fn backend(&self) -> &'static str;
     async fn migrate(&self) -> StoreResult<()>;

@@ -19,7 +19,7 @@ use super::{
 use crate::domain::{now_millis, JobId, JobState, Millis, StageName, StageState};
 
 pub struct PgStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     wake: Arc<Notify>,
     listener: tokio::task::JoinHandle<()>,
 }

@@ -17,7 +17,7 @@ use super::{
 use crate::domain::{now_millis, JobId, JobState, Millis, StageName, StageState};
 
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
     /// Wakes this process's workers; SQLite has no cross-process notify, so
     /// other processes find work by polling.
     wake: Notify,

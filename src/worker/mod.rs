@@ -1,6 +1,7 @@
 //! Workers: claim jobs from the store, hold and renew their leases, run the
 //! pipeline, and give work back cleanly on shutdown.
 
+pub mod events;
 mod heartbeat;
 pub mod janitor;
 mod pool;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::events::{JobEvents, StageEnd};
 use super::heartbeat::{self, Signals};
 use crate::config::Config;
 use crate::domain::{fmt_duration_ms, fmt_millis, now_millis, JobState, StageName, StageState};
@@ -23,6 +24,8 @@ pub struct RunEnv {
     /// Fires at the end of the shutdown grace period: running stages are
     /// stopped and their jobs handed back to the queue.
     pub hard_stop: CancellationToken,
+    /// Followers of job life (notifications).
+    pub events: Arc<Vec<Arc<dyn JobEvents>>>,
 }
 
 impl RunEnv {
@@ -40,6 +43,34 @@ enum Ran {
     Done(Result<StageOutcome, StageError>),
     Lost,
     Shutdown,
+}
+
+/// Records how a stage run ended and tells the job's followers.
+#[allow(clippy::too_many_arguments)]
+async fn end_stage(
+    env: &RunEnv,
+    job: &Job,
+    lease: &Lease,
+    run_id: i64,
+    name: StageName,
+    started: std::time::Instant,
+    state: StageState,
+    detail: &serde_json::Value,
+    error: Option<&str>,
+) -> StoreResult<()> {
+    env.store
+        .finish_stage(lease, run_id, state, detail, error)
+        .await?;
+    let end = StageEnd {
+        state,
+        duration_ms: started.elapsed().as_millis() as i64,
+        detail,
+        error,
+    };
+    for e in env.events.iter() {
+        e.stage_finished(job, name, &end).await;
+    }
+    Ok(())
 }
 
 /// Runs a job the caller has claimed. Store errors other than a lost lease are
@@ -83,6 +114,12 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
         )
         .await?;
 
+    if lease.attempt == job.run_base_attempt {
+        for e in env.events.iter() {
+            e.job_started(&job).await;
+        }
+    }
+
     let runs = store.stage_runs(job.id).await?;
     let this_run: Vec<_> = runs
         .iter()
@@ -121,6 +158,10 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
             continue;
         }
         let run_id = store.start_stage(lease, name).await?;
+        let started = std::time::Instant::now();
+        for e in env.events.iter() {
+            e.stage_started(&job, name).await;
+        }
         // Teardown must not be interrupted by the cancel that triggered it.
         let stage_cancel = if stage.always_runs() {
             CancellationToken::new()
@@ -149,15 +190,18 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
         match ran {
             Ran::Lost => return Err(StoreError::Fenced(lease.job_id)),
             Ran::Shutdown => {
-                store
-                    .finish_stage(
-                        lease,
-                        run_id,
-                        StageState::Interrupted,
-                        &detail,
-                        Some("stopped by daemon shutdown; the job was handed back"),
-                    )
-                    .await?;
+                end_stage(
+                    env,
+                    &job,
+                    lease,
+                    run_id,
+                    name,
+                    started,
+                    StageState::Interrupted,
+                    &detail,
+                    Some("stopped by daemon shutdown; the job was handed back"),
+                )
+                .await?;
                 store
                     .append_log(
                         lease,
@@ -169,15 +213,33 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
                 return store.hand_back(lease).await;
             }
             Ran::Done(Ok(StageOutcome::Done)) => {
-                store
-                    .finish_stage(lease, run_id, StageState::Succeeded, &detail, None)
-                    .await?;
+                end_stage(
+                    env,
+                    &job,
+                    lease,
+                    run_id,
+                    name,
+                    started,
+                    StageState::Succeeded,
+                    &detail,
+                    None,
+                )
+                .await?;
                 outputs.insert(name, detail);
             }
             Ran::Done(Ok(StageOutcome::Park { until, reason })) => {
-                store
-                    .finish_stage(lease, run_id, StageState::Parked, &detail, None)
-                    .await?;
+                end_stage(
+                    env,
+                    &job,
+                    lease,
+                    run_id,
+                    name,
+                    started,
+                    StageState::Parked,
+                    &detail,
+                    None,
+                )
+                .await?;
                 store
                     .append_log(
                         lease,
@@ -189,15 +251,18 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
                 return store.park(lease, until, &reason).await;
             }
             Ran::Done(Err(StageError::Cancelled)) => {
-                store
-                    .finish_stage(
-                        lease,
-                        run_id,
-                        StageState::Cancelled,
-                        &detail,
-                        Some("cancelled by user"),
-                    )
-                    .await?;
+                end_stage(
+                    env,
+                    &job,
+                    lease,
+                    run_id,
+                    name,
+                    started,
+                    StageState::Cancelled,
+                    &detail,
+                    Some("cancelled by user"),
+                )
+                .await?;
                 store
                     .append_log(lease, Some(name), LogLevel::Warn, "cancelled by user")
                     .await?;
@@ -208,9 +273,18 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
             }
             Ran::Done(Err(e)) => {
                 let msg = e.to_string();
-                store
-                    .finish_stage(lease, run_id, StageState::Failed, &detail, Some(&msg))
-                    .await?;
+                end_stage(
+                    env,
+                    &job,
+                    lease,
+                    run_id,
+                    name,
+                    started,
+                    StageState::Failed,
+                    &detail,
+                    Some(&msg),
+                )
+                .await?;
                 store
                     .append_log(lease, Some(name), LogLevel::Error, &msg)
                     .await?;
@@ -272,5 +346,9 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
         None => format!("job {state}"),
     };
     store.append_log(lease, None, level, &summary).await?;
-    store.finish_job(lease, state, error.as_deref()).await
+    store.finish_job(lease, state, error.as_deref()).await?;
+    for e in env.events.iter() {
+        e.job_finished(&job, state, error.as_deref()).await;
+    }
+    Ok(())
 }
