@@ -295,3 +295,171 @@ async fn a_vm_that_never_boots_names_the_deadline_and_shows_the_console() {
     assert_eq!(stage(&done, "teardown")["state"], "succeeded");
     assert_nothing_left(&w, &done);
 }
+
+/// A `vmscan serve` child process configured through the environment.
+struct Daemon {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_daemon(env: &[(String, String)]) -> Daemon {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vmscan"));
+    cmd.arg("serve")
+        .stdout(std::process::Stdio::piped())
+        .env("VMSCAN_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let base = line
+        .trim()
+        .strip_prefix("vmscan dashboard: ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .trim_end_matches('/')
+        .to_string();
+    Daemon { child, base }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_mid_scan_resumes_and_still_tears_down() {
+    let images = FileServer::start(test_image_dir()).await;
+    let flexera = FakeFlexera::start().await;
+    // Inventory lags, so the job is mid-scan (VM up, inventory pending) when the daemon dies.
+    flexera.set_reconcile_delay(Duration::from_secs(12));
+    let tmp = tempfile::tempdir().unwrap();
+    let p = flexera.addr.port();
+    let agent = repo().join("tests/fixtures/flexera-test-agent.sh");
+    let env: Vec<(String, String)> = [
+        (
+            "VMSCAN_STORAGE__DATA_DIR",
+            tmp.path().join("data").display().to_string(),
+        ),
+        ("VMSCAN_SERVER__LISTEN", "127.0.0.1:0".into()),
+        ("VMSCAN_WORKER__LEASE_SECS", "4".into()),
+        ("VMSCAN_WORKER__POLL_INTERVAL_MS", "200".into()),
+        ("VMSCAN_PIPELINE__RETRY_LIMIT", "0".into()),
+        (
+            "VMSCAN_AGENT__PROFILES__LINUX__INSTALLER",
+            agent.display().to_string(),
+        ),
+        (
+            "VMSCAN_AGENT__PROFILES__LINUX__UPLOAD_URL",
+            format!("http://10.0.2.2:{p}/ManageSoftRL/"),
+        ),
+        (
+            "VMSCAN_AGENT__PROFILES__LINUX__INSTALL_COMMAND",
+            "sh {installer}".into(),
+        ),
+        (
+            "VMSCAN_AGENT__PROFILES__LINUX__REQUIRED_PATTERNS",
+            "[\"Program exited successfully\", \"Upload successful\"]".into(),
+        ),
+        ("VMSCAN_AGENT__PROFILES__LINUX__LOG_POLL_SECS", "1".into()),
+        ("VMSCAN_INVENTORY__KIND", "flexera-one".into()),
+        ("VMSCAN_INVENTORY__CHECK_INTERVAL_SECS", "2".into()),
+        ("VMSCAN_INVENTORY__DEADLINE_SECS", "120".into()),
+        (
+            "VMSCAN_INVENTORY__FLEXERA_ONE__TOKEN_URL",
+            format!("{}/oidc/token", flexera.base()),
+        ),
+        ("VMSCAN_INVENTORY__FLEXERA_ONE__API_BASE", flexera.base()),
+        ("VMSCAN_INVENTORY__FLEXERA_ONE__ORG_ID", ORG.into()),
+        ("VMSCAN_INVENTORY__FLEXERA_ONE__REPORT_ID", REPORT.into()),
+        (
+            "VMSCAN_INVENTORY__FLEXERA_ONE__REFRESH_TOKEN",
+            REFRESH_TOKEN.into(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let client = reqwest::Client::new();
+    let first = start_daemon(&env);
+    let job: Value = client
+        .post(format!("{}/api/v1/jobs", first.base))
+        .json(&json!({"url": images.url("disk.qcow2")}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    let get = |base: String| {
+        let client = client.clone();
+        let id = id.clone();
+        async move {
+            client
+                .get(format!("{base}/api/v1/jobs/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let j = get(first.base.clone()).await;
+        if stage(&j, "report-check")["state"] != "pending" {
+            break;
+        }
+        assert!(j["state"] != "failed", "{j:#}");
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "scan never reached report-check: {j:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    drop(first); // SIGKILL
+
+    let second = start_daemon(&env);
+    let start = std::time::Instant::now();
+    let done = loop {
+        let j = get(second.base.clone()).await;
+        if matches!(
+            j["state"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        ) {
+            break j;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "job stuck after restart: {j:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(stage(&done, "teardown")["state"], "succeeded");
+    // vm-create ran once: the resumed job reused the VM the first daemon started.
+    let vm_runs = done["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["stage"] == "vm-create")
+        .count();
+    assert_eq!(vm_runs, 1, "{done:#}");
+    let id_hex = id.replace('-', "");
+    let procs = std::process::Command::new("pgrep")
+        .args(["-f", &format!("vmscan-{id_hex}")])
+        .output()
+        .unwrap();
+    assert!(
+        procs.stdout.is_empty(),
+        "qemu left running after the restarted daemon's teardown"
+    );
+    drop(second);
+}

@@ -17,7 +17,9 @@ pub struct FlexeraOneConfig {
     pub token_url: String,
     /// `https://api.flexera.com` (EU: api.flexera.eu).
     pub api_base: String,
+    #[serde(deserialize_with = "string_or_number")]
     pub org_id: String,
+    #[serde(deserialize_with = "string_or_number")]
     pub report_id: String,
     /// The report column holding the computer name.
     pub computer_column: String,
@@ -43,6 +45,21 @@ impl Default for FlexeraOneConfig {
             max_pages: 50,
         }
     }
+}
+
+/// Ids are numbers in Flexera; accept `35715` as well as `"35715"` (environment
+/// variables arrive as numbers when they look like one).
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        S(String),
+        N(u64),
+    }
+    Ok(match Id::deserialize(d)? {
+        Id::S(s) => s,
+        Id::N(n) => n.to_string(),
+    })
 }
 
 pub struct FlexeraOne {
