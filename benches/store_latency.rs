@@ -585,7 +585,9 @@ fn synth(i: usize, n: usize, now: i64) -> Synth {
     let failed = is_failed(i);
     Synth {
         url: format!("https://images.example.com/templates/build-{i}/disk-{i}.qcow2"),
-        checksum: i.is_multiple_of(2).then(|| format!("sha256:{:064x}", i * 7919)),
+        checksum: i
+            .is_multiple_of(2)
+            .then(|| format!("sha256:{:064x}", i * 7919)),
         who: format!("user{}@example.com", i % 25),
         note: i.is_multiple_of(3).then(|| format!("nightly build {i}")),
         state: if failed { "failed" } else { "succeeded" },
