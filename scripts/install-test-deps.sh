@@ -55,7 +55,7 @@ deps_chromium() {
 # it, so take qemu-system-x86 from backports too. A private apt state dir
 # keeps the system's sources and lists untouched.
 deps_qemu() {
-    if [ -x /usr/bin/qemu-system-x86_64 ]; then log "qemu-system-x86: already installed"; return; fi
+    if [ -x /usr/bin/qemu-system-x86_64 ] && [ -x /usr/bin/qemu-img ]; then log "qemu-system-x86: already installed"; return; fi
     log "qemu-system-x86: installing from bookworm-backports"
     local A=/tmp/vmscan-apt URI="" src=/etc/apt/sources.list.d/debian.sources
     mkdir -p "$A/lists/partial" "$A/cache/archives/partial"
@@ -72,7 +72,7 @@ deps_qemu() {
     local O=(-o "Dir::Etc::SourceList=$A/bpo.list" -o Dir::Etc::SourceParts=/dev/null
              -o "Dir::State::Lists=$A/lists" -o "Dir::Cache=$A/cache")
     if ! { $SUDO apt-get "${O[@]}" update -qq &&
-           $SUDO apt-get "${O[@]}" install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86; }; then
+           $SUDO apt-get "${O[@]}" install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils; }; then
         log "ERROR: could not install qemu-system-x86 from $URI bookworm-backports"
         return 1
     fi
@@ -117,6 +117,12 @@ deps_dropbear() {
     log "dropbear-bin: installing"
     apt_install dropbear-bin
 }
+
+# `--runtime`: only what the daemon itself needs (scripts/run.sh).
+if [ "${1:-}" = "--runtime" ]; then
+    timed "qemu-system-x86" deps_qemu
+    exit 0
+fi
 
 timed "postgresql" deps_postgres
 timed "chromium" deps_chromium
