@@ -463,3 +463,64 @@ async fn a_daemon_killed_mid_scan_resumes_and_still_tears_down() {
     );
     drop(second);
 }
+
+/// Benchmark (ignored; `scripts/bench-scan.sh` runs it): per-stage times of a
+/// whole scan, the guest's share of it, and how per-scan time degrades with
+/// scans in parallel. Prints numbers and ratios against the 1-scan baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_scan_stage_times_and_parallel_scans() {
+    let mut baseline: Option<f64> = None;
+    for parallel in [1usize, 2, 3, 4] {
+        let w = world(move |c, _| {
+            c.worker.pool_size = parallel;
+            c.cluster.qemu.max_vms = parallel;
+        })
+        .await;
+        w.flexera.set_reconcile_delay(Duration::ZERO);
+        let started = std::time::Instant::now();
+        let mut ids = Vec::new();
+        for _ in 0..parallel {
+            let job = w
+                .app
+                .submit(json!({"url": w.images.url("disk.raw.tar.gz")}))
+                .await;
+            ids.push(job["id"].as_str().unwrap().to_string());
+        }
+        let mut totals = Vec::new();
+        let mut per_stage: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+        let mut boot = Vec::new();
+        for id in &ids {
+            let done = w.app.wait_final(id, Duration::from_secs(600)).await;
+            assert_eq!(done["state"], "succeeded", "{done:#}");
+            totals.push(done["duration_ms"].as_f64().unwrap() / 1000.0);
+            for s in done["stages"].as_array().unwrap() {
+                if let Some(ms) = s["duration_ms"].as_f64() {
+                    per_stage
+                        .entry(s["name"].as_str().unwrap().to_string())
+                        .or_default()
+                        .push(ms / 1000.0);
+                }
+            }
+            boot.push(
+                stage(&done, "vm-create")["detail"]["ready_secs"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+            );
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let per_scan = mean(&totals);
+        let base = *baseline.get_or_insert(per_scan);
+        println!("\n== {parallel} scan(s) in parallel: wall {wall:.1} s, per scan {per_scan:.1} s (x{:.2} vs 1 scan), throughput {:.2} scans/min", per_scan / base, parallel as f64 * 60.0 / wall);
+        for (name, v) in &per_stage {
+            println!("   {name:<15} {:>7.2} s", mean(v));
+        }
+        println!(
+            "   guest boot to SSH banner: {:.1} s = {:.0}% of the scan",
+            mean(&boot),
+            100.0 * mean(&boot) / per_scan
+        );
+        w.app.stop().await;
+    }
+}
