@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use vmscan::config::{AgentProfile, Config, InventoryKind};
 
+use support::daemon::Daemon;
 use support::fileserver::FileServer;
 use support::flexera::{FakeFlexera, ORG, REFRESH_TOKEN, REPORT};
 use support::{stage, Backend, TestApp};
@@ -296,42 +297,6 @@ async fn a_vm_that_never_boots_names_the_deadline_and_shows_the_console() {
     assert_nothing_left(&w, &done);
 }
 
-/// A `vmscan serve` child process configured through the environment.
-struct Daemon {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_daemon(env: &[(String, String)]) -> Daemon {
-    use std::io::BufRead;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vmscan"));
-    cmd.arg("serve")
-        .stdout(std::process::Stdio::piped())
-        .env("VMSCAN_LOG", "warn");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let base = line
-        .trim()
-        .strip_prefix("vmscan dashboard: ")
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .trim_end_matches('/')
-        .to_string();
-    Daemon { child, base }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_killed_mid_scan_resumes_and_still_tears_down() {
     let images = FileServer::start(test_image_dir()).await;
@@ -386,9 +351,9 @@ async fn a_daemon_killed_mid_scan_resumes_and_still_tears_down() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let client = reqwest::Client::new();
-    let first = start_daemon(&env);
+    let first = Daemon::start(&["serve"], &env);
     let job: Value = client
-        .post(format!("{}/api/v1/jobs", first.base))
+        .post(format!("{}/api/v1/jobs", first.base()))
         .json(&json!({"url": images.url("disk.qcow2")}))
         .send()
         .await
@@ -413,7 +378,7 @@ async fn a_daemon_killed_mid_scan_resumes_and_still_tears_down() {
     };
     let start = std::time::Instant::now();
     loop {
-        let j = get(first.base.clone()).await;
+        let j = get(first.base().to_string()).await;
         if stage(&j, "report-check")["state"] != "pending" {
             break;
         }
@@ -426,10 +391,10 @@ async fn a_daemon_killed_mid_scan_resumes_and_still_tears_down() {
     }
     drop(first); // SIGKILL
 
-    let second = start_daemon(&env);
+    let second = Daemon::start(&["serve"], &env);
     let start = std::time::Instant::now();
     let done = loop {
-        let j = get(second.base.clone()).await;
+        let j = get(second.base().to_string()).await;
         if matches!(
             j["state"].as_str(),
             Some("succeeded" | "failed" | "cancelled")

@@ -6,6 +6,7 @@ mod support;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use vmscan::domain::StageName;
 
 use serde_json::{json, Value};
 use support::fileserver::FileServer;
@@ -43,11 +44,21 @@ impl Images {
         let root = self.dir.path().to_path_buf();
         TestApp::spawn(Backend::Sqlite, move |cfg| {
             cfg.fetch.allowed_roots = vec![root];
+            // Intake only: booting images is tests/e2e_local_vm.rs's job.
+            cfg.pipeline.stages = INTAKE.to_vec();
             tweak(cfg);
         })
         .await
     }
 }
+
+const INTAKE: [StageName; 5] = [
+    StageName::Fetch,
+    StageName::Extract,
+    StageName::Checksum,
+    StageName::Inspect,
+    StageName::Convert,
+];
 
 fn qemu_img(args: &[&str]) {
     let out = std::process::Command::new("qemu-img")

@@ -157,3 +157,16 @@ pub fn build(cfg: &crate::config::Config) -> Result<Arc<dyn ClusterProvider>, Cl
         )?)),
     }
 }
+
+/// Deletes a VM (`kind` "vm") or an image (any other kind) of the cluster.
+pub async fn delete_object(
+    provider: &dyn ClusterProvider,
+    kind: &str,
+    id: &str,
+) -> Result<(), ClusterError> {
+    if kind == "vm" {
+        provider.delete_vm(id).await
+    } else {
+        provider.delete_image(id).await
+    }
+}

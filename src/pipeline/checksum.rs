@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use serde_json::json;
 
-use super::fetch::fetched_path;
+use super::fetch::{fetched_file_name, fetched_path};
 use super::hashing::MultiHasher;
 use super::http::client;
 use super::netpolicy::NetPolicy;
@@ -139,16 +139,7 @@ impl Stage for ChecksumStage {
     async fn run(&self, ctx: &StageCtx) -> Result<StageOutcome, StageError> {
         let image = fetched_path(ctx).ok_or(ChecksumStageError::NoImage)?;
         let fetched = ctx.output_of(StageName::Fetch).cloned().unwrap_or_default();
-        let file_name = fetched
-            .get("file_name")
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-            .unwrap_or_else(|| {
-                image
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            });
+        let file_name = fetched_file_name(ctx, &image);
         let known = |algo: ChecksumAlgo| -> Option<String> {
             fetched
                 .get("hashes")?

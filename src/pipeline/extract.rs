@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use super::archive::{self, ArchiveError, Counters, Limits};
-use super::fetch::fetched_path;
+use super::fetch::{fetched_file_name, fetched_path};
 use super::{Stage, StageCtx, StageError, StageFailure, StageOutcome};
 use crate::config::ExtractConfig;
 use crate::domain::{fmt_bytes, StageName};
@@ -56,17 +56,7 @@ impl Stage for ExtractStage {
 
     async fn run(&self, ctx: &StageCtx) -> Result<StageOutcome, StageError> {
         let input = fetched_path(ctx).ok_or(ExtractError::NoInput)?;
-        let fetched = ctx.output_of(StageName::Fetch).cloned().unwrap_or_default();
-        let file_name = fetched
-            .get("file_name")
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-            .unwrap_or_else(|| {
-                input
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            });
+        let file_name = fetched_file_name(ctx, &input);
         let sniffed = {
             let p = input.clone();
             tokio::task::spawn_blocking(move || archive::sniff(&p))

@@ -542,6 +542,19 @@ fn content_range_total(resp: &reqwest::Response) -> Option<u64> {
     content_range(resp).and_then(|(_, t)| t)
 }
 
+/// The image's file name as the source URL named it (the fetched path's name otherwise).
+pub fn fetched_file_name(ctx: &StageCtx, path: &Path) -> String {
+    ctx.output_of(StageName::Fetch)
+        .and_then(|d| d.get("file_name"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+}
+
 /// Where fetch put the image (or the original path, when read in place).
 pub fn fetched_path(ctx: &StageCtx) -> Option<PathBuf> {
     ctx.output_of(StageName::Fetch)?

@@ -2,6 +2,16 @@
 //! generic, because sqlx's executor bounds make generic code unreadable;
 //! each backend expands it with its pool type and its claim statement.
 
+/// Binds the worker fence of a statement: $1 job, $2 worker, $3 attempt.
+macro_rules! leased {
+    ($query:expr, $lease:expr) => {
+        $query
+            .bind($lease.job_id.to_string())
+            .bind(&$lease.worker)
+            .bind($lease.attempt)
+    };
+}
+
 macro_rules! store_impl {
     ($store:ty, $db:ty, $claim:expr) => {
         #[async_trait::async_trait]
@@ -228,10 +238,7 @@ macro_rules! store_impl {
             }
 
             async fn renew(&self, lease: &Lease, lease_for: Duration) -> StoreResult<bool> {
-                let flag: Option<(bool,)> = sqlx::query_as(sql::RENEW)
-                    .bind(lease.job_id.to_string())
-                    .bind(&lease.worker)
-                    .bind(lease.attempt)
+                let flag: Option<(bool,)> = leased!(sqlx::query_as(sql::RENEW), lease)
                     .bind(now_millis() + millis(lease_for))
                     .fetch_optional(&self.pool)
                     .await?;
@@ -239,20 +246,14 @@ macro_rules! store_impl {
             }
 
             async fn cancel_requested(&self, lease: &Lease) -> StoreResult<bool> {
-                let flag: Option<(bool,)> = sqlx::query_as(sql::CANCEL_FLAG)
-                    .bind(lease.job_id.to_string())
-                    .bind(&lease.worker)
-                    .bind(lease.attempt)
+                let flag: Option<(bool,)> = leased!(sqlx::query_as(sql::CANCEL_FLAG), lease)
                     .fetch_optional(&self.pool)
                     .await?;
                 flag.map(|(f,)| f).ok_or(StoreError::Fenced(lease.job_id))
             }
 
             async fn interrupt_stale_runs(&self, lease: &Lease) -> StoreResult<u64> {
-                let r = sqlx::query(sql::INTERRUPT_STALE)
-                    .bind(lease.job_id.to_string())
-                    .bind(&lease.worker)
-                    .bind(lease.attempt)
+                let r = leased!(sqlx::query(sql::INTERRUPT_STALE), lease)
                     .bind(now_millis())
                     .execute(&self.pool)
                     .await?;
@@ -261,20 +262,14 @@ macro_rules! store_impl {
 
             async fn start_stage(&self, lease: &Lease, stage: StageName) -> StoreResult<i64> {
                 let now = now_millis();
-                let id: Option<(i64,)> = sqlx::query_as(sql::START_STAGE)
-                    .bind(lease.job_id.to_string())
-                    .bind(&lease.worker)
-                    .bind(lease.attempt)
+                let id: Option<(i64,)> = leased!(sqlx::query_as(sql::START_STAGE), lease)
                     .bind(stage.as_str())
                     .bind(now)
                     .fetch_optional(&self.pool)
                     .await?;
                 let (id,) = id.ok_or(StoreError::Fenced(lease.job_id))?;
                 fenced(
-                    sqlx::query(sql::SET_CURRENT_STAGE)
-                        .bind(lease.job_id.to_string())
-                        .bind(&lease.worker)
-                        .bind(lease.attempt)
+                    leased!(sqlx::query(sql::SET_CURRENT_STAGE), lease)
                         .bind(stage.as_str())
                         .bind(now)
                         .execute(&self.pool)
@@ -291,10 +286,7 @@ macro_rules! store_impl {
                 run: i64,
                 detail: &serde_json::Value,
             ) -> StoreResult<()> {
-                let r = sqlx::query(sql::UPDATE_STAGE_DETAIL)
-                    .bind(lease.job_id.to_string())
-                    .bind(&lease.worker)
-                    .bind(lease.attempt)
+                let r = leased!(sqlx::query(sql::UPDATE_STAGE_DETAIL), lease)
                     .bind(run)
                     .bind(detail.to_string())
                     .execute(&self.pool)
@@ -310,10 +302,7 @@ macro_rules! store_impl {
                 detail: &serde_json::Value,
                 error: Option<&str>,
             ) -> StoreResult<()> {
-                let r = sqlx::query(sql::FINISH_STAGE)
-                    .bind(lease.job_id.to_string())
-                    .bind(&lease.worker)
-                    .bind(lease.attempt)
+                let r = leased!(sqlx::query(sql::FINISH_STAGE), lease)
                     .bind(run)
                     .bind(state.as_str())
                     .bind(detail.to_string())
@@ -331,10 +320,7 @@ macro_rules! store_impl {
                 level: LogLevel,
                 message: &str,
             ) -> StoreResult<()> {
-                let r = sqlx::query(sql::APPEND_LOG)
-                    .bind(lease.job_id.to_string())
-                    .bind(&lease.worker)
-                    .bind(lease.attempt)
+                let r = leased!(sqlx::query(sql::APPEND_LOG), lease)
                     .bind(now_millis())
                     .bind(stage.map(|s| s.as_str()))
                     .bind(level.as_str())
@@ -352,10 +338,7 @@ macro_rules! store_impl {
                 external_id: &str,
                 detail: &serde_json::Value,
             ) -> StoreResult<()> {
-                let r = sqlx::query(sql::RECORD_RESOURCE)
-                    .bind(lease.job_id.to_string())
-                    .bind(&lease.worker)
-                    .bind(lease.attempt)
+                let r = leased!(sqlx::query(sql::RECORD_RESOURCE), lease)
                     .bind(kind)
                     .bind(provider)
                     .bind(external_id)
@@ -367,10 +350,7 @@ macro_rules! store_impl {
             }
 
             async fn mark_resource_deleted(&self, lease: &Lease, resource: i64) -> StoreResult<()> {
-                let r = sqlx::query(sql::RESOURCE_DELETED)
-                    .bind(lease.job_id.to_string())
-                    .bind(&lease.worker)
-                    .bind(lease.attempt)
+                let r = leased!(sqlx::query(sql::RESOURCE_DELETED), lease)
                     .bind(resource)
                     .bind(now_millis())
                     .execute(&self.pool)
@@ -379,10 +359,7 @@ macro_rules! store_impl {
             }
 
             async fn park(&self, lease: &Lease, until: Millis, reason: &str) -> StoreResult<()> {
-                let r = sqlx::query(sql::PARK)
-                    .bind(lease.job_id.to_string())
-                    .bind(&lease.worker)
-                    .bind(lease.attempt)
+                let r = leased!(sqlx::query(sql::PARK), lease)
                     .bind(until)
                     .bind(reason)
                     .bind(now_millis())
@@ -397,10 +374,7 @@ macro_rules! store_impl {
                 state: JobState,
                 error: Option<&str>,
             ) -> StoreResult<()> {
-                let r = sqlx::query(sql::FINISH_JOB)
-                    .bind(lease.job_id.to_string())
-                    .bind(&lease.worker)
-                    .bind(lease.attempt)
+                let r = leased!(sqlx::query(sql::FINISH_JOB), lease)
                     .bind(state.as_str())
                     .bind(error)
                     .bind(now_millis())
@@ -410,10 +384,7 @@ macro_rules! store_impl {
             }
 
             async fn set_error(&self, lease: &Lease, error: &str) -> StoreResult<()> {
-                let r = sqlx::query(sql::SET_ERROR)
-                    .bind(lease.job_id.to_string())
-                    .bind(&lease.worker)
-                    .bind(lease.attempt)
+                let r = leased!(sqlx::query(sql::SET_ERROR), lease)
                     .bind(error)
                     .bind(now_millis())
                     .execute(&self.pool)
@@ -422,10 +393,7 @@ macro_rules! store_impl {
             }
 
             async fn hand_back(&self, lease: &Lease) -> StoreResult<()> {
-                let r = sqlx::query(sql::HAND_BACK)
-                    .bind(lease.job_id.to_string())
-                    .bind(&lease.worker)
-                    .bind(lease.attempt)
+                let r = leased!(sqlx::query(sql::HAND_BACK), lease)
                     .bind(now_millis())
                     .execute(&self.pool)
                     .await?;
@@ -477,6 +445,7 @@ macro_rules! store_impl {
     };
 }
 
+pub(crate) use leased;
 pub(crate) use store_impl;
 
 use super::{Lease, StoreError, StoreResult};

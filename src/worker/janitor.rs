@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{ClusterProvider, Owned};
+use crate::cluster::{delete_object, ClusterProvider, Owned};
 use crate::store::{DynStore, LogLevel};
 
 /// One sweep; returns how many objects were removed.
@@ -37,11 +37,7 @@ pub async fn sweep(store: &DynStore, provider: &Arc<dyn ClusterProvider>) -> usi
         if !ended {
             continue;
         }
-        let result = if kind == "vm" {
-            provider.delete_vm(id).await
-        } else {
-            provider.delete_image(id).await
-        };
+        let result = delete_object(provider.as_ref(), kind, id).await;
         match result {
             Ok(()) => {
                 removed += 1;

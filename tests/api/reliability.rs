@@ -2,9 +2,7 @@
 //! racing on one PostgreSQL.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -12,48 +10,9 @@ use sha2::Digest;
 use vmscan::domain::JobState;
 use vmscan::store::{self, JobFilter, NewJob};
 
+use crate::support::daemon::Daemon;
 use crate::support::fileserver::{Behaviour, FileServer};
 use crate::support::{backends, fresh_pg_database, pg_admin_url, Backend};
-
-/// A `vmscan` child process; killed when dropped.
-struct Proc {
-    child: Child,
-    base: Option<String>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(args: &[&str], env: &[(&str, String)]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmscan"));
-    cmd.args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .env("VMSCAN_LOG", "warn");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("vmscan starts");
-    let mut base = None;
-    if args[0] == "serve" {
-        // The first line names the dashboard URL.
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        // Keep draining stdout so the daemon never writes into a closed pipe.
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        let url = line
-            .trim()
-            .strip_prefix("vmscan dashboard: ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        base = Some(url.trim_end_matches('/').to_string());
-    }
-    Proc { child, base }
-}
 
 fn env_for(db: &str, data: &Path, lease_secs: u64) -> Vec<(&'static str, String)> {
     vec![
@@ -104,7 +63,7 @@ async fn survives_kill_9_mid_download_and_resumes_without_running_a_stage_twice(
         let env = env_for(&db, &tmp.path().join("data"), 3);
         let client = reqwest::Client::new();
 
-        let first = spawn(&["serve"], &env);
+        let first = Daemon::start(&["serve"], &env);
         let base = first.base.clone().unwrap();
         let job: Value = client
             .post(format!("{base}/api/v1/jobs"))
@@ -130,7 +89,7 @@ async fn survives_kill_9_mid_download_and_resumes_without_running_a_stage_twice(
         }
         drop(first); // SIGKILL: no chance to clean up.
 
-        let second = spawn(&["serve"], &env);
+        let second = Daemon::start(&["serve"], &env);
         let base = second.base.clone().unwrap();
         let start = Instant::now();
         let done = loop {
@@ -203,7 +162,7 @@ async fn two_worker_processes_run_500_jobs_exactly_once() {
     let store = store::open(&db, 4).await.unwrap();
     let mut env = env_for(&db, &tmp.path().join("data"), 10);
     env.push(("VMSCAN_WORKER__POOL_SIZE", "4".into()));
-    let workers: Vec<Proc> = (0..2).map(|_| spawn(&["worker"], &env)).collect();
+    let workers: Vec<Daemon> = (0..2).map(|_| Daemon::start(&["worker"], &env)).collect();
 
     let started = Instant::now();
     for i in 0..N {

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use super::ScanEnv;
-use crate::cluster::{ClusterError, Owned};
+use crate::cluster::{delete_object, ClusterError, Owned};
 use crate::domain::{fmt_millis, now_millis, StageName, StageState};
 use crate::pipeline::{Stage, StageCtx, StageError, StageFailure, StageOutcome};
 
@@ -73,20 +73,7 @@ async fn delete_kind(ctx: &StageCtx, env: &ScanEnv, kind: &str) -> Result<usize,
         .filter(|r| r.kind == kind && r.deleted_at.is_none() && r.provider == cluster)
     {
         let id = r.external_id.clone();
-        let p = env.provider.clone();
-        let result = if kind == "vm" {
-            with_retries(|| {
-                let (p, id) = (p.clone(), id.clone());
-                async move { p.delete_vm(&id).await }
-            })
-            .await
-        } else {
-            with_retries(|| {
-                let (p, id) = (p.clone(), id.clone());
-                async move { p.delete_image(&id).await }
-            })
-            .await
-        };
+        let result = with_retries(|| delete_object(env.provider.as_ref(), kind, &id)).await;
         result.map_err(|source| TeardownError {
             kind: kind.into(),
             id: id.clone(),
@@ -117,11 +104,7 @@ async fn delete_kind(ctx: &StageCtx, env: &ScanEnv, kind: &str) -> Result<usize,
         if !is_kind || job != Some(ctx.job.id) {
             continue;
         }
-        let result = if kind == "vm" {
-            env.provider.delete_vm(&id).await
-        } else {
-            env.provider.delete_image(&id).await
-        };
+        let result = delete_object(env.provider.as_ref(), kind, &id).await;
         result.map_err(|source| TeardownError {
             kind: kind.into(),
             id: id.clone(),
