@@ -195,13 +195,37 @@ fn facts(detail: &Value) -> Vec<(String, String)> {
         "source",
         "path",
         "format",
+        "virtual_size",
         "cluster",
         "vm",
         "image",
+        "hostname",
+        "os",
+        "ssh_port",
+        "host_key",
+        "ready_secs",
+        "installer",
+        "exit_status",
+        "system",
+        "found",
+        "next_check",
+        "deadline",
+        "kept_until",
+        "vms_deleted",
+        "images_deleted",
     ] {
         if let Some(v) = detail.get(key).filter(|v| !v.is_null()) {
             let s = match v {
                 Value::String(s) => s.clone(),
+                // Objects (a cluster image…) show by name.
+                Value::Object(o) => o
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string()),
+                Value::Number(n) if key.ends_with("_secs") => {
+                    format!("{:.1} s", n.as_f64().unwrap_or(0.0))
+                }
                 other => other.to_string(),
             };
             out.push((key.into(), s));
