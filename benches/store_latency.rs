@@ -6,8 +6,8 @@
 //!   scripts/bench.sh                         # SQLite and a throwaway PostgreSQL
 //!
 //! Per backend and per store (empty, then filled) it starts the real app
-//! (`Application::build`, port 0, 2 workers, the configured pipeline on a
-//! small local `file://` image) and measures over HTTP:
+//! (`Application::build`, port 0, 2 workers, a fetch → extract → checksum
+//! pipeline on a small local `file://` image) and measures over HTTP:
 //!   - `GET /api/v1/jobs?limit=50`: first page, a keyset page from the middle
 //!     (`before=`), and `state=failed`;
 //!   - `GET /` and `GET /jobs/{id}`; `GET /metrics` as an extra;
@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use vmscan::app::{Application, Role};
 use vmscan::config::Config;
-use vmscan::domain::{JobId, JobState};
+use vmscan::domain::{JobId, JobState, StageName};
 use vmscan::store::DynStore;
 
 /// Jobs per multi-row INSERT batch. Keeps every statement under SQLite's
@@ -164,6 +164,8 @@ async fn run() -> anyhow::Result<()> {
             .join(", ")
     );
 
+    // Other work on the machine shows up in p99: say how busy it was.
+    println!("load average at start: {}", loadavg());
     let mut results = Vec::new();
     for backend in &backends {
         let empty = run_scenario(backend, 1, "empty store", settings).await?;
@@ -177,10 +179,20 @@ async fn run() -> anyhow::Result<()> {
     println!();
     println!("{}", table(&results));
     println!(
-        "total bench time: {:.0} s (fills included)",
-        started.elapsed().as_secs_f64()
+        "total bench time: {:.0} s (fills included); load average at end: {} ({} CPUs)",
+        started.elapsed().as_secs_f64(),
+        loadavg(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     Ok(())
+}
+
+/// The 1, 5 and 15 minute load averages (Linux), or "?".
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn ratio(x: f64, base: f64) -> String {
@@ -314,6 +326,8 @@ async fn run_scenario(
     cfg.server.listen = "127.0.0.1:0".parse()?;
     cfg.storage.data_dir = tmp.path().join("data");
     cfg.worker.pool_size = 2;
+    // The intake stages only: quick, real, and no VM to boot per job.
+    cfg.pipeline.stages = vec![StageName::Fetch, StageName::Extract, StageName::Checksum];
     cfg.fetch.allowed_roots = vec![images.clone()];
     let mut pg_db = None;
     if let Backend::Postgres { admin_url } = backend {
