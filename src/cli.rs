@@ -191,6 +191,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 email,
                 note,
                 requested_by: None,
+                name: None,
+                version: None,
+                description: None,
                 options: None,
             })?;
             let job = store.create_job(new).await?;

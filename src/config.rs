@@ -12,7 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::StageName;
 
+mod publish;
 mod scan;
+pub use publish::{
+    ArtifactStoreKind, ArtifactoryConfig, LocalStoreConfig, NameRule, PublishConfig,
+};
 pub use scan::{
     installer_is_url, installer_path, AgentConfig, AgentProfile, InventoryConfig, InventoryKind,
     VmConfig,
@@ -41,6 +45,7 @@ pub struct Config {
     pub vm: VmConfig,
     pub agent: AgentConfig,
     pub inventory: InventoryConfig,
+    pub publish: PublishConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -426,6 +431,9 @@ impl Config {
                 "convert.coroutines = {} must be between 1 and 16 (qemu-img's limit)",
                 self.convert.coroutines
             ));
+        }
+        if self.pipeline.stages.contains(&StageName::Publish) {
+            self.publish.check().map_err(ConfigError::Invalid)?;
         }
         for c in self.fetch.deny_cidrs.iter().chain(&self.fetch.allow_cidrs) {
             if c.parse::<ipnet::IpNet>().is_err() {

@@ -3,6 +3,7 @@
 //! pipeline stages; the web layer shows it all.
 
 pub mod app;
+pub mod artifacts;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -23,6 +23,13 @@ pub struct SubmitRequest {
     pub email: Option<String>,
     pub note: Option<String>,
     pub requested_by: Option<String>,
+    /// Image name, version and description for publishing; stored in `options`.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
     #[serde(default)]
     pub options: Option<serde_json::Value>,
 }
@@ -70,11 +77,30 @@ pub fn validate(req: SubmitRequest) -> Result<NewJob, SubmitError> {
             "requested_by: longer than 254 characters".into(),
         ));
     }
-    let options = match req.options {
+    let mut options = match req.options {
         None | Some(serde_json::Value::Null) => json!({}),
         Some(o @ serde_json::Value::Object(_)) => o,
         Some(_) => return Err(SubmitError("options: must be a JSON object".into())),
     };
+    for (field, value) in [("name", req.name), ("version", req.version)] {
+        if let Some(v) = blank_to_none(value) {
+            crate::artifacts::check_label(field, &v).map_err(SubmitError)?;
+            options[field] = json!(v);
+        }
+    }
+    if let Some(d) = blank_to_none(req.description) {
+        if d.chars().count() > 1000 {
+            return Err(SubmitError(
+                "description: longer than 1000 characters".into(),
+            ));
+        }
+        if d.chars().any(char::is_control) {
+            return Err(SubmitError(
+                "description: control characters (line breaks, tabs) are not allowed".into(),
+            ));
+        }
+        options["description"] = json!(d);
+    }
     Ok(NewJob {
         url,
         checksum,
@@ -96,8 +122,29 @@ mod tests {
             email: None,
             note: None,
             requested_by: None,
+            name: None,
+            version: None,
+            description: None,
             options: None,
         }
+    }
+
+    #[test]
+    fn image_name_and_version_land_in_options() {
+        let mut r = req("https://h.example/a.qcow2");
+        r.name = Some("rocky-9".into());
+        r.version = Some("2026.11.1".into());
+        r.description = Some("Rocky 9, hardened".into());
+        let job = validate(r).unwrap();
+        assert_eq!(job.options["name"], "rocky-9");
+        assert_eq!(job.options["version"], "2026.11.1");
+        assert_eq!(job.options["description"], "Rocky 9, hardened");
+        let mut r = req("https://h.example/a.qcow2");
+        r.name = Some("../etc".into());
+        assert!(validate(r)
+            .unwrap_err()
+            .0
+            .starts_with("name: \"../etc\" contains '/'"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod http;
 pub mod image_format;
 mod inspect;
 pub mod netpolicy;
+pub mod publish;
 mod qemu;
 pub mod scan;
 
@@ -40,6 +41,7 @@ pub const BUILT_STAGES: &[StageName] = &[
     StageName::LogCheck,
     StageName::ReportCheck,
     StageName::Teardown,
+    StageName::Publish,
 ];
 
 /// What a finished stage asks of the runner.
@@ -158,7 +160,8 @@ pub fn build_on(cfg: &Config, provider: Arc<dyn ClusterProvider>) -> Pipeline {
                 StageName::LogCheck => Some(Arc::new(scan::LogCheckStage::new(env.clone()))),
                 StageName::ReportCheck => Some(Arc::new(scan::ReportCheckStage::new(env.clone()))),
                 StageName::Teardown => Some(Arc::new(scan::TeardownStage::new(env.clone()))),
-                StageName::Publish | StageName::Notify => None,
+                StageName::Publish => Some(Arc::new(publish::PublishStage::new(cfg))),
+                StageName::Notify => None,
             }
         })
         .collect();

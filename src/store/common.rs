@@ -438,8 +438,8 @@ macro_rules! store_impl {
                 })
             }
 
-            async fn wait_for_work(&self, timeout: Duration) {
-                let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
+            fn work_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+                self.wake.subscribe()
             }
         }
     };

@@ -265,8 +265,9 @@ pub trait Store: catalog::CatalogStore + notify::NotifyStore + Send + Sync + 'st
     /// Re-queues jobs whose lease expired; after `max_expiries` the job is
     /// queued once more only to tear down, and then failed outright.
     async fn reap_expired(&self, max_expiries: i64) -> StoreResult<ReapReport>;
-    /// Resolves when new work may be available, or after `timeout`.
-    async fn wait_for_work(&self, timeout: Duration);
+    /// A counter bumped whenever new work may be available. A worker marks
+    /// it seen before claiming, so a bump during the claim is not missed.
+    fn work_signal(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
 pub type DynStore = Arc<dyn Store>;

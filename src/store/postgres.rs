@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use super::common::{fenced, leased, store_impl};
 use super::rows::{collect, job_id, JobRow, LogRow, ResourceRow, StageRunRow};
@@ -20,7 +20,7 @@ use crate::domain::{now_millis, JobId, JobState, Millis, StageName, StageState};
 
 pub struct PgStore {
     pub(super) pool: PgPool,
-    wake: Arc<Notify>,
+    wake: Arc<watch::Sender<u64>>,
     listener: tokio::task::JoinHandle<()>,
 }
 
@@ -41,7 +41,7 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await?;
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(watch::Sender::new(0));
         let listener = tokio::spawn(listen(pool.clone(), wake.clone()));
         Ok(PgStore {
             pool,
@@ -55,12 +55,12 @@ impl PgStore {
         if let Err(e) = sqlx::query(sql::PG_NOTIFY).execute(&self.pool).await {
             tracing::warn!(error = %e, "pg_notify failed");
         }
-        self.wake.notify_waiters();
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
 /// Forwards NOTIFYs from other replicas to this process's workers, reconnecting on error.
-async fn listen(pool: PgPool, wake: Arc<Notify>) {
+async fn listen(pool: PgPool, wake: Arc<watch::Sender<u64>>) {
     loop {
         match PgListener::connect_with(&pool).await {
             Ok(mut l) => {
@@ -68,7 +68,7 @@ async fn listen(pool: PgPool, wake: Arc<Notify>) {
                     tracing::warn!(error = %e, "LISTEN failed");
                 } else {
                     while let Ok(_n) = l.recv().await {
-                        wake.notify_waiters();
+                        wake.send_modify(|n| *n = n.wrapping_add(1));
                     }
                 }
             }

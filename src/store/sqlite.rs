@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use super::common::{fenced, leased, store_impl};
 use super::rows::{collect, job_id, JobRow, LogRow, ResourceRow, StageRunRow};
@@ -20,7 +20,7 @@ pub struct SqliteStore {
     pub(super) pool: SqlitePool,
     /// Wakes this process's workers; SQLite has no cross-process notify, so
     /// other processes find work by polling.
-    wake: Notify,
+    wake: watch::Sender<u64>,
 }
 
 impl SqliteStore {
@@ -40,12 +40,12 @@ impl SqliteStore {
             .await?;
         Ok(SqliteStore {
             pool,
-            wake: Notify::new(),
+            wake: watch::Sender::new(0),
         })
     }
 
     async fn notify_work(&self) {
-        self.wake.notify_waiters();
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 

@@ -2,6 +2,7 @@
 //! metrics. It talks to the store only; it never runs a stage.
 
 mod api;
+mod catalog;
 mod error;
 mod health;
 mod pages;
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/static").to_string());
     let limit = state.config.server.max_body_bytes;
     Router::new()
+        .merge(catalog::router())
         .merge(api::router())
         .merge(pages::router())
         .merge(health::router())

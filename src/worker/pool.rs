@@ -72,7 +72,10 @@ pub fn worker_name() -> String {
 async fn worker_loop(env: RunEnv, worker: String, stop: CancellationToken) {
     let lease_for = Duration::from_secs(env.config.worker.lease_secs);
     let poll = Duration::from_millis(env.config.worker.poll_interval_ms.max(10));
+    let mut signal = env.store.work_signal();
     while !stop.is_cancelled() {
+        // Marked seen before the claim: work that arrives during it wakes us at once.
+        signal.borrow_and_update();
         match env.store.claim(&worker, lease_for).await {
             Ok(Some((job, lease))) => {
                 tracing::info!(job = %job.id, worker = %worker, attempt = lease.attempt, "claimed");
@@ -84,7 +87,7 @@ async fn worker_loop(env: RunEnv, worker: String, stop: CancellationToken) {
             Ok(None) => {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = env.store.wait_for_work(poll) => {}
+                    _ = tokio::time::timeout(poll, signal.changed()) => {}
                 }
             }
             Err(e) => {

@@ -1,0 +1,387 @@
+//! publish: after every earlier stage passed, puts the image into the artifact
+//! store with its properties, records it in the catalog as the current
+//! version, and demotes (optionally archives, or deletes past retention) the
+//! versions it replaces.
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use crate::artifacts::{
+    self, check_label, name_from_file, render_path, split_version, ArtifactError, Checksums,
+    DeployRequest, DynArtifactStore, Properties, STATE_PROPERTY,
+};
+use crate::config::{NameRule, PublishConfig};
+use crate::domain::{fmt_bytes, StageName};
+use crate::pipeline::{current_image, Stage, StageCtx, StageError, StageFailure, StageOutcome};
+use crate::store::catalog::{Image, ImageFilter, ImageState, NewImage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("no image to publish: no earlier stage recorded one")]
+    NoImage,
+    #[error("not publishing: the scan did not pass ({0})")]
+    NotPassed(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Label(String),
+    #[error("publish: {0}")]
+    Store(#[from] ArtifactError),
+}
+
+impl StageFailure for PublishError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, PublishError::Store(e) if e.is_retryable())
+    }
+}
+
+pub struct PublishStage {
+    cfg: PublishConfig,
+    store: Result<DynArtifactStore, String>,
+}
+
+impl PublishStage {
+    pub fn new(cfg: &crate::config::Config) -> Self {
+        PublishStage {
+            cfg: cfg.publish.clone(),
+            store: artifacts::from_config(cfg).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// With a given store (tests, other wiring).
+    pub fn with_store(cfg: PublishConfig, store: DynArtifactStore) -> Self {
+        PublishStage {
+            cfg,
+            store: Ok(store),
+        }
+    }
+}
+
+fn text<'a>(v: Option<&'a Value>, key: &str) -> Option<&'a str> {
+    v?.get(key)?.as_str().filter(|s| !s.is_empty())
+}
+
+/// Name and version: the submitter's, else derived from the downloaded file
+/// name by the configured rule; the version defaults to the job's UTC creation time.
+pub fn name_and_version(ctx: &StageCtx, rule: NameRule) -> Result<(String, String), PublishError> {
+    let opts = Some(&ctx.job.options);
+    let file_name = text(ctx.output_of(StageName::Fetch), "file_name")
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            ctx.job
+                .url
+                .rsplit('/')
+                .next()
+                .unwrap_or("image")
+                .to_string()
+        });
+    let mut name = name_from_file(&file_name);
+    let mut version = None;
+    if rule == NameRule::StemWithoutVersion {
+        if let Some((n, v)) = split_version(&name) {
+            name = n;
+            version = Some(v);
+        }
+    }
+    let name = text(opts, "name").map(str::to_string).unwrap_or(name);
+    let version = text(opts, "version")
+        .map(str::to_string)
+        .or(version)
+        .unwrap_or_else(|| {
+            chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ctx.job.created_at)
+                .unwrap_or_default()
+                .format("%Y%m%dT%H%M%SZ")
+                .to_string()
+        });
+    check_label("name", &name).map_err(PublishError::Label)?;
+    check_label("version", &version).map_err(PublishError::Label)?;
+    Ok((name, version))
+}
+
+/// What the earlier stages proved, as item properties.
+fn properties(
+    ctx: &StageCtx,
+    cfg: &PublishConfig,
+    name: &str,
+    version: &str,
+    sums: &Checksums,
+) -> Properties {
+    let out = |s| ctx.output_of(s);
+    let mut p = Properties::new();
+    let mut put = |k: &str, v: String| {
+        p.insert(format!("vmscan.{k}"), v);
+    };
+    put("name", name.into());
+    put("version", version.into());
+    if let Some(d) = text(Some(&ctx.job.options), "description") {
+        put("description", d.into());
+    }
+    if let Some(os) = text(out(StageName::VmCreate), "os") {
+        put("os", os.into());
+    }
+    let source = text(out(StageName::Fetch), "source")
+        .map(str::to_string)
+        .unwrap_or_else(|| ctx.job.url.clone());
+    put("source_url", source);
+    put("sha256", sums.sha256.clone());
+    put("job_id", ctx.job.id.to_string());
+    let ran: Vec<&str> = ctx
+        .config
+        .pipeline
+        .stages
+        .iter()
+        .filter(|s| **s != StageName::Publish && out(**s).is_some())
+        .map(|s| s.as_str())
+        .collect();
+    put("scan_result", format!("passed ({})", ran.join(", ")));
+    let verified = out(StageName::Checksum)
+        .and_then(|d| d.get("verified"))
+        .and_then(Value::as_bool);
+    put(
+        "checksum_verified",
+        match verified {
+            Some(true) => "true",
+            Some(false) => "false (no checksum given)",
+            None => "not checked",
+        }
+        .into(),
+    );
+    let agent = if out(StageName::LogCheck).is_some() {
+        "installed, logs checked"
+    } else if out(StageName::AgentInstall).is_some() {
+        "installed"
+    } else {
+        "not checked"
+    };
+    put("agent", agent.into());
+    let inventory = match out(StageName::ReportCheck)
+        .and_then(|d| d.get("found"))
+        .and_then(Value::as_bool)
+    {
+        Some(true) => "found",
+        Some(false) => "not found",
+        None => "not checked",
+    };
+    put("inventory", inventory.into());
+    put("deployed_by", cfg.deployed_by.clone());
+    put(
+        "deployed_at",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    );
+    put("state", ImageState::Current.as_str().into());
+    p
+}
+
+/// The image's disk format: what convert made, else what inspect read, else the extension.
+fn image_format(ctx: &StageCtx, path: &std::path::Path) -> String {
+    text(ctx.output_of(StageName::Convert), "format")
+        .or_else(|| text(ctx.output_of(StageName::Inspect), "format"))
+        .map(str::to_string)
+        .or_else(|| {
+            path.extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        })
+        .filter(|f| f.chars().all(|c| c.is_ascii_alphanumeric()) && !f.is_empty())
+        .unwrap_or_else(|| "img".into())
+}
+
+impl PublishStage {
+    /// Marks the other current versions of `image.name` deprecated, archives
+    /// them if configured, and deletes versions beyond the retention count.
+    async fn demote(
+        &self,
+        ctx: &StageCtx,
+        store: &DynArtifactStore,
+        image: &Image,
+    ) -> Result<Value, StageError> {
+        let all = ctx
+            .store()
+            .list_images(&ImageFilter {
+                name: Some(image.name.clone()),
+                include_deleted: true,
+                limit: 1000,
+                ..Default::default()
+            })
+            .await?;
+        let mut deprecated = Vec::new();
+        let mut archived = Vec::new();
+        let mut purged = Vec::new();
+        let state = Properties::from([(
+            STATE_PROPERTY.to_string(),
+            ImageState::Deprecated.as_str().to_string(),
+        )]);
+        for old in all.iter().filter(|o| o.id != image.id) {
+            if old.state == ImageState::Current && old.purged_at.is_none() {
+                match store.set_properties(&old.repo, &old.path, &state).await {
+                    Ok(()) => {}
+                    Err(ArtifactError::Refused { status: 404, .. }) => {
+                        ctx.warn(format!(
+                            "{} {}: artifact {}/{} is gone; marking it deprecated in the catalog only",
+                            old.name, old.version, old.repo, old.path
+                        ))
+                        .await?;
+                    }
+                    Err(e) => return Err(PublishError::Store(e).into()),
+                }
+                ctx.store().deprecate_image(old.id).await?;
+                ctx.info(format!(
+                    "{} {} is now deprecated ({} {} is current)",
+                    old.name, old.version, image.name, image.version
+                ))
+                .await?;
+                deprecated.push(old.version.clone());
+            }
+            if let Some(archive) = &self.cfg.archive_repo {
+                if old.archived_at.is_none() && old.purged_at.is_none() && &old.repo != archive {
+                    let url = store
+                        .move_to(&old.repo, &old.path, archive)
+                        .await
+                        .map_err(PublishError::Store)?;
+                    ctx.store().image_moved(old.id, archive, &url).await?;
+                    ctx.info(format!(
+                        "moved {} {} to {archive}: {url}",
+                        old.name, old.version
+                    ))
+                    .await?;
+                    archived.push(old.version.clone());
+                }
+            }
+        }
+        if self.cfg.retention > 0 {
+            // `all` is newest first; the new version counts towards the kept ones.
+            let keep = self.cfg.retention as usize;
+            let mut kept = 1;
+            for old in all.iter().filter(|o| o.id != image.id) {
+                if kept < keep {
+                    kept += 1;
+                    continue;
+                }
+                if old.purged_at.is_some() {
+                    continue;
+                }
+                let repo = self
+                    .cfg
+                    .archive_repo
+                    .clone()
+                    .filter(|_| old.archived_at.is_some())
+                    .unwrap_or_else(|| old.repo.clone());
+                store
+                    .delete(&repo, &old.path)
+                    .await
+                    .map_err(PublishError::Store)?;
+                ctx.store().image_purged(old.id).await?;
+                ctx.info(format!(
+                    "deleted {} {} ({repo}/{}): beyond the retention of {keep} versions",
+                    old.name, old.version, old.path
+                ))
+                .await?;
+                purged.push(old.version.clone());
+            }
+        }
+        Ok(json!({"deprecated": deprecated, "archived": archived, "purged": purged}))
+    }
+}
+
+#[async_trait]
+impl Stage for PublishStage {
+    fn name(&self) -> StageName {
+        StageName::Publish
+    }
+
+    async fn run(&self, ctx: &StageCtx) -> Result<StageOutcome, StageError> {
+        // The runner never gets here after a failure; this guards other wiring.
+        if let Some(e) = &ctx.job.error {
+            return Err(PublishError::NotPassed(e.clone()).into());
+        }
+        let store = self
+            .store
+            .as_ref()
+            .map_err(|e| PublishError::Store(ArtifactError::Config(e.clone())))?;
+        let file = current_image(
+            ctx,
+            &[StageName::Convert, StageName::Extract, StageName::Fetch],
+        )
+        .ok_or(PublishError::NoImage)?;
+        let (name, version) = name_and_version(ctx, self.cfg.name_rule)?;
+        let format = image_format(ctx, &file);
+        let path = render_path(&self.cfg.path_template, &name, &version, &format);
+        ctx.set_detail(
+            json!({"name": name, "version": version, "format": format, "store": store.kind(), "repo": store.repo(), "path": path, "step": "hashing"}),
+            true,
+        )
+        .await?;
+        let (sums, size) =
+            Checksums::of_file(&file)
+                .await
+                .map_err(|source| PublishError::Read {
+                    path: file.display().to_string(),
+                    source,
+                })?;
+        let props = properties(ctx, &self.cfg, &name, &version, &sums);
+        ctx.set_detail(
+            json!({"step": "deploying", "size": size, "size_human": fmt_bytes(size), "checksums": sums}),
+            true,
+        )
+        .await?;
+        ctx.info(format!(
+            "publishing {name} {version} ({}, sha256 {}) to {} {}/{path}",
+            fmt_bytes(size),
+            sums.sha256,
+            store.kind(),
+            store.repo()
+        ))
+        .await?;
+        let deployed = store
+            .deploy(&DeployRequest {
+                path: path.clone(),
+                file: file.clone(),
+                size,
+                checksums: sums.clone(),
+                properties: props.clone(),
+                may_link: file.starts_with(&ctx.work_dir),
+            })
+            .await
+            .map_err(PublishError::Store)?;
+        ctx.info(if deployed.reused {
+            format!(
+                "{} already held these bytes (checksum deploy): nothing uploaded; {}",
+                store.kind(),
+                deployed.url
+            )
+        } else {
+            format!("deployed {}", deployed.url)
+        })
+        .await?;
+        let image = ctx
+            .store()
+            .upsert_image(&NewImage {
+                name: name.clone(),
+                version: version.clone(),
+                description: text(Some(&ctx.job.options), "description").map(str::to_string),
+                format,
+                size_bytes: size as i64,
+                sha256: sums.sha256.clone(),
+                sha1: sums.sha1.clone(),
+                md5: sums.md5.clone(),
+                store: store.kind().into(),
+                repo: deployed.repo.clone(),
+                path: deployed.path.clone(),
+                url: deployed.url.clone(),
+                properties: serde_json::to_value(&props).unwrap_or_default(),
+                job_id: ctx.job.id,
+            })
+            .await?;
+        ctx.set_detail(
+            json!({"step": "demoting", "url": deployed.url, "reused": deployed.reused, "image_id": image.id, "properties": props}),
+            true,
+        )
+        .await?;
+        let demoted = self.demote(ctx, store, &image).await?;
+        ctx.set_detail(json!({"step": "done", "demoted": demoted}), true)
+            .await?;
+        Ok(StageOutcome::Done)
+    }
+}

@@ -1,0 +1,288 @@
+//! Publishing: scanned images go to the artifact store (a local directory or
+//! a faithful fake Artifactory) with their properties; older versions are
+//! demoted; the catalog lists them. Intake stages only, so no VM boots.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{backends, stage, Backend, TestApp};
+use vmscan::config::Config;
+use vmscan::domain::StageName;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Source images live here; file:// URLs may read it.
+struct Images {
+    dir: tempfile::TempDir,
+}
+
+impl Images {
+    fn new() -> Self {
+        Images {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A small image (64 KiB of patterned bytes, distinct per `seed`).
+    fn write(&self, name: &str, seed: u8) -> (String, Vec<u8>) {
+        let bytes: Vec<u8> = (0..64 * 1024u32)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect();
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, &bytes).unwrap();
+        (format!("file://{}", p.display()), bytes)
+    }
+
+    async fn app(&self, backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let root = self.dir.path().to_path_buf();
+        TestApp::spawn(backend, move |cfg| {
+            cfg.fetch.allowed_roots = vec![root];
+            cfg.pipeline.stages = vec![StageName::Fetch, StageName::Checksum, StageName::Publish];
+            tweak(cfg);
+        })
+        .await
+    }
+}
+
+/// Submits and waits for the job to end; returns the job JSON.
+async fn scan(app: &TestApp, body: Value) -> Value {
+    let job = app.submit(body).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    app.wait_final(&id, WAIT).await
+}
+
+fn sidecar(file: &Path) -> Value {
+    let p = PathBuf::from(format!("{}.properties.json", file.display()));
+    serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap()
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(leftovers(&p));
+        } else if p.file_name().unwrap().to_string_lossy().contains(".tmp-") {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn publishes_to_the_local_store_with_a_json_sidecar_and_demotes_the_previous_version() {
+    let images = Images::new();
+    let app = images.app(Backend::Sqlite, |_| {}).await;
+    let (url, bytes) = images.write("rocky-9.4-x86_64.qcow2", 1);
+    let job = scan(
+        &app,
+        json!({"url": url, "name": "rocky", "version": "9.4", "description": "Rocky 9, hardened; a|b=c"}),
+    )
+    .await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let publish = stage(&job, "publish");
+    assert_eq!(publish["detail"]["path"], "rocky/9.4/rocky-9.4.qcow2");
+    let root = app.data_dir.join("artifacts/vm-images");
+    let first = root.join("rocky/9.4/rocky-9.4.qcow2");
+    assert_eq!(std::fs::read(&first).unwrap(), bytes);
+    let props = &sidecar(&first)["properties"];
+    assert_eq!(props["vmscan.state"], "current");
+    assert_eq!(props["vmscan.name"], "rocky");
+    assert_eq!(props["vmscan.version"], "9.4");
+    assert_eq!(props["vmscan.description"], "Rocky 9, hardened; a|b=c");
+    assert_eq!(props["vmscan.job_id"], job["id"]);
+    assert_eq!(props["vmscan.inventory"], "not checked");
+    assert!(props["vmscan.scan_result"]
+        .as_str()
+        .unwrap()
+        .starts_with("passed"));
+    assert_eq!(
+        props["vmscan.sha256"],
+        sidecar(&first)["checksums"]["sha256"]
+    );
+    // The image was copied (it lives outside vmscan's work directory), not linked.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&first).unwrap().nlink(), 1);
+
+    let (url2, _) = images.write("rocky-9.5-x86_64.qcow2", 2);
+    let job2 = scan(
+        &app,
+        json!({"url": url2, "name": "rocky", "version": "9.5"}),
+    )
+    .await;
+    assert_eq!(job2["state"], "succeeded", "{job2:#}");
+    let second = root.join("rocky/9.5/rocky-9.5.qcow2");
+    assert_eq!(sidecar(&second)["properties"]["vmscan.state"], "current");
+    assert_eq!(sidecar(&first)["properties"]["vmscan.state"], "deprecated");
+    assert_eq!(
+        stage(&job2, "publish")["detail"]["demoted"]["deprecated"],
+        json!(["9.4"])
+    );
+    assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn derives_the_name_from_the_file_and_the_version_from_the_time() {
+    let images = Images::new();
+    let app = images.app(Backend::Sqlite, |_| {}).await;
+    let (url, _) = images.write("alma-9.4-x86_64.qcow2", 3);
+    let job = scan(&app, json!({"url": url})).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let d = &stage(&job, "publish")["detail"];
+    assert_eq!(d["name"], "alma-9.4-x86_64");
+    let version = d["version"].as_str().unwrap();
+    assert!(
+        version.len() == 16 && version.ends_with('Z') && version.contains('T'),
+        "{version}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rejects_unsafe_image_names_at_submit() {
+    let images = Images::new();
+    let app = images.app(Backend::Sqlite, |_| {}).await;
+    let (url, _) = images.write("x.qcow2", 4);
+    let (status, body) = app
+        .post("/api/v1/jobs", json!({"url": url, "name": "../../etc"}))
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        body["error"].as_str().unwrap().starts_with("name:"),
+        "{body}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_scan_publishes_nothing_and_demotes_nothing() {
+    let images = Images::new();
+    let app = images.app(Backend::Sqlite, |_| {}).await;
+    let (url, _) = images.write("deb-12.qcow2", 5);
+    let ok = scan(&app, json!({"url": url, "name": "deb", "version": "1"})).await;
+    assert_eq!(ok["state"], "succeeded", "{ok:#}");
+    let dead = format!("file://{}/missing.qcow2", images.dir.path().display());
+    let failed = scan(&app, json!({"url": dead, "name": "deb", "version": "2"})).await;
+    assert_eq!(failed["state"], "failed", "{failed:#}");
+    assert!(failed["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["name"] != "publish" || s["state"] != "succeeded"));
+    let root = app.data_dir.join("artifacts/vm-images/deb");
+    assert!(!root.join("2").exists());
+    assert_eq!(
+        sidecar(&root.join("1/deb-1.qcow2"))["properties"]["vmscan.state"],
+        "current"
+    );
+    let (_, hist) = app.get("/api/v1/images/deb").await;
+    assert_eq!(hist["current"], "1");
+    assert_eq!(hist["versions"].as_array().unwrap().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_catalog_lists_searches_shows_history_and_soft_deletes() {
+    for backend in backends() {
+        let images = Images::new();
+        let app = images.app(backend, |_| {}).await;
+        for (file, name, version, seed) in [
+            ("a.qcow2", "rocky", "9.3", 10),
+            ("b.qcow2", "rocky", "9.4", 11),
+            ("c.qcow2", "ubuntu", "24.04", 12),
+        ] {
+            let (url, _) = images.write(file, seed);
+            let body = json!({"url": url, "name": name, "version": version, "description": format!("{name} golden image")});
+            let job = scan(&app, body).await;
+            assert_eq!(job["state"], "succeeded", "{backend:?}: {job:#}");
+        }
+        let (status, all) = app.get("/api/v1/images").await;
+        assert_eq!(status, 200);
+        let names: Vec<_> = all["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                format!(
+                    "{} {} {}",
+                    i["name"].as_str().unwrap(),
+                    i["version"].as_str().unwrap(),
+                    i["state"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "ubuntu 24.04 current",
+                "rocky 9.4 current",
+                "rocky 9.3 deprecated"
+            ],
+            "{backend:?}"
+        );
+        let (_, found) = app.get("/api/v1/images?q=UBUNTU").await;
+        assert_eq!(found["images"].as_array().unwrap().len(), 1, "{backend:?}");
+        let (_, current) = app.get("/api/v1/images?name=rocky&state=current").await;
+        assert_eq!(current["images"][0]["version"], "9.4");
+        assert!(current["images"][0]["sha256"].as_str().unwrap().len() == 64);
+        assert!(current["images"][0]["links"]["job"]
+            .as_str()
+            .unwrap()
+            .starts_with("/jobs/"));
+        let (status, _) = app.get("/api/v1/images?state=bogus").await;
+        assert_eq!(status, 400);
+
+        let (status, hist) = app.get("/api/v1/images/rocky").await;
+        assert_eq!(status, 200);
+        assert_eq!(hist["current"], "9.4");
+        assert_eq!(hist["versions"].as_array().unwrap().len(), 2);
+        let (status, _) = app.get("/api/v1/images/nothing-here").await;
+        assert_eq!(status, 404);
+
+        // Soft delete hides the record; the artifact stays; restore brings it back.
+        let id = hist["versions"][1]["id"].as_i64().unwrap();
+        let r = app
+            .client
+            .delete(app.url(&format!("/api/v1/images/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let (_, rocky) = app.get("/api/v1/images?name=rocky").await;
+        assert_eq!(rocky["images"].as_array().unwrap().len(), 1, "{backend:?}");
+        let (_, with_deleted) = app.get("/api/v1/images?name=rocky&deleted=true").await;
+        assert_eq!(with_deleted["images"].as_array().unwrap().len(), 2);
+        let (_, hist) = app.get("/api/v1/images/rocky").await;
+        assert_eq!(hist["versions"][1]["deleted"], true);
+        assert!(app
+            .data_dir
+            .join("artifacts/vm-images/rocky/9.3/rocky-9.3.qcow2")
+            .exists());
+        let (status, restored) = app
+            .post(&format!("/api/v1/images/{id}/restore"), json!({}))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(restored["deleted"], false);
+        let (_, rocky) = app.get("/api/v1/images?name=rocky").await;
+        assert_eq!(rocky["images"].as_array().unwrap().len(), 2);
+        let (status, _) = app.post("/api/v1/images/99999/restore", json!({})).await;
+        assert_eq!(status, 404);
+
+        // The dashboard pages.
+        let (status, page) = app.get_text("/images?q=rocky").await;
+        assert_eq!(status, 200);
+        assert!(page.contains("href=\"/images/rocky\""), "{page}");
+        assert!(page.contains("9.4") && !page.contains("ubuntu"));
+        let (status, page) = app.get_text("/images/rocky").await;
+        assert_eq!(status, 200);
+        assert!(page.contains("deprecated") && page.contains("9.3"));
+        let (_, home) = app.get_text("/").await;
+        assert!(home.contains("href=\"/images\""));
+        app.stop().await;
+    }
+}
