@@ -286,3 +286,273 @@ async fn the_catalog_lists_searches_shows_history_and_soft_deletes() {
         app.stop().await;
     }
 }
+
+// ---- Artifactory (the fake in tests/support/artifactory.rs)
+
+use support::artifactory::{Auth, FakeArtifactory, ARCHIVE, REPO, TOKEN};
+use vmscan::config::ArtifactStoreKind;
+
+fn artifactory(cfg: &mut Config, fake: &FakeArtifactory, token: &str) {
+    cfg.publish.store = ArtifactStoreKind::Artifactory;
+    cfg.publish.artifactory.url = fake.url();
+    cfg.publish.artifactory.repo = REPO.into();
+    cfg.publish.artifactory.token = Some(token.to_string().into());
+    cfg.publish.artifactory.backoff_ms = 20;
+}
+
+fn job_error(job: &Value) -> String {
+    job["error"].as_str().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn publishes_to_artifactory_with_properties_and_archives_the_previous_version() {
+    let images = Images::new();
+    let fake = FakeArtifactory::start(Some(Auth::Bearer(TOKEN.into()))).await;
+    let app = images
+        .app(Backend::Sqlite, |c| {
+            artifactory(c, &fake, TOKEN);
+            c.publish.archive_repo = Some(ARCHIVE.into());
+        })
+        .await;
+    let (url, bytes) = images.write("rocky-9.4-x86_64.qcow2", 20);
+    let desc = "Rocky 9; CIS level 1, a|b=c \\ done";
+    let job = scan(
+        &app,
+        json!({"url": url, "name": "rocky", "version": "9.4", "description": desc}),
+    )
+    .await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let path = "rocky/9.4/rocky-9.4.qcow2";
+    let item = fake.item(REPO, path).expect("deployed");
+    assert_eq!(item.bytes, bytes);
+    let prop = |p: &str, k: &str| fake.property(REPO, p, k);
+    assert_eq!(prop(path, "vmscan.state").as_deref(), Some("current"));
+    assert_eq!(prop(path, "vmscan.name").as_deref(), Some("rocky"));
+    assert_eq!(prop(path, "vmscan.version").as_deref(), Some("9.4"));
+    assert_eq!(prop(path, "vmscan.description").as_deref(), Some(desc));
+    assert_eq!(
+        prop(path, "vmscan.sha256").as_deref(),
+        Some(item.sha256.as_str())
+    );
+    assert_eq!(prop(path, "vmscan.job_id").as_deref(), job["id"].as_str());
+    assert!(prop(path, "vmscan.source_url")
+        .unwrap()
+        .starts_with("file://"));
+    assert_eq!(prop(path, "vmscan.deployed_by").as_deref(), Some("vmscan"));
+    let d = &stage(&job, "publish")["detail"];
+    assert_eq!(d["url"], format!("{}/{REPO}/{path}", fake.url()));
+    assert_eq!(d["reused"], false);
+    // Unknown bytes: the checksum deploy got 404, then the full upload went through.
+    let puts: Vec<_> = fake
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "PUT" && s.uri.contains(&format!("/artifactory/{REPO}/")))
+        .collect();
+    assert_eq!(puts.len(), 2, "{puts:#?}");
+    assert!(puts[0].checksum_deploy && puts[0].status == 404 && puts[0].body_bytes == 0);
+    assert!(!puts[1].checksum_deploy && puts[1].status == 201 && puts[1].body_bytes == bytes.len());
+
+    let (url2, _) = images.write("rocky-9.5-x86_64.qcow2", 21);
+    let job2 = scan(
+        &app,
+        json!({"url": url2, "name": "rocky", "version": "9.5"}),
+    )
+    .await;
+    assert_eq!(job2["state"], "succeeded", "{job2:#}");
+    assert_eq!(
+        fake.property(REPO, "rocky/9.5/rocky-9.5.qcow2", "vmscan.state")
+            .as_deref(),
+        Some("current")
+    );
+    assert!(fake.item(REPO, path).is_none(), "moved away");
+    assert_eq!(
+        fake.property(ARCHIVE, path, "vmscan.state").as_deref(),
+        Some("deprecated")
+    );
+    let (_, hist) = app.get("/api/v1/images/rocky").await;
+    assert_eq!(hist["versions"][1]["repo"], ARCHIVE);
+    assert_eq!(
+        hist["versions"][1]["url"],
+        format!("{}/{ARCHIVE}/{path}", fake.url())
+    );
+    assert_eq!(hist["versions"][1]["state"], "deprecated");
+    assert_eq!(hist["versions"][0]["state"], "current");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn promotes_across_three_versions_and_deletes_beyond_retention() {
+    let images = Images::new();
+    let fake = FakeArtifactory::start(Some(Auth::Bearer(TOKEN.into()))).await;
+    let app = images
+        .app(Backend::Sqlite, |c| {
+            artifactory(c, &fake, TOKEN);
+            c.publish.retention = 2;
+        })
+        .await;
+    for (i, v) in ["1.0", "1.1", "1.2"].iter().enumerate() {
+        let (url, _) = images.write(&format!("app-{v}.qcow2"), 30 + i as u8);
+        let job = scan(&app, json!({"url": url, "name": "app", "version": v})).await;
+        assert_eq!(job["state"], "succeeded", "{job:#}");
+    }
+    assert_eq!(
+        fake.paths(REPO),
+        ["app/1.1/app-1.1.qcow2", "app/1.2/app-1.2.qcow2"]
+    );
+    assert_eq!(
+        fake.property(REPO, "app/1.1/app-1.1.qcow2", "vmscan.state")
+            .as_deref(),
+        Some("deprecated")
+    );
+    assert_eq!(
+        fake.property(REPO, "app/1.2/app-1.2.qcow2", "vmscan.state")
+            .as_deref(),
+        Some("current")
+    );
+    let (_, hist) = app.get("/api/v1/images/app").await;
+    let states: Vec<_> = hist["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_str().unwrap().to_string(),
+                v["state"].as_str().unwrap().to_string(),
+                v["purged_at"].is_i64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("1.2".to_string(), "current".to_string(), false),
+            ("1.1".to_string(), "deprecated".to_string(), false),
+            ("1.0".to_string(), "deprecated".to_string(), true),
+        ]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_checksum_deploy_skips_uploading_bytes_artifactory_already_has() {
+    let images = Images::new();
+    let fake = FakeArtifactory::start(Some(Auth::Bearer(TOKEN.into()))).await;
+    let app = images
+        .app(Backend::Sqlite, |c| artifactory(c, &fake, TOKEN))
+        .await;
+    let (url, bytes) = images.write("same.qcow2", 40);
+    let first = scan(&app, json!({"url": url, "name": "same", "version": "1"})).await;
+    assert_eq!(first["state"], "succeeded", "{first:#}");
+    let before = fake.seen().len();
+    let second = scan(&app, json!({"url": url, "name": "same", "version": "2"})).await;
+    assert_eq!(second["state"], "succeeded", "{second:#}");
+    assert_eq!(stage(&second, "publish")["detail"]["reused"], true);
+    let puts: Vec<_> = fake.seen()[before..]
+        .iter()
+        .filter(|s| s.method == "PUT" && s.uri.contains(&format!("/artifactory/{REPO}/")))
+        .cloned()
+        .collect();
+    assert_eq!(puts.len(), 1, "only the checksum deploy: {puts:#?}");
+    assert!(puts[0].checksum_deploy && puts[0].status == 201 && puts[0].body_bytes == 0);
+    assert_eq!(fake.item(REPO, "same/2/same-2.qcow2").unwrap().bytes, bytes);
+    assert!(app
+        .log_text(second["id"].as_str().unwrap())
+        .await
+        .contains("nothing uploaded"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn retries_5xx_and_a_connection_dropped_mid_upload() {
+    let images = Images::new();
+    let fake = FakeArtifactory::start(Some(Auth::Bearer(TOKEN.into()))).await;
+    let app = images
+        .app(Backend::Sqlite, |c| artifactory(c, &fake, TOKEN))
+        .await;
+    fake.fail_next(2);
+    fake.drop_next_uploads(1);
+    let (url, bytes) = images.write("flaky.qcow2", 50);
+    let job = scan(&app, json!({"url": url, "name": "flaky", "version": "1"})).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    assert_eq!(
+        fake.item(REPO, "flaky/1/flaky-1.qcow2").unwrap().bytes,
+        bytes
+    );
+    let statuses: Vec<u16> = fake.seen().iter().map(|s| s.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 500).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(fake.dropped(), 1, "the first upload was cut off");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn shows_401_403_and_a_missing_repository_verbatim_as_the_job_error() {
+    let images = Images::new();
+    let fake = FakeArtifactory::start(Some(Auth::Bearer(TOKEN.into()))).await;
+    let (url, _) = images.write("denied.qcow2", 60);
+
+    let app = images
+        .app(Backend::Sqlite, |c| artifactory(c, &fake, "wrong-token"))
+        .await;
+    let job = scan(&app, json!({"url": url, "name": "denied", "version": "1"})).await;
+    assert_eq!(job["state"], "failed");
+    let e = job_error(&job);
+    assert!(
+        e.contains("Artifactory answered 401") && e.contains("Bad credentials"),
+        "{e}"
+    );
+    assert!(!e.contains("wrong-token"), "the token is never shown: {e}");
+    app.stop().await;
+
+    let app = images
+        .app(Backend::Sqlite, |c| {
+            artifactory(c, &fake, TOKEN);
+            c.publish.artifactory.repo = "no-such-repo".into();
+        })
+        .await;
+    let job = scan(&app, json!({"url": url, "name": "denied", "version": "1"})).await;
+    assert_eq!(job["state"], "failed");
+    let e = job_error(&job);
+    assert!(
+        e.contains("404") && e.contains("Repository no-such-repo does not exist"),
+        "{e}"
+    );
+    app.stop().await;
+
+    fake.always(Some(403));
+    let app = images
+        .app(Backend::Sqlite, |c| artifactory(c, &fake, TOKEN))
+        .await;
+    let job = scan(&app, json!({"url": url, "name": "denied", "version": "1"})).await;
+    assert_eq!(job["state"], "failed");
+    assert!(
+        job_error(&job).contains("answered 403"),
+        "{}",
+        job_error(&job)
+    );
+    assert!(fake.paths(REPO).is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_fake_rejects_wrong_checksum_headers_like_artifactory() {
+    let fake = FakeArtifactory::start(None).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .put(format!("{}/{REPO}/x/y.bin", fake.url()))
+        .header(
+            "X-Checksum-Sha1",
+            "0000000000000000000000000000000000000000",
+        )
+        .body(b"hello".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["status"], 409);
+    assert!(fake.item(REPO, "x/y.bin").is_none());
+}

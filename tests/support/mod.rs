@@ -3,6 +3,7 @@
 //! throttling and hit counting for fetch tests.
 #![allow(dead_code)]
 
+pub mod artifactory;
 pub mod daemon;
 pub mod fileserver;
 pub mod flexera;
