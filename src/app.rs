@@ -64,6 +64,14 @@ impl Application {
         let store = open_store(&config).await?;
         let provider = pipeline::cluster_provider(&config)?;
         let pipeline = pipeline.unwrap_or_else(|| pipeline::build_on(&config, provider.clone()));
+        // Notifiers only record what to send; the delivery loop sends it.
+        let mut events: Vec<Arc<dyn JobEvents>> = Vec::new();
+        if config.notify.any_enabled() {
+            events.push(Arc::new(crate::notify::Outbox::new(
+                store.clone(),
+                &config.notify,
+            )));
+        }
         let (listener, addr) = if role == Role::Serve {
             let l = tokio::net::TcpListener::bind(config.server.listen)
                 .await
@@ -78,7 +86,7 @@ impl Application {
             store,
             pipeline,
             provider,
-            events: Arc::new(Vec::new()),
+            events: Arc::new(events),
             listener,
             addr,
         })
@@ -123,6 +131,13 @@ impl Application {
                 shutdown.clone(),
             ))
         });
+        // Email and Jira deliveries; safe in every replica (rows are leased).
+        let notifier = if self.config.notify.any_enabled() {
+            let d = crate::notify::Deliverer::from_config(self.store.clone(), self.config.clone())?;
+            Some(tokio::spawn(Arc::new(d).run(shutdown.clone())))
+        } else {
+            None
+        };
         let server = self.listener.take().map(|listener| {
             let state = AppState {
                 store: self.store.clone(),
@@ -155,6 +170,10 @@ impl Application {
         }
         if let Some(j) = janitor {
             j.abort();
+        }
+        if let Some(n) = notifier {
+            // Outstanding rows stay in the outbox for the next start.
+            let _ = tokio::time::timeout(Duration::from_secs(5), n).await;
         }
         if let Some(server) = server {
             // SSE streams keep connections open; do not wait on them forever.

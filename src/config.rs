@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::StageName;
 
+mod notify;
 mod publish;
 mod scan;
+pub use notify::{EmailConfig, JiraConfig, JiraDeployment, NotifyConfig, SmtpSecurity};
 pub use publish::{
     ArtifactStoreKind, ArtifactoryConfig, LocalStoreConfig, NameRule, PublishConfig,
 };
@@ -45,6 +47,7 @@ pub struct Config {
     pub vm: VmConfig,
     pub agent: AgentConfig,
     pub inventory: InventoryConfig,
+    pub notify: NotifyConfig,
     pub publish: PublishConfig,
 }
 
@@ -435,6 +438,7 @@ impl Config {
         if self.pipeline.stages.contains(&StageName::Publish) {
             self.publish.check().map_err(ConfigError::Invalid)?;
         }
+        self.notify.validate()?;
         for c in self.fetch.deny_cidrs.iter().chain(&self.fetch.allow_cidrs) {
             if c.parse::<ipnet::IpNet>().is_err() {
                 return bad(format!("fetch: {c:?} is not a CIDR such as 10.0.0.0/8"));

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod inventory;
+pub mod notify;
 pub mod pipeline;
 pub mod remote;
 pub mod store;

@@ -59,9 +59,22 @@ async fn create_job(
     State(st): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<impl IntoResponse> {
+    let raw = body.as_ref().ok().cloned();
     let req: SubmitRequest = parse_json(body, st.config.server.max_body_bytes)?;
     let new = validate(req).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    // The requester's name (optional) is kept beside `requested_by`.
+    let name = raw
+        .and_then(|b| serde_json::from_slice::<RequesterName>(&b).ok())
+        .and_then(|r| blank_to_none(r.requester_name));
+    if name.as_ref().is_some_and(|n| n.chars().count() > 200) {
+        return Err(ApiError::Unprocessable(
+            "requester_name: longer than 200 characters".into(),
+        ));
+    }
     let job = st.store.create_job(new).await?;
+    if let Some(n) = &name {
+        st.store.set_requester_name(job.id, n).await?;
+    }
     let who = job.requested_by.as_deref().unwrap_or("anonymous");
     st.store
         .append_system_log(
@@ -72,11 +85,17 @@ async fn create_job(
         .await?;
     let mut view = views::job_view(&job, &st.stages, &[], vec![]);
     view.notes = st.notes.to_vec();
+    view.requester_name = name;
     Ok((
         StatusCode::CREATED,
         [(axum::http::header::LOCATION, view.links.api.clone())],
         Json(view),
     ))
+}
+
+#[derive(Deserialize)]
+struct RequesterName {
+    requester_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +158,15 @@ pub async fn load_view(st: &AppState, id: JobId) -> ApiResult<JobView> {
     let resources = st.store.resources(id).await?;
     let mut view = views::job_view(&job, &st.stages, &runs, resources);
     view.notes = st.notes.to_vec();
+    view.requester_name = st.store.requester_name(id).await?;
+    view.jira = st.store.jira_issue(id).await?;
+    view.notifications = st
+        .store
+        .job_notifications(id)
+        .await?
+        .iter()
+        .map(views::NotificationView::from)
+        .collect();
     Ok(view)
 }
 

@@ -38,6 +38,42 @@ pub struct JobView {
     /// Stages this configuration leaves out, and why.
     pub notes: Vec<String>,
     pub links: Links,
+    /// The requester's name, when given with the submission.
+    pub requester_name: Option<String>,
+    /// The Jira ticket that logs this job.
+    pub jira: Option<crate::store::notify::JiraIssue>,
+    /// Emails and Jira updates about this job, and how their delivery went.
+    pub notifications: Vec<NotificationView>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NotificationView {
+    /// email | jira
+    pub channel: String,
+    pub kind: String,
+    /// pending | sending | sent | failed | skipped
+    pub state: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub sent_at: Option<String>,
+    /// When the next attempt is due (pending only).
+    pub next_attempt_at: Option<String>,
+}
+
+impl From<&crate::store::notify::Notification> for NotificationView {
+    fn from(n: &crate::store::notify::Notification) -> Self {
+        NotificationView {
+            channel: n.channel.clone(),
+            kind: n.kind.clone(),
+            state: n.state.clone(),
+            attempts: n.attempts,
+            last_error: n.last_error.clone(),
+            created_at: fmt_millis(n.created_at),
+            sent_at: n.sent_at.map(fmt_millis),
+            next_attempt_at: (n.state == "pending").then(|| fmt_millis(n.next_attempt_at)),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -356,6 +392,9 @@ pub fn job_view(
             .collect(),
         resources,
         notes: Vec::new(),
+        requester_name: None,
+        jira: None,
+        notifications: Vec::new(),
         links: Links {
             api: format!("/api/v1/jobs/{id}"),
             page: format!("/jobs/{id}"),
