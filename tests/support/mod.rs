@@ -7,6 +7,8 @@ pub mod artifactory;
 pub mod daemon;
 pub mod fileserver;
 pub mod flexera;
+pub mod jira;
+pub mod smtp;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
