@@ -2,7 +2,7 @@
 //! retry) work on the store the config names, so they need no running daemon.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{open_store, shutdown_on_signals, Application, Role};
 use crate::config::Config;
-use crate::domain::{fmt_millis, JobId, JobState};
+use crate::domain::{fmt_bytes, fmt_millis, JobId, JobState};
+use crate::pipeline::inspect_file;
 use crate::store::{CancelOutcome, JobFilter};
 use crate::submit::{validate, SubmitRequest};
 use crate::web::views;
@@ -71,6 +72,14 @@ pub enum Command {
     Cancel { id: String },
     /// Queue a failed or cancelled job again.
     Retry { id: String },
+    /// Inspect a disk image by hand: format, sizes and the verdict. Exits 0
+    /// when it passes, 1 when it is refused, 2 when it cannot be read.
+    Inspect {
+        file: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create or upgrade the database schema.
     Migrate,
     /// Configuration commands.
@@ -162,6 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             app.run_until(shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Inspect { file, json } => inspect(&cli.config, &file, json).await,
         Command::Migrate => {
             let cfg = load(&cli.config, None)?;
             let store = open_store(&cfg).await?;
@@ -271,6 +281,52 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `vmscan inspect`: the inspect stage's checks on one file, no database.
+async fn inspect(config: &Option<PathBuf>, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    const UNREADABLE: u8 = 2;
+    let cfg = match load(config, None) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(UNREADABLE));
+        }
+    };
+    let report = match inspect_file(file, &cfg.inspect).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(UNREADABLE));
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let size = |n: Option<u64>| match n {
+            Some(n) => format!("{} ({n} bytes)", fmt_bytes(n)),
+            None => "unknown".to_string(),
+        };
+        println!("file          {}", report.path);
+        println!(
+            "format        {}",
+            report.format.as_deref().unwrap_or("unknown")
+        );
+        println!("virtual size  {}", size(report.virtual_size));
+        println!("actual size   {}", size(report.actual_size));
+        if let Some(b) = report.bootable {
+            println!("bootable      {}", if b { "yes" } else { "no" });
+        }
+        match &report.reason {
+            None => println!("verdict       {}", report.verdict),
+            Some(r) => println!("verdict       {}: {r}", report.verdict),
+        }
+    }
+    Ok(if report.accepted() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn print_job(cfg: &Config, store: &crate::store::DynStore, id: JobId) -> anyhow::Result<()> {

@@ -321,6 +321,169 @@ pub fn check_info(
     Ok(())
 }
 
+/// One file inspected outside any job (`vmscan inspect`): the facts that
+/// could be read and the verdict. A refused file still reports what its
+/// header shows.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InspectReport {
+    pub path: String,
+    /// The format the content shows (`qcow2`, `raw`, …). For a refused file,
+    /// the best reading of its header: `gzip` for an archive, `qcow2+iso`
+    /// for a polyglot; `None` when even that could not be read.
+    pub format: Option<String>,
+    /// Virtual disk size in bytes: qemu-img's, or the header's when the file
+    /// was refused before qemu-img ran.
+    pub virtual_size: Option<u64>,
+    /// Bytes allocated on disk.
+    pub actual_size: Option<u64>,
+    /// The file's length in bytes.
+    pub file_size: u64,
+    /// Raw and ISO images only: a partition table, boot sector or El Torito record.
+    pub bootable: Option<bool>,
+    /// `accepted` or `refused`, the words the inspect stage records.
+    pub verdict: &'static str,
+    /// Why the file was refused.
+    pub reason: Option<String>,
+}
+
+impl InspectReport {
+    pub fn accepted(&self) -> bool {
+        self.reason.is_none()
+    }
+}
+
+/// Runs the inspect stage's checks on one file: the header rules, then
+/// `qemu-img info` told the detected format, under the same limits. A refusal
+/// is a verdict in the report; `Err` means the file could not be read or
+/// qemu-img could not be started.
+pub async fn inspect_file(path: &Path, cfg: &InspectConfig) -> Result<InspectReport, InspectError> {
+    let io = |e: std::io::Error| InspectError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let meta = tokio::fs::metadata(path).await.map_err(io)?;
+    if !meta.is_file() {
+        return Err(InspectError::Io {
+            path: path.display().to_string(),
+            reason: "not a regular file".into(),
+        });
+    }
+    let allocated = {
+        use std::os::unix::fs::MetadataExt;
+        meta.blocks().saturating_mul(512)
+    };
+    let mut found = Found::default();
+    let outcome = check_file(path, cfg, &mut found).await;
+    let reason = match outcome {
+        Ok(()) => None,
+        Err(
+            e @ (InspectError::Io { .. }
+            | InspectError::NoImage
+            | InspectError::Qemu(QemuError::Spawn { .. })),
+        ) => return Err(e),
+        Err(InspectError::Refused(m)) => Some(m),
+        Err(InspectError::Disagree { ours, theirs }) => {
+            Some(format!("the header says {ours} but qemu-img says {theirs}"))
+        }
+        Err(e) => Some(e.to_string()),
+    };
+    if found.format.is_none() {
+        // Refused while reading the header: say what the header looks like.
+        if let Ok((format, virtual_size)) = header_reading(path, meta.len()).await {
+            found.format = Some(format);
+            found.virtual_size = found.virtual_size.or(virtual_size);
+        }
+    }
+    Ok(InspectReport {
+        path: path.display().to_string(),
+        format: found.format,
+        virtual_size: found.virtual_size,
+        actual_size: found.actual_size.or(Some(allocated)),
+        file_size: meta.len(),
+        bootable: found.bootable,
+        verdict: if reason.is_none() {
+            "accepted"
+        } else {
+            "refused"
+        },
+        reason,
+    })
+}
+
+/// What [`check_file`] learnt before it finished or refused.
+#[derive(Default)]
+struct Found {
+    format: Option<String>,
+    virtual_size: Option<u64>,
+    actual_size: Option<u64>,
+    bootable: Option<bool>,
+}
+
+/// The stage's checks (`examine`, `qemu::info`, `check_info`), noting the facts on the way.
+async fn check_file(
+    path: &Path,
+    cfg: &InspectConfig,
+    found: &mut Found,
+) -> Result<(), InspectError> {
+    let v = examine(path).await?;
+    found.format = Some(v.format.as_str().to_string());
+    found.bootable = v.boot.map(|b| b.bootable());
+    found.virtual_size = v.header_virtual_size;
+    let driver = v
+        .format
+        .qemu_driver()
+        .ok_or_else(|| InspectError::Refused(format!("{} images are not accepted", v.format)))?;
+    let info = qemu::info(
+        &cfg.qemu_img,
+        path,
+        driver,
+        Duration::from_secs(cfg.timeout_secs),
+        Some(RunLimits {
+            cpu_secs: cfg.qemu_cpu_secs,
+            memory_bytes: cfg.qemu_memory_bytes,
+        }),
+    )
+    .await?;
+    found.virtual_size = Some(info.virtual_size);
+    found.actual_size = info.actual_size;
+    check_info(&v, driver, path, &info, cfg.max_virtual_bytes)
+}
+
+/// The format a refused file's header shows, and the virtual size a qcow2
+/// header states (a raw file's is its length).
+async fn header_reading(path: &Path, len: u64) -> std::io::Result<(String, Option<u64>)> {
+    let mut f = tokio::fs::File::open(path).await?;
+    let mut head = vec![0u8; SNIFF_BYTES];
+    let n = read_full(&mut f, &mut head).await?;
+    head.truncate(n);
+    let mut tail = vec![0u8; 512];
+    if len >= 1024 {
+        f.seek(std::io::SeekFrom::Start(len - 512)).await?;
+        let n = read_full(&mut f, &mut tail).await?;
+        tail.truncate(n);
+    } else {
+        tail.clear();
+    }
+    if let Some(c) = container_of(&head) {
+        return Ok((c.as_str().to_string(), None));
+    }
+    let sigs = image_signatures(&head, &tail);
+    Ok(match sigs.as_slice() {
+        [] => ("raw".to_string(), Some(len)),
+        [ImageFormat::Qcow2] => (
+            "qcow2".to_string(),
+            qcow2_header(&head).map(|h| h.virtual_size),
+        ),
+        many => (
+            many.iter()
+                .map(|f| f.as_str())
+                .collect::<Vec<_>>()
+                .join("+"),
+            None,
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

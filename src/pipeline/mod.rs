@@ -27,6 +27,7 @@ use crate::domain::{Millis, StageName};
 use crate::store::StoreError;
 
 pub use context::StageCtx;
+pub use inspect::{inspect_file, InspectError, InspectReport};
 
 /// Stages this build has. Anything else is absent from the pipeline, never faked.
 pub const BUILT_STAGES: &[StageName] = &[

@@ -1,0 +1,160 @@
+//! The `vmscan` binary run as an admin would: `vmscan inspect FILE [--json]`
+//! on images built here with qemu-img. No database, no config file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn qemu_img(args: &[&str]) {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img is installed");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn image(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let p = dir.join(name);
+    let mut all = vec!["create", "-q"];
+    all.extend_from_slice(args);
+    let (size, opts) = all.split_last().expect("a size");
+    let mut opts = opts.to_vec();
+    opts.push(p.to_str().expect("utf-8 path"));
+    opts.push(size);
+    qemu_img(&opts);
+    p
+}
+
+fn vmscan(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmscan"))
+        .args(args)
+        .env_remove("VMSCAN_CONFIG")
+        .env("VMSCAN_LOG", "warn")
+        .output()
+        .expect("vmscan runs")
+}
+
+/// Runs `vmscan inspect FILE` and `vmscan inspect FILE --json`; returns the
+/// text, the parsed JSON and both exit codes.
+fn inspect(p: &Path) -> (String, serde_json::Value, i32, i32) {
+    let p = p.to_str().expect("utf-8 path");
+    let text = vmscan(&["inspect", p]);
+    let json = vmscan(&["inspect", p, "--json"]);
+    let stdout = String::from_utf8(text.stdout).expect("utf-8 output");
+    let value = serde_json::from_slice(&json.stdout).unwrap_or_else(|e| {
+        panic!(
+            "--json printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&json.stdout),
+            String::from_utf8_lossy(&json.stderr)
+        )
+    });
+    (
+        stdout,
+        value,
+        text.status.code().expect("exit code"),
+        json.status.code().expect("exit code"),
+    )
+}
+
+fn line<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key:?} line in:\n{text}"))
+        .trim()
+}
+
+#[test]
+fn inspect_accepts_a_plain_qcow2() {
+    let dir = tempfile::tempdir().unwrap();
+    // The name lies on purpose: the header decides.
+    let p = image(dir.path(), "disk.raw", &["-f", "qcow2", "64M"]);
+    let (text, json, code, json_code) = inspect(&p);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(json_code, 0, "{json}");
+    assert_eq!(line(&text, "format"), "qcow2", "{text}");
+    assert_eq!(
+        line(&text, "virtual size"),
+        "64.0 MiB (67108864 bytes)",
+        "{text}"
+    );
+    assert!(line(&text, "actual size").ends_with(" bytes)"), "{text}");
+    assert_eq!(line(&text, "verdict"), "accepted", "{text}");
+    assert_eq!(json["format"], "qcow2", "{json}");
+    assert_eq!(json["virtual_size"], 64u64 << 20, "{json}");
+    assert!(
+        json["actual_size"].as_u64().is_some_and(|n| n > 0),
+        "{json}"
+    );
+    assert_eq!(json["verdict"], "accepted", "{json}");
+    assert!(json["reason"].is_null(), "{json}");
+}
+
+#[test]
+fn inspect_accepts_a_raw_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = image(dir.path(), "disk.qcow2", &["-f", "raw", "32M"]);
+    let (text, json, code, json_code) = inspect(&p);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(json_code, 0, "{json}");
+    assert_eq!(line(&text, "format"), "raw", "{text}");
+    assert_eq!(
+        line(&text, "virtual size"),
+        "32.0 MiB (33554432 bytes)",
+        "{text}"
+    );
+    assert_eq!(line(&text, "bootable"), "no", "{text}");
+    assert_eq!(line(&text, "verdict"), "accepted", "{text}");
+    assert_eq!(json["format"], "raw", "{json}");
+    assert_eq!(json["virtual_size"], 32u64 << 20, "{json}");
+    assert_eq!(json["file_size"], 32u64 << 20, "{json}");
+    assert_eq!(json["bootable"], false, "{json}");
+    assert_eq!(json["verdict"], "accepted", "{json}");
+}
+
+#[test]
+fn inspect_refuses_a_qcow2_backed_by_etc_passwd() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = image(
+        dir.path(),
+        "evil.qcow2",
+        &["-f", "qcow2", "-F", "raw", "-b", "/etc/passwd", "1G"],
+    );
+    let (text, json, code, json_code) = inspect(&p);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(json_code, 1, "{json}");
+    assert_eq!(line(&text, "format"), "qcow2", "{text}");
+    assert_eq!(
+        line(&text, "virtual size"),
+        "1.0 GiB (1073741824 bytes)",
+        "{text}"
+    );
+    assert_eq!(
+        line(&text, "verdict"),
+        "refused: qcow2 image has a backing file (\"/etc/passwd\"); only standalone images are accepted",
+        "{text}"
+    );
+    assert_eq!(json["format"], "qcow2", "{json}");
+    assert_eq!(json["virtual_size"], 1u64 << 30, "{json}");
+    assert_eq!(json["verdict"], "refused", "{json}");
+    let reason = json["reason"].as_str().expect("a reason");
+    assert!(
+        reason.contains("backing file (\"/etc/passwd\")"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn inspect_exits_2_when_the_file_cannot_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.qcow2");
+    let out = vmscan(&["inspect", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read") && err.contains("missing.qcow2"),
+        "{err}"
+    );
+}
