@@ -25,11 +25,16 @@ pub enum ShellError {
 }
 
 impl StageFailure for ShellError {
+    /// Connection trouble (refused, timed out, a session that vanished
+    /// without an exit status) is worth another try; a bad key is not.
     fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ShellError::Remote(RemoteError::Connect { .. })
-                | ShellError::Remote(RemoteError::Timeout { .. })
+            ShellError::Remote(
+                RemoteError::Connect { .. }
+                    | RemoteError::Timeout { .. }
+                    | RemoteError::Protocol(_)
+            )
         )
     }
 }
