@@ -5,7 +5,7 @@ COPY . .
 RUN cargo build --release --bin vmscan
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates qemu-utils \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates qemu-utils qemu-system-x86 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/vmscan /usr/local/bin/vmscan
 COPY --from=build /src/static /usr/share/vmscan/static
