@@ -187,18 +187,29 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
         };
         let detail = ctx.detail().await;
         drop(ctx);
-        match ran {
-            Ran::Lost => return Err(StoreError::Fenced(lease.job_id)),
-            Ran::Shutdown => {
+        let end = |state: StageState, error: Option<&str>| {
+            let error = error.map(str::to_string);
+            let (job, detail) = (&job, &detail);
+            async move {
                 end_stage(
                     env,
-                    &job,
+                    job,
                     lease,
                     run_id,
                     name,
                     started,
+                    state,
+                    detail,
+                    error.as_deref(),
+                )
+                .await
+            }
+        };
+        match ran {
+            Ran::Lost => return Err(StoreError::Fenced(lease.job_id)),
+            Ran::Shutdown => {
+                end(
                     StageState::Interrupted,
-                    &detail,
                     Some("stopped by daemon shutdown; the job was handed back"),
                 )
                 .await?;
@@ -213,33 +224,11 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
                 return store.hand_back(lease).await;
             }
             Ran::Done(Ok(StageOutcome::Done)) => {
-                end_stage(
-                    env,
-                    &job,
-                    lease,
-                    run_id,
-                    name,
-                    started,
-                    StageState::Succeeded,
-                    &detail,
-                    None,
-                )
-                .await?;
-                outputs.insert(name, detail);
+                end(StageState::Succeeded, None).await?;
+                outputs.insert(name, detail.clone());
             }
             Ran::Done(Ok(StageOutcome::Park { until, reason })) => {
-                end_stage(
-                    env,
-                    &job,
-                    lease,
-                    run_id,
-                    name,
-                    started,
-                    StageState::Parked,
-                    &detail,
-                    None,
-                )
-                .await?;
+                end(StageState::Parked, None).await?;
                 store
                     .append_log(
                         lease,
@@ -251,18 +240,7 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
                 return store.park(lease, until, &reason).await;
             }
             Ran::Done(Err(StageError::Cancelled)) => {
-                end_stage(
-                    env,
-                    &job,
-                    lease,
-                    run_id,
-                    name,
-                    started,
-                    StageState::Cancelled,
-                    &detail,
-                    Some("cancelled by user"),
-                )
-                .await?;
+                end(StageState::Cancelled, Some("cancelled by user")).await?;
                 store
                     .append_log(lease, Some(name), LogLevel::Warn, "cancelled by user")
                     .await?;
@@ -273,18 +251,7 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
             }
             Ran::Done(Err(e)) => {
                 let msg = e.to_string();
-                end_stage(
-                    env,
-                    &job,
-                    lease,
-                    run_id,
-                    name,
-                    started,
-                    StageState::Failed,
-                    &detail,
-                    Some(&msg),
-                )
-                .await?;
+                end(StageState::Failed, Some(&msg)).await?;
                 store
                     .append_log(lease, Some(name), LogLevel::Error, &msg)
                     .await?;
