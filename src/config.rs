@@ -118,6 +118,15 @@ pub struct FetchConfig {
     /// If not empty, only these destinations are allowed.
     pub allow_cidrs: Vec<String>,
     pub max_redirects: usize,
+    /// SFTP login name when the `sftp://` URL names none (default "root").
+    pub sftp_user: Option<String>,
+    /// OpenSSH private key (unencrypted) for `sftp://` sources; tried before a password.
+    pub sftp_key_file: Option<PathBuf>,
+    /// SFTP password (env `VMSCAN_FETCH__SFTP_PASSWORD`); a password in the URL wins.
+    #[serde(skip_serializing)]
+    pub sftp_password: Option<SecretString>,
+    /// Allowed SFTP host key fingerprints (`SHA256:…`). Empty: trust on first use (logged).
+    pub sftp_host_keys: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -275,6 +284,10 @@ impl Default for FetchConfig {
             ],
             allow_cidrs: Vec::new(),
             max_redirects: 10,
+            sftp_user: None,
+            sftp_key_file: None,
+            sftp_password: None,
+            sftp_host_keys: Vec::new(),
         }
     }
 }

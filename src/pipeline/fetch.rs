@@ -17,6 +17,7 @@ use super::netpolicy::{Denied, NetPolicy};
 use super::{Stage, StageCtx, StageError, StageFailure, StageOutcome};
 use crate::config::FetchConfig;
 use crate::domain::{fmt_bytes, ChecksumAlgo, ChecksumSpec, SourceUrl, StageName};
+use crate::remote::{RemoteError, RemoteShell, SshKey, SshOptions, SshShell};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -42,8 +43,24 @@ pub enum FetchError {
     Local { path: String, reason: String },
     #[error("{0}")]
     Io(String),
-    #[error("sftp:// sources are not supported by this build yet; use http(s):// or file://")]
-    Unsupported,
+    #[error("unsupported source URL scheme {0:?}")]
+    Unsupported(String),
+    #[error("SFTP login to {addr} failed: {reason}")]
+    SftpAuth { addr: String, reason: String },
+    #[error("SFTP server {addr} has host key {seen}, which is not allowed (fetch.sftp_host_keys: {allowed})")]
+    HostKeyNotAllowed {
+        addr: String,
+        seen: String,
+        allowed: String,
+    },
+    #[error("remote file {path} on {addr}: {reason}")]
+    RemoteFile {
+        addr: String,
+        path: String,
+        reason: String,
+    },
+    #[error("SFTP key file {path}: {reason}")]
+    SftpKey { path: String, reason: String },
     #[error("invalid source URL in job: {0}")]
     BadUrl(String),
 }
@@ -103,7 +120,8 @@ impl Stage for FetchStage {
         match src.scheme() {
             "http" | "https" => self.fetch_http(ctx, &src).await,
             "file" => self.fetch_local(ctx, &src).await,
-            _ => Err(FetchError::Unsupported.into()),
+            "sftp" => self.fetch_sftp(ctx, &src).await,
+            other => Err(FetchError::Unsupported(other.to_string()).into()),
         }?;
         Ok(StageOutcome::Done)
     }
@@ -175,6 +193,36 @@ fn safe_name(name: &str) -> String {
     }
 }
 
+/// `disk.img` → `disk.img.part`: where a download grows until it is complete.
+fn part_path(dest: &Path) -> PathBuf {
+    dest.with_extension(format!(
+        "{}part",
+        dest.extension()
+            .map(|e| format!("{}.", e.to_string_lossy()))
+            .unwrap_or_default()
+    ))
+}
+
+/// `%20` → ` ` in URL parts (user, password, path).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 3 <= bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> FetchError {
     FetchError::Io(format!("{what} {}: {e}", path.display()))
 }
@@ -192,12 +240,7 @@ impl FetchStage {
             .await
             .map_err(|e| io_err("cannot create", &dir, e))?;
         let dest = dir.join(safe_name(&src.file_name()));
-        let part = dest.with_extension(format!(
-            "{}part",
-            dest.extension()
-                .map(|e| format!("{}.", e.to_string_lossy()))
-                .unwrap_or_default()
-        ));
+        let part = part_path(&dest);
         let validator_path = part.with_extension("part.validator");
 
         // Resume what an earlier attempt left behind, if the server still has the same file.
@@ -370,6 +413,269 @@ impl FetchStage {
             .map_err(|e| io_err("cannot rename", &part, e))?;
         let _ = tokio::fs::remove_file(&validator_path).await;
         self.finish(ctx, &dest, false, progress, hasher).await
+    }
+
+    /// Downloads over SFTP into the same `.part` file as http, then renames it.
+    /// No resume: each attempt starts from the beginning.
+    async fn fetch_sftp(&self, ctx: &StageCtx, src: &SourceUrl) -> Result<(), StageError> {
+        let url = src.url();
+        let host = url
+            .host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| FetchError::BadUrl(src.redacted()))?;
+        let port = url.port().unwrap_or(22);
+        let remote = percent_decode(url.path());
+        let user = Some(percent_decode(url.username()))
+            .filter(|u| !u.is_empty())
+            .or_else(|| self.cfg.sftp_user.clone())
+            .unwrap_or_else(|| "root".to_string());
+        let password = url
+            .password()
+            .map(|p| secrecy::SecretString::from(percent_decode(p)))
+            .or_else(|| self.cfg.sftp_password.clone());
+        let key = match &self.cfg.sftp_key_file {
+            None => None,
+            Some(path) => {
+                let shown = path.display().to_string();
+                let pem =
+                    tokio::fs::read_to_string(path)
+                        .await
+                        .map_err(|e| FetchError::SftpKey {
+                            path: shown.clone(),
+                            reason: e.to_string(),
+                        })?;
+                Some(SshKey::from_openssh(&pem).map_err(|e| FetchError::SftpKey {
+                    path: shown,
+                    reason: e.to_string(),
+                })?)
+            }
+        };
+        let addr_shown = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+
+        // Resolve once, check the policy, and connect to the address that was checked.
+        let connect_timeout = Duration::from_secs(self.cfg.connect_timeout_secs.max(1));
+        let addrs: Vec<std::net::SocketAddr> = match tokio::time::timeout(
+            connect_timeout,
+            tokio::net::lookup_host((host.as_str(), port)),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(FetchError::Connect {
+                    url: src.redacted(),
+                    reason: format!("resolving {host} took over {} s", connect_timeout.as_secs()),
+                }
+                .into())
+            }
+            Ok(Err(e)) => {
+                return Err(FetchError::Connect {
+                    url: src.redacted(),
+                    reason: format!("cannot resolve {host}: {e}"),
+                }
+                .into())
+            }
+            Ok(Ok(a)) => a.collect(),
+        };
+        let mut denied = None;
+        let mut ip = None;
+        for a in &addrs {
+            match self.policy.check(&host, a.ip()) {
+                Ok(()) => {
+                    ip = Some(a.ip());
+                    break;
+                }
+                Err(d) => denied = Some(d),
+            }
+        }
+        let ip = match (ip, denied) {
+            (Some(ip), _) => ip,
+            (None, Some(d)) => return Err(FetchError::Denied(d).into()),
+            (None, None) => {
+                return Err(FetchError::Connect {
+                    url: src.redacted(),
+                    reason: format!("{host} has no address"),
+                }
+                .into())
+            }
+        };
+
+        let mut opts = SshOptions::new(ip.to_string(), port, user.clone());
+        opts.key = key;
+        opts.password = password;
+        opts.connect_timeout = connect_timeout;
+        opts.login_timeout = connect_timeout.max(Duration::from_secs(30));
+        // One pinned key is checked before logging in; with several, right after.
+        if let [only] = self.cfg.sftp_host_keys.as_slice() {
+            opts.host_key = Some(only.clone());
+        }
+        let shell = SshShell::connect(&opts)
+            .await
+            .map_err(|e| self.remote_err(src, &addr_shown, &remote, e))?;
+        let r = self
+            .sftp_download(ctx, src, &shell, &addr_shown, &remote)
+            .await;
+        shell.close().await;
+        r
+    }
+
+    async fn sftp_download(
+        &self,
+        ctx: &StageCtx,
+        src: &SourceUrl,
+        shell: &SshShell,
+        addr: &str,
+        remote: &str,
+    ) -> Result<(), StageError> {
+        let seen = shell.host_key_fingerprint().to_string();
+        if self.cfg.sftp_host_keys.is_empty() {
+            ctx.info(format!(
+                "SFTP server {addr} has host key {seen} (trusted on first use; pin it in fetch.sftp_host_keys)"
+            ))
+            .await?;
+        } else if !self
+            .cfg
+            .sftp_host_keys
+            .iter()
+            .any(|k| crate::remote::keys::same_fingerprint(k, &seen))
+        {
+            return Err(FetchError::HostKeyNotAllowed {
+                addr: addr.to_string(),
+                seen,
+                allowed: self.cfg.sftp_host_keys.join(", "),
+            }
+            .into());
+        }
+        let idle = Duration::from_secs(self.cfg.read_timeout_secs.max(1));
+        let mut download = shell
+            .download(remote, idle)
+            .await
+            .map_err(|e| self.remote_err(src, addr, remote, e))?;
+        let r = self.sftp_stream(ctx, src, &mut download, idle).await;
+        download.close().await;
+        r
+    }
+
+    async fn sftp_stream(
+        &self,
+        ctx: &StageCtx,
+        src: &SourceUrl,
+        download: &mut crate::remote::ssh::SftpDownload,
+        idle: Duration,
+    ) -> Result<(), StageError> {
+        let total = download.size();
+        if let Some(t) = total.filter(|t| *t > self.cfg.max_bytes) {
+            return Err(FetchError::TooLarge {
+                size: fmt_bytes(t),
+                limit: fmt_bytes(self.cfg.max_bytes),
+            }
+            .into());
+        }
+        let dir = ctx.work_dir.join("download");
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| io_err("cannot create", &dir, e))?;
+        let dest = dir.join(safe_name(&src.file_name()));
+        let part = part_path(&dest);
+        ctx.info(format!(
+            "downloading {} over SFTP ({})",
+            src.redacted(),
+            total
+                .map(fmt_bytes)
+                .unwrap_or_else(|| "size unknown".into())
+        ))
+        .await?;
+        let file = tokio::fs::File::create(&part)
+            .await
+            .map_err(|e| io_err("cannot open", &part, e))?;
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        let mut hasher = MultiHasher::new(wanted_algos(ctx));
+        let mut progress = Progress::new(0, total);
+        progress.report(ctx, true).await?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let next = tokio::select! {
+                n = tokio::time::timeout(idle, download.read(&mut buf)) => n,
+                _ = ctx.cancel.cancelled() => return Err(StageError::Cancelled),
+            };
+            let n = match next {
+                Err(_) => {
+                    return Err(FetchError::Stalled {
+                        secs: idle.as_secs(),
+                        got: fmt_bytes(progress.bytes),
+                    }
+                    .into())
+                }
+                Ok(Err(e)) => {
+                    return Err(FetchError::Interrupted {
+                        got: fmt_bytes(progress.bytes),
+                        reason: e.to_string(),
+                    }
+                    .into())
+                }
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => n,
+            };
+            progress.bytes += n as u64;
+            if progress.bytes > self.cfg.max_bytes {
+                return Err(FetchError::TooLarge {
+                    size: format!("more than {}", fmt_bytes(progress.bytes)),
+                    limit: fmt_bytes(self.cfg.max_bytes),
+                }
+                .into());
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .await
+                .map_err(|e| io_err("cannot write", &part, e))?;
+            progress.report(ctx, false).await?;
+        }
+        out.flush()
+            .await
+            .map_err(|e| io_err("cannot write", &part, e))?;
+        out.into_inner()
+            .sync_all()
+            .await
+            .map_err(|e| io_err("cannot sync", &part, e))?;
+        if let Some(t) = total.filter(|t| *t != progress.bytes) {
+            return Err(FetchError::Interrupted {
+                got: fmt_bytes(progress.bytes),
+                reason: format!("the server stated {t} bytes"),
+            }
+            .into());
+        }
+        tokio::fs::rename(&part, &dest)
+            .await
+            .map_err(|e| io_err("cannot rename", &part, e))?;
+        self.finish(ctx, &dest, false, progress, hasher).await
+    }
+
+    fn remote_err(&self, src: &SourceUrl, addr: &str, remote: &str, e: RemoteError) -> StageError {
+        match e {
+            RemoteError::Auth { user, reason } => FetchError::SftpAuth {
+                addr: addr.to_string(),
+                reason: format!("as {user}: {reason}"),
+            },
+            RemoteError::HostKeyMismatch { seen, .. } => FetchError::HostKeyNotAllowed {
+                addr: addr.to_string(),
+                seen,
+                allowed: self.cfg.sftp_host_keys.join(", "),
+            },
+            RemoteError::File { reason, .. } => FetchError::RemoteFile {
+                addr: addr.to_string(),
+                path: remote.to_string(),
+                reason,
+            },
+            other => FetchError::Connect {
+                url: src.redacted(),
+                reason: other.to_string(),
+            },
+        }
+        .into()
     }
 
     async fn fetch_local(&self, ctx: &StageCtx, src: &SourceUrl) -> Result<(), StageError> {

@@ -480,6 +480,92 @@ impl SshShell {
     }
 }
 
+impl SshShell {
+    /// Opens `remote` for a streaming download over SFTP: read it chunk by
+    /// chunk with [`SftpDownload::read`]; its size comes from an SFTP stat.
+    /// Each SFTP request may take up to `request_timeout`.
+    pub async fn download(
+        &self,
+        remote: &str,
+        request_timeout: Duration,
+    ) -> Result<SftpDownload, RemoteError> {
+        let deadline = Instant::now() + request_timeout;
+        let timed_out = || RemoteError::Timeout {
+            what: format!("opening {remote} on {} over SFTP", self.addr),
+            secs: secs(request_timeout),
+        };
+        let sftp = timeout_at(deadline, self.sftp(deadline))
+            .await
+            .map_err(|_| timed_out())??
+            .ok_or_else(|| {
+                RemoteError::Protocol(format!("SSH server {} offers no SFTP subsystem", self.addr))
+            })?;
+        let open = async {
+            let meta = sftp
+                .metadata(remote)
+                .await
+                .map_err(|e| sftp_error(remote, e))?;
+            if meta.is_dir() {
+                return Err(RemoteError::File {
+                    path: remote.to_string(),
+                    reason: "is a directory".to_string(),
+                });
+            }
+            let file = sftp.open(remote).await.map_err(|e| sftp_error(remote, e))?;
+            Ok::<_, RemoteError>((file, meta.size))
+        };
+        match timeout_at(deadline, open).await {
+            Ok(Ok((file, size))) => Ok(SftpDownload {
+                sftp,
+                file,
+                size,
+                path: remote.to_string(),
+            }),
+            Ok(Err(e)) => {
+                let _ = tokio::time::timeout(CLEANUP, sftp.close()).await;
+                Err(e)
+            }
+            Err(_) => {
+                let _ = tokio::time::timeout(CLEANUP, sftp.close()).await;
+                Err(timed_out())
+            }
+        }
+    }
+}
+
+/// A remote file being read over SFTP (see [`SshShell::download`]).
+pub struct SftpDownload {
+    sftp: SftpSession,
+    file: russh_sftp::client::fs::File,
+    size: Option<u64>,
+    path: String,
+}
+
+impl SftpDownload {
+    /// The file's size as the server stated it.
+    pub fn size(&self) -> Option<u64> {
+        self.size
+    }
+
+    /// Reads the next bytes into `buf`; 0 at the end of the file.
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, RemoteError> {
+        self.file
+            .read(buf)
+            .await
+            .map_err(|e| io_error(&self.path, "read", &e))
+    }
+
+    /// Closes the file and the SFTP session.
+    pub async fn close(self) {
+        let SftpDownload { sftp, file, .. } = self;
+        let _ = tokio::time::timeout(CLEANUP, async {
+            drop(file);
+            let _ = sftp.close().await;
+        })
+        .await;
+    }
+}
+
 #[async_trait]
 impl RemoteShell for SshShell {
     async fn run(
