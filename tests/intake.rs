@@ -210,6 +210,9 @@ async fn a_raw_xz_image_is_converted_to_qcow2_with_progress() {
     assert_eq!(ins["bootable"], true);
     let cv = &stage(&job, "convert")["detail"];
     assert_eq!(cv["converted"], true);
+    // The output is inspected again and its checksum recorded.
+    assert_eq!(cv["reinspected"], "accepted");
+    assert_eq!(cv["sha256"].as_str().map(str::len), Some(64), "{cv}");
     assert_eq!(cv["format"], "qcow2");
     assert_eq!(cv["progress"], 1.0);
     assert_eq!(cv["virtual_size"], 64u64 << 20);

@@ -38,11 +38,13 @@ impl StageFailure for ConvertError {
 
 pub struct ConvertStage {
     cfg: ConvertConfig,
+    /// The converted output is inspected again with the intake's own rules.
+    inspect: crate::config::InspectConfig,
 }
 
 impl ConvertStage {
-    pub fn new(cfg: ConvertConfig) -> Self {
-        ConvertStage { cfg }
+    pub fn new(cfg: ConvertConfig, inspect: crate::config::InspectConfig) -> Self {
+        ConvertStage { cfg, inspect }
     }
 }
 
@@ -123,6 +125,24 @@ impl Stage for ConvertStage {
         }
         let file_size = tokio::fs::metadata(&out).await.map(|m| m.len()).ok();
         let secs = started.elapsed().as_secs_f64();
+        // What convert wrote goes through the same checks as what came in.
+        let report = super::inspect_file(&out, &self.inspect)
+            .await
+            .map_err(|e| ConvertError::Io(format!("cannot inspect the converted image: {e}")))?;
+        if report.verdict != "accepted" {
+            return Err(ConvertError::Io(format!(
+                "the converted image fails inspection: {}",
+                report.reason.unwrap_or_default()
+            ))
+            .into());
+        }
+        // The output's checksum, for publishing and the job record.
+        let mut hasher = super::hashing::MultiHasher::new([]);
+        hasher
+            .update_from_file(&out)
+            .await
+            .map_err(|e| ConvertError::Io(format!("cannot hash {}: {e}", out.display())))?;
+        let output_sha256 = hasher.finish().remove(&crate::domain::ChecksumAlgo::Sha256);
         ctx.set_detail(
             json!({
                 "path": out.display().to_string(),
@@ -133,6 +153,8 @@ impl Stage for ConvertStage {
                 "file_size": file_size,
                 "progress": 1.0,
                 "secs": (secs * 10.0).round() / 10.0,
+                "reinspected": report.verdict,
+                "sha256": output_sha256,
             }),
             true,
         )

@@ -148,9 +148,10 @@ pub fn build_on(cfg: &Config, provider: Arc<dyn ClusterProvider>) -> Pipeline {
                 StageName::Inspect => {
                     Some(Arc::new(inspect::InspectStage::new(cfg.inspect.clone())))
                 }
-                StageName::Convert => {
-                    Some(Arc::new(convert::ConvertStage::new(cfg.convert.clone())))
-                }
+                StageName::Convert => Some(Arc::new(convert::ConvertStage::new(
+                    cfg.convert.clone(),
+                    cfg.inspect.clone(),
+                ))),
                 StageName::ClusterUpload => {
                     Some(Arc::new(scan::ClusterUploadStage::new(env.clone())))
                 }
