@@ -81,7 +81,10 @@ async fn world(tweak: impl FnOnce(&mut Config, &FakeFlexera)) -> World {
     let app = TestApp::spawn(Backend::Sqlite, move |c| {
         c.fetch.allowed_roots = vec![root];
         c.pipeline.stages = vmscan::pipeline::BUILT_STAGES.to_vec();
-        c.pipeline.retry_limit = 0;
+        // Transient trouble (a guest's SSH session lost under load) is retried
+        // as in production; the failure variants below are not retryable.
+        c.pipeline.retry_limit = 2;
+        c.pipeline.retry_backoff_secs = 1;
         c.vm.memory_mib = 256;
         c.vm.login_secs = 60;
         c.vm.port_secs = 120;
@@ -178,10 +181,11 @@ async fn scans_the_fixture_image_from_a_tar_gz_end_to_end() {
     assert_eq!(excerpts.len(), 2);
     assert_eq!(stage(&done, "report-check")["detail"]["found"], true);
     let hostname = vm["hostname"].as_str().unwrap();
-    assert_eq!(
-        w.flexera.uploads(),
-        vec![hostname.to_string()],
-        "the agent in the VM reported itself"
+    // The agent in the VM reported itself (again, if a transient error made the install retry).
+    let uploads = w.flexera.uploads();
+    assert!(
+        !uploads.is_empty() && uploads.iter().all(|u| u == hostname),
+        "{uploads:?}"
     );
     let log = w.app.log_text(id).await;
     assert!(
@@ -314,7 +318,8 @@ async fn a_daemon_killed_mid_scan_resumes_and_still_tears_down() {
         ("VMSCAN_SERVER__LISTEN", "127.0.0.1:0".into()),
         ("VMSCAN_WORKER__LEASE_SECS", "4".into()),
         ("VMSCAN_WORKER__POLL_INTERVAL_MS", "200".into()),
-        ("VMSCAN_PIPELINE__RETRY_LIMIT", "0".into()),
+        ("VMSCAN_PIPELINE__RETRY_LIMIT", "2".into()),
+        ("VMSCAN_PIPELINE__RETRY_BACKOFF_SECS", "1".into()),
         (
             "VMSCAN_AGENT__PROFILES__LINUX__INSTALLER",
             agent.display().to_string(),
