@@ -223,6 +223,35 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Makes a finished `.part` download durable and gives it its final name, after
+/// checking it has the size the server `verb` ("announced", "stated").
+async fn commit_part(
+    out: tokio::io::BufWriter<tokio::fs::File>,
+    part: &Path,
+    dest: &Path,
+    total: Option<u64>,
+    got: u64,
+    verb: &str,
+) -> Result<(), FetchError> {
+    let mut out = out;
+    out.flush()
+        .await
+        .map_err(|e| io_err("cannot write", part, e))?;
+    out.into_inner()
+        .sync_all()
+        .await
+        .map_err(|e| io_err("cannot sync", part, e))?;
+    if let Some(t) = total.filter(|t| *t != got) {
+        return Err(FetchError::Interrupted {
+            got: fmt_bytes(got),
+            reason: format!("the server {verb} {t} bytes"),
+        });
+    }
+    tokio::fs::rename(part, dest)
+        .await
+        .map_err(|e| io_err("cannot rename", part, e))
+}
+
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> FetchError {
     FetchError::Io(format!("{what} {}: {e}", path.display()))
 }
@@ -380,37 +409,10 @@ impl FetchStage {
                 }
                 Ok(Some(Ok(c))) => c,
             };
-            progress.bytes += chunk.len() as u64;
-            if progress.bytes > self.cfg.max_bytes {
-                return Err(FetchError::TooLarge {
-                    size: format!("more than {}", fmt_bytes(progress.bytes)),
-                    limit: fmt_bytes(self.cfg.max_bytes),
-                }
-                .into());
-            }
-            hasher.update(&chunk);
-            out.write_all(&chunk)
-                .await
-                .map_err(|e| io_err("cannot write", &part, e))?;
-            progress.report(ctx, false).await?;
+            self.take_chunk(ctx, &chunk, &mut out, &part, &mut hasher, &mut progress)
+                .await?;
         }
-        out.flush()
-            .await
-            .map_err(|e| io_err("cannot write", &part, e))?;
-        out.into_inner()
-            .sync_all()
-            .await
-            .map_err(|e| io_err("cannot sync", &part, e))?;
-        if let Some(t) = total.filter(|t| *t != progress.bytes) {
-            return Err(FetchError::Interrupted {
-                got: fmt_bytes(progress.bytes),
-                reason: format!("the server announced {t} bytes"),
-            }
-            .into());
-        }
-        tokio::fs::rename(&part, &dest)
-            .await
-            .map_err(|e| io_err("cannot rename", &part, e))?;
+        commit_part(out, &part, &dest, total, progress.bytes, "announced").await?;
         let _ = tokio::fs::remove_file(&validator_path).await;
         self.finish(ctx, &dest, false, progress, hasher).await
     }
@@ -620,37 +622,10 @@ impl FetchStage {
                 Ok(Ok(0)) => break,
                 Ok(Ok(n)) => n,
             };
-            progress.bytes += n as u64;
-            if progress.bytes > self.cfg.max_bytes {
-                return Err(FetchError::TooLarge {
-                    size: format!("more than {}", fmt_bytes(progress.bytes)),
-                    limit: fmt_bytes(self.cfg.max_bytes),
-                }
-                .into());
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .await
-                .map_err(|e| io_err("cannot write", &part, e))?;
-            progress.report(ctx, false).await?;
+            self.take_chunk(ctx, &buf[..n], &mut out, &part, &mut hasher, &mut progress)
+                .await?;
         }
-        out.flush()
-            .await
-            .map_err(|e| io_err("cannot write", &part, e))?;
-        out.into_inner()
-            .sync_all()
-            .await
-            .map_err(|e| io_err("cannot sync", &part, e))?;
-        if let Some(t) = total.filter(|t| *t != progress.bytes) {
-            return Err(FetchError::Interrupted {
-                got: fmt_bytes(progress.bytes),
-                reason: format!("the server stated {t} bytes"),
-            }
-            .into());
-        }
-        tokio::fs::rename(&part, &dest)
-            .await
-            .map_err(|e| io_err("cannot rename", &part, e))?;
+        commit_part(out, &part, &dest, total, progress.bytes, "stated").await?;
         self.finish(ctx, &dest, false, progress, hasher).await
     }
 
@@ -676,6 +651,31 @@ impl FetchStage {
             },
         }
         .into()
+    }
+
+    /// One received chunk: counted against the size cap, hashed, written, reported.
+    async fn take_chunk(
+        &self,
+        ctx: &StageCtx,
+        chunk: &[u8],
+        out: &mut tokio::io::BufWriter<tokio::fs::File>,
+        part: &Path,
+        hasher: &mut MultiHasher,
+        progress: &mut Progress,
+    ) -> Result<(), StageError> {
+        progress.bytes += chunk.len() as u64;
+        if progress.bytes > self.cfg.max_bytes {
+            return Err(FetchError::TooLarge {
+                size: format!("more than {}", fmt_bytes(progress.bytes)),
+                limit: fmt_bytes(self.cfg.max_bytes),
+            }
+            .into());
+        }
+        hasher.update(chunk);
+        out.write_all(chunk)
+            .await
+            .map_err(|e| io_err("cannot write", part, e))?;
+        progress.report(ctx, false).await
     }
 
     async fn fetch_local(&self, ctx: &StageCtx, src: &SourceUrl) -> Result<(), StageError> {
