@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::ClusterProvider;
+use crate::cluster::Clusters;
 use crate::config::Config;
 use crate::pipeline::{self, Pipeline};
 use crate::store::{self, DynStore};
@@ -27,7 +27,7 @@ pub struct Application {
     pub config: Arc<Config>,
     pub store: DynStore,
     pub pipeline: Pipeline,
-    pub provider: Arc<dyn ClusterProvider>,
+    pub clusters: Arc<Clusters>,
     /// Followers of job life (notifiers), called by the runner.
     pub events: Arc<Vec<Arc<dyn JobEvents>>>,
     listener: Option<tokio::net::TcpListener>,
@@ -62,8 +62,8 @@ impl Application {
     ) -> anyhow::Result<Self> {
         config.validate()?;
         let store = open_store(&config).await?;
-        let provider = pipeline::cluster_provider(&config)?;
-        let pipeline = pipeline.unwrap_or_else(|| pipeline::build_on(&config, provider.clone()));
+        let clusters = Arc::new(Clusters::from_config(&config)?);
+        let pipeline = pipeline.unwrap_or_else(|| pipeline::build_on(&config, clusters.clone()));
         // Notifiers only record what to send; the delivery loop sends it.
         let mut events: Vec<Arc<dyn JobEvents>> = Vec::new();
         if config.notify.any_enabled() {
@@ -85,7 +85,7 @@ impl Application {
             config: Arc::new(config),
             store,
             pipeline,
-            provider,
+            clusters,
             events: Arc::new(events),
             listener,
             addr,
@@ -126,7 +126,7 @@ impl Application {
         let janitor = (self.config.worker.pool_size > 0).then(|| {
             tokio::spawn(worker::janitor::run(
                 self.store.clone(),
-                self.provider.clone(),
+                self.clusters.clone(),
                 Duration::from_secs(self.config.worker.janitor_secs.max(10)),
                 shutdown.clone(),
             ))
@@ -140,6 +140,7 @@ impl Application {
         };
         let server = self.listener.take().map(|listener| {
             let state = AppState {
+                clusters: Arc::new(self.clusters.info()),
                 store: self.store.clone(),
                 config: self.config.clone(),
                 stages: Arc::new(self.pipeline.iter().map(|s| s.name()).collect()),

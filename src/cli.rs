@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::app::{open_store, shutdown_on_signals, Application, Role};
+use crate::cluster::Clusters;
 use crate::config::Config;
 use crate::domain::{fmt_bytes, fmt_millis, JobId, JobState};
 use crate::pipeline::inspect_file;
@@ -55,6 +56,12 @@ pub enum Command {
         email: Option<String>,
         #[arg(long)]
         note: Option<String>,
+        /// Target cluster (`vmscan config check` lists them); default: the configured default.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Guest OS family: linux (SSH) or windows (WinRM).
+        #[arg(long)]
+        os: Option<String>,
         /// Wait for the job to finish; exit 0 only if it succeeded.
         #[arg(long)]
         wait: bool,
@@ -191,21 +198,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             checksum,
             email,
             note,
+            cluster,
+            os,
             wait,
         } => {
             let cfg = load(&cli.config, None)?;
             let store = open_store(&cfg).await?;
-            let new = validate(SubmitRequest {
-                url: Some(url),
-                checksum,
-                email,
-                note,
-                requested_by: None,
-                name: None,
-                version: None,
-                description: None,
-                options: None,
-            })?;
+            let new = validate(
+                SubmitRequest {
+                    url: Some(url),
+                    checksum,
+                    email,
+                    note,
+                    requested_by: None,
+                    name: None,
+                    version: None,
+                    description: None,
+                    cluster,
+                    os,
+                    options: None,
+                },
+                &Clusters::configured(&cfg),
+            )?;
             let job = store.create_job(new).await?;
             println!("{}", job.id);
             if !wait {

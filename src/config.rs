@@ -2,6 +2,7 @@
 //! `VMSCAN_…` environment variables (`__` separates sections:
 //! `VMSCAN_WORKER__POOL_SIZE=4`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,8 @@ use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::nutanix::NutanixConfig;
+use crate::cluster::openstack::OpenStackConfig;
 use crate::domain::StageName;
 
 mod notify;
@@ -296,23 +299,23 @@ impl Default for FetchConfig {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// Which provider runs the VMs.
-    pub provider: ClusterProviderKind,
+    /// The cluster a job runs on when it names none ("qemu-local",
+    /// "nutanix:NAME", "openstack:NAME"). Empty: the local QEMU cluster if
+    /// enabled, else the first configured.
+    pub default: Option<String>,
     pub qemu: QemuConfig,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClusterProviderKind {
-    /// `qemu-system-x86_64` processes on this host (the embedded default).
-    #[default]
-    Qemu,
+    /// Prism Centrals, by a name of your choosing (`[cluster.nutanix.pc1]`).
+    pub nutanix: BTreeMap<String, NutanixConfig>,
+    /// OpenStack clouds, by a name of your choosing (`[cluster.openstack.east]`).
+    pub openstack: BTreeMap<String, OpenStackConfig>,
 }
 
 /// The local QEMU "cluster": VMs are child processes of vmscan.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QemuConfig {
+    /// Offer the local QEMU cluster ("qemu-local").
+    pub enabled: bool,
     pub qemu_system: PathBuf,
     pub qemu_img: PathBuf,
     /// The image repository. Empty: `<data_dir>/images`.
@@ -353,6 +356,7 @@ pub enum QemuAccel {
 impl Default for QemuConfig {
     fn default() -> Self {
         QemuConfig {
+            enabled: true,
             qemu_system: PathBuf::from("qemu-system-x86_64"),
             qemu_img: PathBuf::from("qemu-img"),
             image_dir: None,
@@ -452,6 +456,23 @@ impl Config {
             self.publish.check().map_err(ConfigError::Invalid)?;
         }
         self.notify.validate()?;
+        for name in self
+            .cluster
+            .nutanix
+            .keys()
+            .chain(self.cluster.openstack.keys())
+        {
+            let ok = !name.is_empty()
+                && name.len() <= 40
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !ok {
+                return bad(format!(
+                    "cluster name {name:?}: use lowercase letters, digits, '-' and '_' (it is part of environment variable names)"
+                ));
+            }
+        }
         for c in self.fetch.deny_cidrs.iter().chain(&self.fetch.allow_cidrs) {
             if c.parse::<ipnet::IpNet>().is_err() {
                 return bad(format!("fetch: {c:?} is not a CIDR such as 10.0.0.0/8"));

@@ -4,7 +4,8 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::domain::{ChecksumSpec, SourceUrl};
+use crate::cluster::ClusterInfo;
+use crate::domain::{ChecksumSpec, OsFamily, SourceUrl};
 use crate::store::NewJob;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -30,6 +31,12 @@ pub struct SubmitRequest {
     pub version: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
+    /// Target cluster ("qemu-local", "nutanix:pc1"…); default: the configured default.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Guest OS family ("linux" or "windows"): picks SSH or WinRM. Default: linux.
+    #[serde(default)]
+    pub os: Option<String>,
     #[serde(default)]
     pub options: Option<serde_json::Value>,
 }
@@ -49,8 +56,9 @@ fn check_email(e: &str) -> Result<(), SubmitError> {
     }
 }
 
-/// Parses and validates a submission; every problem gets a specific message.
-pub fn validate(req: SubmitRequest) -> Result<NewJob, SubmitError> {
+/// Parses and validates a submission against the configured clusters;
+/// every problem gets a specific message.
+pub fn validate(req: SubmitRequest, clusters: &[ClusterInfo]) -> Result<NewJob, SubmitError> {
     let url = blank_to_none(req.url)
         .ok_or_else(|| SubmitError("url: missing; paste the image URL".into()))?;
     let url: SourceUrl = url
@@ -88,6 +96,48 @@ pub fn validate(req: SubmitRequest) -> Result<NewJob, SubmitError> {
             options[field] = json!(v);
         }
     }
+    // Top-level fields win over the same keys in `options`; both are checked.
+    if let Some(c) = blank_to_none(req.cluster) {
+        options["cluster"] = json!(c);
+    }
+    if let Some(o) = blank_to_none(req.os) {
+        options["os"] = json!(o);
+    }
+    let cluster = match options.get("cluster") {
+        None | Some(serde_json::Value::Null) => clusters
+            .iter()
+            .find(|c| c.default)
+            .map(|c| c.name.clone())
+            .ok_or_else(|| SubmitError("cluster: no cluster is configured".into()))?,
+        Some(serde_json::Value::String(c)) => {
+            let c = c.trim().to_string();
+            if !clusters.iter().any(|k| k.name == c) {
+                return Err(SubmitError(format!(
+                    "cluster: {c:?} is not a configured cluster (choose one of: {})",
+                    clusters
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            c
+        }
+        Some(_) => return Err(SubmitError("cluster: must be a string".into())),
+    };
+    options["cluster"] = json!(cluster);
+    let os = match options.get("os") {
+        None | Some(serde_json::Value::Null) => OsFamily::default(),
+        Some(serde_json::Value::String(o)) => o
+            .parse::<OsFamily>()
+            .map_err(|e| SubmitError(format!("os: {e}")))?,
+        Some(_) => {
+            return Err(SubmitError(
+                "os: must be a string (linux or windows)".into(),
+            ))
+        }
+    };
+    options["os"] = json!(os.as_str());
     if let Some(d) = blank_to_none(req.description) {
         if d.chars().count() > 1000 {
             return Err(SubmitError(
@@ -125,8 +175,54 @@ mod tests {
             name: None,
             version: None,
             description: None,
+            cluster: None,
+            os: None,
             options: None,
         }
+    }
+
+    fn clusters() -> Vec<ClusterInfo> {
+        vec![
+            ClusterInfo {
+                name: "qemu-local".into(),
+                kind: "qemu",
+                default: true,
+            },
+            ClusterInfo {
+                name: "nutanix:pc1".into(),
+                kind: "nutanix",
+                default: false,
+            },
+        ]
+    }
+
+    fn validate(r: SubmitRequest) -> Result<NewJob, SubmitError> {
+        super::validate(r, &clusters())
+    }
+
+    #[test]
+    fn the_cluster_and_os_are_checked_and_recorded() {
+        let job = validate(req("https://h.example/a.qcow2")).unwrap();
+        assert_eq!(job.options["cluster"], "qemu-local");
+        assert_eq!(job.options["os"], "linux");
+        let mut r = req("https://h.example/a.qcow2");
+        r.cluster = Some("nutanix:pc1".into());
+        r.os = Some("Windows".into());
+        let job = validate(r).unwrap();
+        assert_eq!(job.options["cluster"], "nutanix:pc1");
+        assert_eq!(job.options["os"], "windows");
+        let mut r = req("https://h.example/a.qcow2");
+        r.options = Some(json!({"cluster": "openstack:nope"}));
+        assert_eq!(
+            validate(r).unwrap_err().0,
+            "cluster: \"openstack:nope\" is not a configured cluster (choose one of: qemu-local, nutanix:pc1)"
+        );
+        let mut r = req("https://h.example/a.qcow2");
+        r.os = Some("beos".into());
+        assert!(validate(r)
+            .unwrap_err()
+            .0
+            .starts_with("os: \"beos\" is not an OS family"));
     }
 
     #[test]

@@ -70,6 +70,7 @@ fn spec(job: JobId, image: vmscan::cluster::ClusterImage, user_data: String) -> 
         memory_mib: 256,
         user_data,
         hostname: "scan-test".into(),
+        os: vmscan::domain::OsFamily::Linux,
     }
 }
 

@@ -2,16 +2,20 @@
 //! the local QEMU provider is the embedded default, Nutanix and OpenStack
 //! are chosen by configuration.
 
+pub mod nutanix;
+pub mod openstack;
 pub mod qemu;
+mod registry;
+
+pub use registry::{ClusterInfo, Clusters};
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::JobId;
+use crate::domain::{JobId, OsFamily};
 
 /// Names every cluster object a job creates, stable across retries of the job.
 pub fn vm_name(job: JobId) -> String {
@@ -81,6 +85,8 @@ pub struct VmSpec {
     /// cloud-init NoCloud user-data (YAML text starting with `#cloud-config`).
     pub user_data: String,
     pub hostname: String,
+    /// Picks the guest customization (cloud-init or sysprep) and the shell port.
+    pub os: OsFamily,
 }
 
 /// A VM the cluster runs.
@@ -146,16 +152,6 @@ pub trait ClusterProvider: Send + Sync {
     async fn delete_image(&self, image_id: &str) -> Result<(), ClusterError>;
     /// Every VM and image this vmscan created that still exists.
     async fn list_owned(&self) -> Result<Vec<Owned>, ClusterError>;
-}
-
-/// The configured cluster provider.
-pub fn build(cfg: &crate::config::Config) -> Result<Arc<dyn ClusterProvider>, ClusterError> {
-    match cfg.cluster.provider {
-        crate::config::ClusterProviderKind::Qemu => Ok(Arc::new(qemu::QemuProvider::new(
-            cfg.cluster.qemu.clone(),
-            &cfg.storage.data_dir,
-        )?)),
-    }
 }
 
 /// Deletes a VM (`kind` "vm") or an image (any other kind) of the cluster.

@@ -2,11 +2,13 @@
 
 mod checksum;
 mod ids;
+mod os;
 mod source;
 mod state;
 
 pub use checksum::{Checksum, ChecksumAlgo, ChecksumError, ChecksumSpec};
 pub use ids::JobId;
+pub use os::{OsFamily, OsFamilyError};
 pub use source::{SourceUrl, SourceUrlError};
 pub use state::{JobState, StageName, StageState};
 

@@ -20,8 +20,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::cluster::qemu::QemuProvider;
-use crate::cluster::{ClusterError, ClusterProvider};
+use crate::cluster::{ClusterError, Clusters};
 use crate::config::Config;
 use crate::domain::{Millis, StageName};
 use crate::store::StoreError;
@@ -82,6 +81,12 @@ impl StageError {
     }
 }
 
+impl StageFailure for ClusterError {
+    fn is_retryable(&self) -> bool {
+        ClusterError::is_retryable(self)
+    }
+}
+
 impl<E: StageFailure> From<E> for StageError {
     fn from(e: E) -> Self {
         StageError::Failed(Box::new(e))
@@ -116,20 +121,12 @@ pub(crate) fn current_image(ctx: &StageCtx, stages: &[StageName]) -> Option<std:
 /// configured cluster. Scan stages whose prerequisites are not configured
 /// are left out (see [`scan::omitted`]).
 pub fn build(cfg: &Config) -> Result<Pipeline, ClusterError> {
-    Ok(build_on(cfg, cluster_provider(cfg)?))
+    Ok(build_on(cfg, Arc::new(Clusters::from_config(cfg)?)))
 }
 
-/// The cluster provider the configuration names.
-pub fn cluster_provider(cfg: &Config) -> Result<Arc<dyn ClusterProvider>, ClusterError> {
-    Ok(Arc::new(QemuProvider::new(
-        cfg.cluster.qemu.clone(),
-        &cfg.storage.data_dir,
-    )?))
-}
-
-/// Like [`build`], on a given cluster provider.
-pub fn build_on(cfg: &Config, provider: Arc<dyn ClusterProvider>) -> Pipeline {
-    let env = Arc::new(scan::ScanEnv::new(cfg, provider));
+/// Like [`build`], on given clusters.
+pub fn build_on(cfg: &Config, clusters: Arc<Clusters>) -> Pipeline {
+    let env = Arc::new(scan::ScanEnv::new(cfg, clusters));
     let omitted: Vec<StageName> = scan::omitted(cfg).into_iter().map(|(s, _)| s).collect();
     let stages = cfg
         .pipeline

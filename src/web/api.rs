@@ -25,6 +25,7 @@ use crate::submit::{validate, SubmitRequest};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/jobs", post(create_job).get(list_jobs))
+        .route("/api/v1/clusters", get(list_clusters))
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/log", get(get_log))
         .route("/api/v1/jobs/{id}/events", get(events))
@@ -55,13 +56,18 @@ fn parse_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
 }
 
+/// The clusters a job can target; `default` marks the one used when none is named.
+async fn list_clusters(State(st): State<AppState>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "clusters": *st.clusters }))
+}
+
 async fn create_job(
     State(st): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let raw = body.as_ref().ok().cloned();
     let req: SubmitRequest = parse_json(body, st.config.server.max_body_bytes)?;
-    let new = validate(req).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let new = validate(req, &st.clusters).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     // The requester's name (optional) is kept beside `requested_by`.
     let name = raw
         .and_then(|b| serde_json::from_slice::<RequesterName>(&b).ok())

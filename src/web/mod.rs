@@ -30,6 +30,8 @@ pub struct AppState {
     pub stages: Arc<Vec<StageName>>,
     /// Stages left out of this configuration, with the reason, for job pages.
     pub notes: Arc<Vec<String>>,
+    /// The configured clusters (submit form, validation).
+    pub clusters: Arc<Vec<crate::cluster::ClusterInfo>>,
 }
 
 pub fn router(state: AppState) -> Router {

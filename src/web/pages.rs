@@ -33,6 +33,7 @@ struct IndexPage {
     table: JobTable,
     counts: Vec<StateCount>,
     backend: &'static str,
+    clusters: Vec<crate::cluster::ClusterInfo>,
 }
 
 #[derive(Template, WebTemplate)]
@@ -105,6 +106,7 @@ async fn index(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiRes
         table,
         counts,
         backend: st.store.backend(),
+        clusters: st.clusters.as_ref().clone(),
     }
     .into_response())
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{delete_object, ClusterProvider, Owned};
+use crate::cluster::{delete_object, ClusterProvider, Clusters, Owned};
 use crate::store::{DynStore, LogLevel};
 
 /// One sweep; returns how many objects were removed.
@@ -63,12 +63,14 @@ pub async fn sweep(store: &DynStore, provider: &Arc<dyn ClusterProvider>) -> usi
 
 pub async fn run(
     store: DynStore,
-    provider: Arc<dyn ClusterProvider>,
+    clusters: Arc<Clusters>,
     every: Duration,
     stop: CancellationToken,
 ) {
     loop {
-        sweep(&store, &provider).await;
+        for provider in clusters.all() {
+            sweep(&store, &provider).await;
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}

@@ -33,6 +33,8 @@ use crate::domain::JobId;
 pub use accel::{probe as probe_accel, Accel};
 pub use process::is_our_qemu;
 
+/// The local cluster's name in the registry and on job pages.
+pub const PROVIDER_NAME: &str = "qemu-local";
 const STATE_FILE: &str = "state.json";
 const QMP_TIMEOUT: Duration = Duration::from_secs(3);
 /// QEMU opens its QMP socket within this long of starting, or it failed.
@@ -481,7 +483,7 @@ async fn read_banner(port: u16) -> Option<String> {
 #[async_trait]
 impl ClusterProvider for QemuProvider {
     fn name(&self) -> String {
-        "qemu-local".into()
+        PROVIDER_NAME.into()
     }
 
     async fn upload_image(

@@ -12,7 +12,7 @@ mod vm;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::cluster::ClusterProvider;
+use crate::cluster::{ClusterError, ClusterProvider, Clusters};
 use crate::config::{AgentProfile, Config, InventoryKind, VmConfig};
 use crate::domain::StageName;
 use crate::inventory::{FlexeraOne, InventoryClient};
@@ -28,7 +28,7 @@ use super::StageCtx;
 
 /// What the scan stages share: the cluster, the inventory, the settings.
 pub struct ScanEnv {
-    pub provider: Arc<dyn ClusterProvider>,
+    pub clusters: Arc<Clusters>,
     pub inventory: Option<Arc<dyn InventoryClient>>,
     pub vm: VmConfig,
     pub agent: Option<AgentProfile>,
@@ -37,7 +37,7 @@ pub struct ScanEnv {
 }
 
 impl ScanEnv {
-    pub fn new(cfg: &Config, provider: Arc<dyn ClusterProvider>) -> Self {
+    pub fn new(cfg: &Config, clusters: Arc<Clusters>) -> Self {
         let inventory: Option<Arc<dyn InventoryClient>> = match cfg.inventory.kind {
             InventoryKind::None => None,
             InventoryKind::FlexeraOne => {
@@ -45,13 +45,20 @@ impl ScanEnv {
             }
         };
         ScanEnv {
-            provider,
+            clusters,
             inventory,
             vm: cfg.vm.clone(),
             agent: cfg.agent.linux().cloned(),
             inventory_interval_secs: cfg.inventory.check_interval_secs,
             inventory_deadline_secs: cfg.inventory.deadline_secs,
         }
+    }
+}
+
+impl ScanEnv {
+    /// The cluster the job runs on (chosen on submit, else the default).
+    pub fn provider(&self, ctx: &StageCtx) -> Result<Arc<dyn ClusterProvider>, ClusterError> {
+        self.clusters.for_job(&ctx.job.options)
     }
 }
 

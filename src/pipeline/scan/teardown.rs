@@ -65,15 +65,23 @@ pub async fn delete_job_vms(ctx: &StageCtx, env: &ScanEnv) -> Result<usize, Stag
 }
 
 async fn delete_kind(ctx: &StageCtx, env: &ScanEnv, kind: &str) -> Result<usize, StageError> {
-    let cluster = env.provider.name();
+    let job_provider = env.provider(ctx)?;
     let mut deleted = 0;
     let resources = ctx.store().resources(ctx.job.id).await?;
+    // Each resource is deleted where it was recorded (the job's cluster).
     for r in resources
         .iter()
-        .filter(|r| r.kind == kind && r.deleted_at.is_none() && r.provider == cluster)
+        .filter(|r| r.kind == kind && r.deleted_at.is_none())
     {
+        let cluster = r.provider.clone();
+        let provider = env.clusters.get(&cluster).ok_or_else(|| TeardownError {
+            kind: kind.into(),
+            id: r.external_id.clone(),
+            cluster: cluster.clone(),
+            source: ClusterError::Local(format!("cluster {cluster} is no longer configured")),
+        })?;
         let id = r.external_id.clone();
-        let result = with_retries(|| delete_object(env.provider.as_ref(), kind, &id)).await;
+        let result = with_retries(|| delete_object(provider.as_ref(), kind, &id)).await;
         result.map_err(|source| TeardownError {
             kind: kind.into(),
             id: id.clone(),
@@ -86,8 +94,8 @@ async fn delete_kind(ctx: &StageCtx, env: &ScanEnv, kind: &str) -> Result<usize,
         deleted += 1;
     }
     // Leftovers tagged with this job that were never recorded.
-    let owned = env
-        .provider
+    let cluster = job_provider.name();
+    let owned = job_provider
         .list_owned()
         .await
         .map_err(|source| TeardownError {
@@ -104,7 +112,7 @@ async fn delete_kind(ctx: &StageCtx, env: &ScanEnv, kind: &str) -> Result<usize,
         if !is_kind || job != Some(ctx.job.id) {
             continue;
         }
-        let result = delete_object(env.provider.as_ref(), kind, &id).await;
+        let result = delete_object(job_provider.as_ref(), kind, &id).await;
         result.map_err(|source| TeardownError {
             kind: kind.into(),
             id: id.clone(),
@@ -173,7 +181,7 @@ impl Stage for TeardownStage {
             }
         }
         let (vms, images) = teardown_job(ctx, &self.env).await?;
-        ctx.set_detail(json!({"vms_deleted": vms, "images_deleted": images, "cluster": self.env.provider.name()}), true).await?;
+        ctx.set_detail(json!({"vms_deleted": vms, "images_deleted": images, "cluster": self.env.provider(ctx)?.name()}), true).await?;
         if vms + images == 0 {
             ctx.info("nothing to tear down").await?;
         }

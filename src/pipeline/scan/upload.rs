@@ -48,7 +48,8 @@ impl Stage for ClusterUploadStage {
 
     async fn run(&self, ctx: &StageCtx) -> Result<StageOutcome, StageError> {
         let path = image_path(ctx).ok_or(UploadError::NoImage)?;
-        let cluster = self.env.provider.name();
+        let provider = self.env.provider(ctx)?;
+        let cluster = provider.name();
         let size = tokio::fs::metadata(&path)
             .await
             .map(|m| m.len())
@@ -69,7 +70,7 @@ impl Stage for ClusterUploadStage {
             d.store(n, Ordering::Relaxed);
             t.store(of, Ordering::Relaxed);
         };
-        let upload = self.env.provider.upload_image(ctx.job.id, &path, &progress);
+        let upload = provider.upload_image(ctx.job.id, &path, &progress);
         tokio::pin!(upload);
         let image = loop {
             tokio::select! {

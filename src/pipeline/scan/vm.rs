@@ -82,9 +82,19 @@ pub fn parse_os_release(text: &str) -> Value {
     Value::Object(m)
 }
 
+/// The OS family chosen on submit (Linux when the job predates the choice).
+pub fn job_os(ctx: &StageCtx) -> crate::domain::OsFamily {
+    ctx.job
+        .options
+        .get("os")
+        .and_then(Value::as_str)
+        .and_then(|o| o.parse().ok())
+        .unwrap_or_default()
+}
+
 impl VmCreateStage {
-    async fn console(&self, vm: &ClusterVm) -> Option<String> {
-        self.env.provider.console_tail(vm, 4096).await
+    async fn console(&self, ctx: &StageCtx, vm: &ClusterVm) -> Option<String> {
+        self.env.provider(ctx).ok()?.console_tail(vm, 4096).await
     }
 
     async fn login(&self, ctx: &StageCtx, vm: &ClusterVm) -> Result<SshShell, StageError> {
@@ -116,7 +126,7 @@ impl VmCreateStage {
         Err(VmError::Login {
             secs,
             last,
-            console: self.console(vm).await,
+            console: self.console(ctx, vm).await,
         }
         .into())
     }
@@ -149,8 +159,10 @@ impl Stage for VmCreateStage {
                 &self.env.vm.extra_user_data,
             ),
             hostname: hostname.clone(),
+            os: job_os(ctx),
         };
-        let cluster = self.env.provider.name();
+        let provider = self.env.provider(ctx)?;
+        let cluster = provider.name();
         ctx.set_detail(json!({"cluster": cluster, "vm_name": spec.name, "hostname": hostname, "cpus": spec.cpus, "memory_mib": spec.memory_mib}), true)
             .await?;
         ctx.info(format!(
@@ -158,12 +170,7 @@ impl Stage for VmCreateStage {
             spec.name, spec.cpus, spec.memory_mib
         ))
         .await?;
-        let vm = self
-            .env
-            .provider
-            .create_vm(&spec)
-            .await
-            .map_err(VmError::from)?;
+        let vm = provider.create_vm(&spec).await.map_err(VmError::from)?;
         ctx.record_resource("vm", &cluster, &vm.id, &json!({"name": vm.name}))
             .await?;
         ctx.set_detail(json!({"vm": vm.id, "vm_detail": vm.detail}), true)
@@ -175,10 +182,10 @@ impl Stage for VmCreateStage {
             port_open: Duration::from_secs(self.env.vm.port_secs),
         };
         let started = Instant::now();
-        let vm = match self.env.provider.wait_ready(&vm, &deadlines).await {
+        let vm = match provider.wait_ready(&vm, &deadlines).await {
             Ok(vm) => vm,
             Err(e) => {
-                let tail = self.console(&vm).await;
+                let tail = self.console(ctx, &vm).await;
                 ctx.set_detail(json!({"console_tail": tail}), true).await?;
                 return Err(VmError::from(e).into());
             }
@@ -193,7 +200,7 @@ impl Stage for VmCreateStage {
         let shell = match self.login(ctx, &vm).await {
             Ok(s) => s,
             Err(e) => {
-                ctx.set_detail(json!({"console_tail": self.console(&vm).await}), true)
+                ctx.set_detail(json!({"console_tail": self.console(ctx, &vm).await}), true)
                     .await?;
                 return Err(e);
             }
@@ -229,7 +236,7 @@ impl Stage for VmCreateStage {
                 "os_release": os,
                 "ready_secs": ready_secs,
                 "boot_secs": started.elapsed().as_secs_f64(),
-                "console_tail": self.console(&vm).await,
+                "console_tail": self.console(ctx, &vm).await,
             }),
             true,
         )

@@ -1,0 +1,91 @@
+//! Settings of one Prism Central (`[cluster.nutanix.NAME]`).
+
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// How the image bytes reach Prism Central.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NutanixImageSource {
+    /// `PUT /api/nutanix/v3/images/{uuid}/file`, streamed from the job's file.
+    #[default]
+    Upload,
+    /// Prism pulls the file from vmscan (`image_url_base` + a per-job path).
+    Url,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NutanixConfig {
+    /// `https://prism-central.example.com:9440`
+    pub url: String,
+    pub username: String,
+    /// Secret: `VMSCAN_CLUSTER__NUTANIX__<NAME>__PASSWORD`.
+    #[serde(skip_serializing)]
+    pub password: Option<SecretString>,
+    /// Verify Prism's TLS certificate (against `ca_bundle` when set).
+    pub verify_tls: bool,
+    /// PEM file with the CA(s) that signed Prism's certificate.
+    pub ca_bundle: Option<PathBuf>,
+    /// The Prism Element cluster VMs run on, by name (`clusters/list`).
+    pub cluster_name: String,
+    /// The subnet the scan VM's NIC joins, by name (`subnets/list`).
+    pub subnet_name: String,
+    pub image_source: NutanixImageSource,
+    /// With `image_source = "url"`: the base URL Prism can reach vmscan's
+    /// image downloads at (`{base}/api/v1/jobs/{id}/image`).
+    pub image_url_base: Option<String>,
+    /// Port of the guest's remote shell as vmscan reaches it (22 for SSH).
+    pub ssh_port: u16,
+    /// Port of WinRM on Windows guests.
+    pub winrm_port: u16,
+    /// Category `key: value` put on every VM and image vmscan creates
+    /// (must exist in Prism). Empty key: the description carries the tag only.
+    pub category_key: String,
+    pub category_value: String,
+    /// One API request (not an upload) may take this long.
+    pub request_secs: u64,
+    /// Time allowed for an upload: `upload_base_secs` plus one second per
+    /// `upload_min_bytes_per_sec` bytes of image.
+    pub upload_base_secs: u64,
+    pub upload_min_bytes_per_sec: u64,
+    /// How often a task is polled, and how long it may take before vmscan gives up.
+    pub task_poll_ms: u64,
+    pub task_timeout_secs: u64,
+    /// Tries for a request failing with 5xx or a dropped connection, with
+    /// back-off doubling from `retry_backoff_ms`. 401/403 are never retried.
+    pub max_attempts: u32,
+    pub retry_backoff_ms: u64,
+    /// Time allowed between power-on and the first IP address in `nic_list`.
+    pub address_poll_ms: u64,
+}
+
+impl Default for NutanixConfig {
+    fn default() -> Self {
+        NutanixConfig {
+            url: String::new(),
+            username: String::new(),
+            password: None,
+            verify_tls: true,
+            ca_bundle: None,
+            cluster_name: String::new(),
+            subnet_name: String::new(),
+            image_source: NutanixImageSource::Upload,
+            image_url_base: None,
+            ssh_port: 22,
+            winrm_port: 5985,
+            category_key: String::new(),
+            category_value: String::new(),
+            request_secs: 60,
+            upload_base_secs: 300,
+            upload_min_bytes_per_sec: 5 * 1024 * 1024,
+            task_poll_ms: 2000,
+            task_timeout_secs: 1800,
+            max_attempts: 4,
+            retry_backoff_ms: 1000,
+            address_poll_ms: 3000,
+        }
+    }
+}
