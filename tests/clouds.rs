@@ -1,0 +1,9 @@
+//! Real clusters against faithful fakes of their APIs: Nutanix Prism
+//! Central v3 and OpenStack (Keystone, Glance, Nova, Neutron). Each
+//! provider passes the same conformance suite, then the failure paths those
+//! APIs really produce, then a whole scan with a real guest behind the fake.
+
+mod support;
+
+#[path = "clouds/conformance.rs"]
+mod conformance;
