@@ -6,6 +6,7 @@
 pub mod artifactory;
 pub mod daemon;
 pub mod fileserver;
+pub mod guest;
 pub mod flexera;
 pub mod jira;
 pub mod smtp;
