@@ -7,3 +7,6 @@ mod support;
 
 #[path = "clouds/conformance.rs"]
 mod conformance;
+
+#[path = "clouds/nutanix.rs"]
+mod nutanix;

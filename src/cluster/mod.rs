@@ -33,6 +33,14 @@ pub fn image_name(job: JobId) -> String {
     format!("vmscan-img-{}", job.as_uuid().simple())
 }
 
+/// The job in a name made by [`vm_name`] or [`image_name`].
+pub fn job_of_name(name: &str) -> Option<JobId> {
+    let rest = name
+        .strip_prefix("vmscan-img-")
+        .or_else(|| name.strip_prefix("vmscan-"))?;
+    rest.get(..32)?.parse().ok()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// A deadline expired; `what` names it ("power-on", "address", "ssh port", "ssh login").

@@ -54,30 +54,59 @@ pub async fn lifecycle(p: &dyn ClusterProvider, image_file: &Path) {
         assert!(done <= total, "progress {done} > {total}");
         last.store(done, Ordering::Relaxed);
     };
-    let image = p.upload_image(job, image_file, &progress).await.expect("upload");
+    let image = p
+        .upload_image(job, image_file, &progress)
+        .await
+        .expect("upload");
     assert_eq!(image.size, size, "uploaded size");
-    assert_eq!(last.load(Ordering::Relaxed), size, "progress reaches the end");
+    assert_eq!(
+        last.load(Ordering::Relaxed),
+        size,
+        "progress reaches the end"
+    );
     // A retried upload leaves one image for the job.
-    let again = p.upload_image(job, image_file, &|_, _| {}).await.expect("upload again");
+    let again = p
+        .upload_image(job, image_file, &|_, _| {})
+        .await
+        .expect("upload again");
     let (_, images) = owned_by(p, job).await;
-    assert_eq!(images, vec![again.id.clone()], "one image per job after a retry");
+    assert_eq!(
+        images,
+        vec![again.id.clone()],
+        "one image per job after a retry"
+    );
 
-    let vm = p.create_vm(&spec(job, again.clone())).await.expect("create");
+    let vm = p
+        .create_vm(&spec(job, again.clone()))
+        .await
+        .expect("create");
     assert_eq!(vm.name, vm_name(job));
     let ready = p.wait_ready(&vm, &deadlines(60)).await.expect("ready");
-    assert!(ready.host.is_some() && ready.port.is_some(), "address: {ready:?}");
+    assert!(
+        ready.host.is_some() && ready.port.is_some(),
+        "address: {ready:?}"
+    );
 
     // A retried create (same name) replaces the VM: still one for the job.
-    let vm2 = p.create_vm(&spec(job, again.clone())).await.expect("create again");
+    let vm2 = p
+        .create_vm(&spec(job, again.clone()))
+        .await
+        .expect("create again");
     assert_eq!(vm2.name, vm.name, "a retry keeps the VM name");
     let (vms, _) = owned_by(p, job).await;
     assert_eq!(vms, vec![vm2.id.clone()], "one VM per job after a retry");
-    p.wait_ready(&vm2, &deadlines(60)).await.expect("ready after retry");
+    p.wait_ready(&vm2, &deadlines(60))
+        .await
+        .expect("ready after retry");
 
     p.delete_vm(&vm2.id).await.expect("delete vm");
-    p.delete_vm(&vm2.id).await.expect("deleting a missing VM is done");
+    p.delete_vm(&vm2.id)
+        .await
+        .expect("deleting a missing VM is done");
     p.delete_image(&again.id).await.expect("delete image");
-    p.delete_image(&again.id).await.expect("deleting a missing image is done");
+    p.delete_image(&again.id)
+        .await
+        .expect("deleting a missing image is done");
     assert_eq!(owned_by(p, job).await, (vec![], vec![]), "nothing left");
 }
 
@@ -88,9 +117,15 @@ pub async fn teardown_after_no_address(
     make_next_vm_addressless: impl FnOnce(),
 ) {
     let job = JobId::new();
-    let image = p.upload_image(job, image_file, &|_, _| {}).await.expect("upload");
+    let image = p
+        .upload_image(job, image_file, &|_, _| {})
+        .await
+        .expect("upload");
     make_next_vm_addressless();
-    let vm: ClusterVm = p.create_vm(&spec(job, image.clone())).await.expect("create");
+    let vm: ClusterVm = p
+        .create_vm(&spec(job, image.clone()))
+        .await
+        .expect("create");
     let err = p
         .wait_ready(&vm, &deadlines(3))
         .await
@@ -100,7 +135,11 @@ pub async fn teardown_after_no_address(
         other => panic!("expected the address deadline, got {other}"),
     }
     let (vms, images) = owned_by(p, job).await;
-    assert_eq!((vms.len(), images.len()), (1, 1), "the janitor can find both");
+    assert_eq!(
+        (vms.len(), images.len()),
+        (1, 1),
+        "the janitor can find both"
+    );
     p.delete_vm(&vm.id).await.expect("delete");
     p.delete_image(&image.id).await.expect("delete image");
     assert_eq!(owned_by(p, job).await, (vec![], vec![]), "nothing left");

@@ -142,7 +142,10 @@ pub fn fixture_dir() -> PathBuf {
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
-        assert!(ok, "scripts/build-test-image.sh failed; run scripts/install-test-deps.sh");
+        assert!(
+            ok,
+            "scripts/build-test-image.sh failed; run scripts/install-test-deps.sh"
+        );
     }
     dir
 }

@@ -6,9 +6,10 @@
 pub mod artifactory;
 pub mod daemon;
 pub mod fileserver;
-pub mod guest;
 pub mod flexera;
+pub mod guest;
 pub mod jira;
+pub mod nutanix;
 pub mod smtp;
 
 use std::path::PathBuf;

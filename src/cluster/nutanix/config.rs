@@ -5,17 +5,6 @@ use std::path::PathBuf;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-/// How the image bytes reach Prism Central.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NutanixImageSource {
-    /// `PUT /api/nutanix/v3/images/{uuid}/file`, streamed from the job's file.
-    #[default]
-    Upload,
-    /// Prism pulls the file from vmscan (`image_url_base` + a per-job path).
-    Url,
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NutanixConfig {
@@ -33,10 +22,6 @@ pub struct NutanixConfig {
     pub cluster_name: String,
     /// The subnet the scan VM's NIC joins, by name (`subnets/list`).
     pub subnet_name: String,
-    pub image_source: NutanixImageSource,
-    /// With `image_source = "url"`: the base URL Prism can reach vmscan's
-    /// image downloads at (`{base}/api/v1/jobs/{id}/image`).
-    pub image_url_base: Option<String>,
     /// Port of the guest's remote shell as vmscan reaches it (22 for SSH).
     pub ssh_port: u16,
     /// Port of WinRM on Windows guests.
@@ -58,8 +43,14 @@ pub struct NutanixConfig {
     /// back-off doubling from `retry_backoff_ms`. 401/403 are never retried.
     pub max_attempts: u32,
     pub retry_backoff_ms: u64,
-    /// Time allowed between power-on and the first IP address in `nic_list`.
-    pub address_poll_ms: u64,
+    /// How often the VM is polled for its power state and IP address.
+    pub vm_poll_ms: u64,
+    /// Size of the scan VM's disk; 0: the image's own size.
+    pub disk_size_mib: u64,
+    /// The Windows answer file (unattend.xml text; `{hostname}` is replaced)
+    /// for sysprep guest customization, sent base64-encoded. Empty: Windows
+    /// images boot as they are.
+    pub sysprep_unattend_xml: String,
 }
 
 impl Default for NutanixConfig {
@@ -72,8 +63,6 @@ impl Default for NutanixConfig {
             ca_bundle: None,
             cluster_name: String::new(),
             subnet_name: String::new(),
-            image_source: NutanixImageSource::Upload,
-            image_url_base: None,
             ssh_port: 22,
             winrm_port: 5985,
             category_key: String::new(),
@@ -85,7 +74,9 @@ impl Default for NutanixConfig {
             task_timeout_secs: 1800,
             max_attempts: 4,
             retry_backoff_ms: 1000,
-            address_poll_ms: 3000,
+            vm_poll_ms: 3000,
+            disk_size_mib: 0,
+            sysprep_unattend_xml: String::new(),
         }
     }
 }

@@ -1,0 +1,386 @@
+//! The Nutanix provider against the fake Prism Central: the conformance
+//! suite, then the failures Prism really produces.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use vmscan::cluster::nutanix::{NutanixConfig, NutanixProvider};
+use vmscan::cluster::{ClusterError, ClusterProvider};
+use vmscan::domain::JobId;
+
+use crate::conformance;
+use crate::support::guest::banner_port;
+use crate::support::nutanix::{FakeNutanix, CLUSTER, PASSWORD, SUBNET, USER};
+
+pub fn config(fake: &FakeNutanix, ssh_port: u16) -> NutanixConfig {
+    NutanixConfig {
+        url: fake.url(),
+        username: USER.into(),
+        password: Some(SecretString::from(PASSWORD)),
+        cluster_name: CLUSTER.into(),
+        subnet_name: SUBNET.into(),
+        ssh_port,
+        task_poll_ms: 50,
+        vm_poll_ms: 50,
+        retry_backoff_ms: 50,
+        max_attempts: 3,
+        task_timeout_secs: 20,
+        ..NutanixConfig::default()
+    }
+}
+
+async fn provider(fake: &FakeNutanix) -> NutanixProvider {
+    NutanixProvider::new("pc1", config(fake, banner_port().await)).unwrap()
+}
+
+/// A small qcow2 image (real bytes, so sizes and contents can be compared).
+fn image() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.qcow2");
+    let ok = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&path)
+        .arg("64M")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    (dir, path)
+}
+
+fn no_leftovers(fake: &FakeNutanix) {
+    let left = fake.entities();
+    assert!(left.is_empty(), "left in Prism: {left:?}");
+}
+
+#[tokio::test]
+async fn nutanix_passes_the_conformance_suite() {
+    let fake = FakeNutanix::start().await;
+    let p = provider(&fake).await;
+    let (_d, img) = image();
+    conformance::lifecycle(&p, &img).await;
+    conformance::teardown_after_no_address(&p, &img, || fake.make_next_vm_addressless()).await;
+    no_leftovers(&fake);
+    // Tasks took several polls each; the VM spec is what Prism expects.
+    assert!(fake.count("GET", "/tasks/") >= 10, "tasks were polled");
+}
+
+#[tokio::test]
+async fn the_vm_is_cloned_from_the_image_powered_on_and_customized() {
+    let fake = FakeNutanix::start().await;
+    let p = provider(&fake).await;
+    let (_d, img) = image();
+    let job = JobId::new();
+    let image = p.upload_image(job, &img, &|_, _| {}).await.unwrap();
+    assert_eq!(
+        fake.image_bytes(&image.name).unwrap(),
+        std::fs::read(&img).unwrap(),
+        "Prism holds exactly the bytes sent"
+    );
+    let spec = conformance::spec(job, image.clone());
+    let vm = p.create_vm(&spec).await.unwrap();
+    let sent = fake.vm_spec(&spec.name).unwrap();
+    assert_eq!(sent["resources"]["power_state"], "ON");
+    assert_eq!(
+        sent["resources"]["disk_list"][0]["data_source_reference"]["uuid"],
+        image.id
+    );
+    use base64::Engine;
+    let ud = base64::engine::general_purpose::STANDARD
+        .decode(
+            sent["resources"]["guest_customization"]["cloud_init"]["user_data"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8(ud).unwrap(), spec.user_data);
+    assert_eq!(sent["description"], format!("vmscan job {}", job.as_uuid()));
+    let ready = p
+        .wait_ready(&vm, &conformance::deadlines(20))
+        .await
+        .unwrap();
+    assert_eq!(ready.host.as_deref(), Some("127.0.0.1"));
+    p.delete_vm(&vm.id).await.unwrap();
+    p.delete_image(&image.id).await.unwrap();
+    no_leftovers(&fake);
+}
+
+#[tokio::test]
+async fn a_wrong_password_fails_at_once_with_a_clear_error() {
+    let fake = FakeNutanix::start().await;
+    let mut cfg = config(&fake, 22);
+    cfg.password = Some(SecretString::from("wrong"));
+    let p = NutanixProvider::new("pc1", cfg).unwrap();
+    let (_d, img) = image();
+    let err = p
+        .upload_image(JobId::new(), &img, &|_, _| {})
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("HTTP 401") && msg.contains("Authentication required"),
+        "{msg}"
+    );
+    assert!(!err.is_retryable(), "401 is never retried");
+    assert!(!msg.contains("wrong"), "the password does not leak: {msg}");
+    assert_eq!(fake.seen().len(), 1, "no retries: {:?}", fake.seen());
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_with_back_off() {
+    let fake = FakeNutanix::start().await;
+    let p = provider(&fake).await;
+    let (_d, img) = image();
+    fake.fail_next_requests(2);
+    let image = p
+        .upload_image(JobId::new(), &img, &|_, _| {})
+        .await
+        .unwrap();
+    let statuses: Vec<u16> = fake.seen().iter().map(|s| s.status).collect();
+    assert_eq!(
+        &statuses[..3],
+        &[500, 500, 200],
+        "two 500s, then the retry: {statuses:?}"
+    );
+    p.delete_image(&image.id).await.unwrap();
+    no_leftovers(&fake);
+}
+
+#[tokio::test]
+async fn a_dropped_upload_deletes_the_half_made_image_and_starts_again() {
+    let fake = FakeNutanix::start().await;
+    let p = provider(&fake).await;
+    let (_d, img) = image();
+    fake.drop_next_uploads(1);
+    let image = p
+        .upload_image(JobId::new(), &img, &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(fake.count("PUT", "/images/"), 2, "uploaded twice");
+    assert_eq!(
+        fake.count("POST", "/images"),
+        2 + fake.count("POST", "/images/list")
+    );
+    assert_eq!(
+        fake.count("DELETE", "/images/"),
+        1,
+        "the first image was deleted"
+    );
+    let images: Vec<_> = fake
+        .entities()
+        .into_iter()
+        .filter(|(k, _)| k == "image")
+        .collect();
+    assert_eq!(images.len(), 1, "{images:?}");
+    p.delete_image(&image.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_upload_task_is_reported_and_cleaned_up() {
+    let fake = FakeNutanix::start().await;
+    let mut cfg = config(&fake, 22);
+    cfg.max_attempts = 1;
+    let p = NutanixProvider::new("pc1", cfg).unwrap();
+    let (_d, img) = image();
+    fake.fail_next_upload_task("Image upload failed: checksum mismatch on the storage container");
+    let err = p
+        .upload_image(JobId::new(), &img, &|_, _| {})
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("FAILED") && msg.contains("checksum mismatch on the storage container"),
+        "{msg}"
+    );
+    assert!(err.is_retryable(), "a new upload may pass");
+    no_leftovers(&fake);
+}
+
+#[tokio::test]
+async fn a_failed_vm_task_shows_prisms_error_and_teardown_finds_the_vm() {
+    let fake = FakeNutanix::start().await;
+    let p = provider(&fake).await;
+    let (_d, img) = image();
+    let job = JobId::new();
+    let image = p.upload_image(job, &img, &|_, _| {}).await.unwrap();
+    fake.fail_next_vm_task("Not enough memory on host to power on the VM");
+    let err = p
+        .create_vm(&conformance::spec(job, image.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("Not enough memory on host to power on the VM"),
+        "{err}"
+    );
+    // The half-made VM is listed as the job's, so teardown removes it.
+    let owned = p.list_owned().await.unwrap();
+    for o in owned {
+        match o {
+            vmscan::cluster::Owned::Vm { id, job: j, .. } => {
+                assert_eq!(j, Some(job));
+                p.delete_vm(&id).await.unwrap();
+            }
+            vmscan::cluster::Owned::Image { id, .. } => p.delete_image(&id).await.unwrap(),
+        }
+    }
+    no_leftovers(&fake);
+}
+
+#[tokio::test]
+async fn a_conflicting_delete_is_retried() {
+    let fake = FakeNutanix::start().await;
+    let p = provider(&fake).await;
+    let (_d, img) = image();
+    let image = p
+        .upload_image(JobId::new(), &img, &|_, _| {})
+        .await
+        .unwrap();
+    fake.conflict_next_deletes(1);
+    p.delete_image(&image.id).await.unwrap();
+    let deletes: Vec<u16> = fake
+        .seen()
+        .iter()
+        .filter(|s| s.method == "DELETE")
+        .map(|s| s.status)
+        .collect();
+    assert_eq!(deletes, vec![409, 202]);
+    no_leftovers(&fake);
+}
+
+#[tokio::test]
+async fn unknown_cluster_or_subnet_names_are_named_in_the_error() {
+    let fake = FakeNutanix::start().await;
+    let mut cfg = config(&fake, 22);
+    cfg.subnet_name = "no-such-net".into();
+    let p = NutanixProvider::new("pc1", cfg).unwrap();
+    let (_d, img) = image();
+    let job = JobId::new();
+    let image = p.upload_image(job, &img, &|_, _| {}).await.unwrap();
+    let err = p
+        .create_vm(&conformance::spec(job, image.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "nutanix:pc1: no subnet named \"no-such-net\" in Prism Central"
+    );
+    assert!(!err.is_retryable());
+    p.delete_image(&image.id).await.unwrap();
+    // Prism Central itself is listed among the clusters, and not chosen.
+    let mut cfg = config(&fake, 22);
+    cfg.cluster_name = "prism-central".into();
+    let p = NutanixProvider::new("pc1", cfg).unwrap();
+    let job = JobId::new();
+    let image = p.upload_image(job, &img, &|_, _| {}).await.unwrap();
+    let err = p
+        .create_vm(&conformance::spec(job, image.clone()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClusterError::Api { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no cluster named \"prism-central\""),
+        "{err}"
+    );
+    p.delete_image(&image.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_task_that_never_ends_times_out_with_its_state() {
+    let fake = FakeNutanix::start().await;
+    fake.set_task_time(Duration::from_secs(30));
+    let mut cfg = config(&fake, 22);
+    cfg.task_timeout_secs = 1;
+    cfg.max_attempts = 1;
+    let p = NutanixProvider::new("pc1", cfg).unwrap();
+    let (_d, img) = image();
+    let err = p
+        .upload_image(JobId::new(), &img, &|_, _| {})
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("still"),
+        "a task that never ends times out: {err}"
+    );
+}
+
+/// A whole scan on the fake Prism Central, with a real QEMU guest booted
+/// from the bytes vmscan uploaded and the cloud-init user-data it sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_runs_end_to_end_on_nutanix_with_a_real_guest() {
+    use crate::support::fileserver::FileServer;
+    use crate::support::guest::{fixture_dir, GuestBackend};
+    use crate::support::{stage, Backend, TestApp};
+    use serde_json::json;
+
+    let guest = GuestBackend::start().await;
+    let fake = FakeNutanix::start_with(Some(guest.clone())).await;
+    let images = FileServer::start(fixture_dir()).await;
+    let cfg = config(&fake, guest.port());
+    let app = TestApp::spawn(Backend::Sqlite, move |c| {
+        c.pipeline.stages = vmscan::pipeline::BUILT_STAGES.to_vec();
+        c.pipeline.retry_limit = 2;
+        c.pipeline.retry_backoff_secs = 1;
+        c.vm.port_secs = 120;
+        c.vm.login_secs = 60;
+        c.cluster.nutanix.insert("pc1".into(), cfg);
+    })
+    .await;
+    let (_, clusters) = app.get("/api/v1/clusters").await;
+    assert_eq!(
+        clusters["clusters"],
+        json!([
+            {"name": "nutanix:pc1", "kind": "nutanix", "default": false},
+            {"name": "qemu-local", "kind": "qemu", "default": true},
+        ])
+    );
+    let job = app
+        .submit(json!({"url": images.url("disk.raw.tar.gz"), "cluster": "nutanix:pc1"}))
+        .await;
+    let id = job["id"].as_str().unwrap();
+    let done = app.wait_final(id, Duration::from_secs(300)).await;
+    assert_eq!(
+        done["state"],
+        "succeeded",
+        "{done:#}\n{}",
+        app.log_text(id).await
+    );
+    let upload = &stage(&done, "cluster-upload")["detail"];
+    assert_eq!(upload["cluster"], "nutanix:pc1");
+    let vm = &stage(&done, "vm-create")["detail"];
+    assert_eq!(vm["cluster"], "nutanix:pc1");
+    assert_eq!(vm["ssh_host"], "127.0.0.1");
+    assert!(
+        vm["host_key"].as_str().unwrap().starts_with("SHA256:"),
+        "{vm}"
+    );
+    assert_eq!(stage(&done, "teardown")["state"], "succeeded");
+    for r in done["resources"].as_array().unwrap() {
+        assert_eq!(r["provider"], "nutanix:pc1", "{r}");
+        assert!(!r["deleted_at"].is_null(), "not deleted: {r}");
+    }
+    no_leftovers(&fake);
+    for _ in 0..50 {
+        if guest.running() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(guest.running(), 0, "the guest was powered off with the VM");
+    // An unknown cluster is refused at submit with the list to choose from.
+    let (status, err) = app
+        .post(
+            "/api/v1/jobs",
+            json!({"url": images.url("disk.raw.tar.gz"), "cluster": "nutanix:nope"}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        err.to_string()
+            .contains("choose one of: nutanix:pc1, qemu-local"),
+        "{err}"
+    );
+    app.stop().await;
+}

@@ -1,0 +1,893 @@
+//! A fake Nutanix Prism Central v3, written from the contracts in the
+//! reference notes (terraform-provider-nutanix, prism-go-client recordings):
+//! Basic auth with a non-JSON 401; mutations answer 202 with
+//! `status.execution_context.task_uuid` (a string), later GETs carry it as a
+//! list; tasks go QUEUED → RUNNING → SUCCEEDED/FAILED over time, whether or
+//! not anyone polls; deletes leave the entity DELETE_PENDING until their
+//! task ends, then GET answers the v3 404 `ENTITY_NOT_FOUND` body; lists
+//! page with offset/length/total_matches and include Prism Central itself
+//! among the clusters; a VM created without `power_state: ON` stays off.
+//! Failure knobs: 5xx for the next N requests, a dropped connection during
+//! an upload, failing upload or VM tasks with an error detail, 409 on the
+//! next deletes, a VM that never gets an IP. With a [`GuestBackend`] a
+//! powered-on VM is a real QEMU guest booted from the uploaded bytes with
+//! the base64-decoded cloud-init user-data.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use super::guest::GuestBackend;
+
+pub const USER: &str = "admin";
+pub const PASSWORD: &str = "nutanix/4u";
+pub const CLUSTER: &str = "pe-cluster-1";
+pub const SUBNET: &str = "vm-network";
+const CLUSTER_UUID: &str = "00061f7f-44f7-19dc-3be1-7cc25586ee44";
+const PC_UUID: &str = "7a1b9c1e-0000-4000-8000-0000000000pc";
+const SUBNET_UUID: &str = "b2e46975-5b4c-4b8f-9b43-6e3b2f3e6a01";
+
+#[derive(Clone, Debug)]
+struct Entity {
+    kind: &'static str,
+    uuid: String,
+    spec: Value,
+    categories: Value,
+    state: &'static str,
+    tasks: Vec<String>,
+    spec_version: u64,
+    // Images
+    size_bytes: Option<u64>,
+    file: Option<PathBuf>,
+    // VMs
+    power_on: bool,
+    ip: Option<String>,
+    addressless: bool,
+    powered_at: Option<Instant>,
+}
+
+#[derive(Clone, Debug)]
+enum Effect {
+    None,
+    ImageUploaded { uuid: String, bytes: u64 },
+    VmCreated { uuid: String },
+    Remove { uuid: String },
+}
+
+#[derive(Clone, Debug)]
+struct Task {
+    uuid: String,
+    operation: String,
+    entity: (String, String),
+    created: Instant,
+    fail: Option<String>,
+    effect: Effect,
+    done: bool,
+}
+
+/// One request as the fake saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+}
+
+struct Inner {
+    entities: HashMap<String, Entity>,
+    tasks: HashMap<String, Task>,
+    seen: Vec<Seen>,
+    task_time: Duration,
+    ip_after: Duration,
+    fail_5xx: u32,
+    drop_uploads: u32,
+    fail_upload_task: Option<String>,
+    fail_vm_task: Option<String>,
+    conflict_deletes: u32,
+    addressless_next_vm: bool,
+    uploads_dir: PathBuf,
+    guest: Option<Arc<GuestBackend>>,
+    /// For guest boots that finish after the request that started them.
+    me: std::sync::Weak<Mutex<Inner>>,
+}
+
+#[derive(Clone)]
+pub struct FakeNutanix {
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+fn v3_error(status: u16, kind: &str, message: &str, reason: &str) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap(),
+        Json(json!({
+            "api_version": "3.1",
+            "code": status,
+            "kind": kind,
+            "message_list": [{"message": message, "reason": reason}],
+            "state": "ERROR",
+        })),
+    )
+        .into_response()
+}
+
+fn not_found(kind: &str, uuid: &str) -> Response {
+    v3_error(
+        404,
+        kind,
+        &format!("{kind} : {uuid} does not exist."),
+        "ENTITY_NOT_FOUND",
+    )
+}
+
+fn new_uuid() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+impl Inner {
+    fn add_task(
+        &mut self,
+        operation: &str,
+        kind: &str,
+        uuid: &str,
+        fail: Option<String>,
+        effect: Effect,
+    ) -> String {
+        let t = new_uuid();
+        self.tasks.insert(
+            t.clone(),
+            Task {
+                uuid: t.clone(),
+                operation: operation.into(),
+                entity: (kind.into(), uuid.into()),
+                created: Instant::now(),
+                fail,
+                effect,
+                done: false,
+            },
+        );
+        if let Some(e) = self.entities.get_mut(uuid) {
+            e.tasks.push(t.clone());
+        }
+        t
+    }
+
+    /// Prism works on its own: tasks whose time has come end, with their effects.
+    fn settle(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .tasks
+            .values()
+            .filter(|t| !t.done && now.duration_since(t.created) >= self.task_time)
+            .map(|t| t.uuid.clone())
+            .collect();
+        for id in due {
+            let t = self.tasks.get_mut(&id).unwrap();
+            t.done = true;
+            let (fail, effect) = (t.fail.clone(), t.effect.clone());
+            match (fail, effect) {
+                (Some(_), Effect::ImageUploaded { uuid, .. }) => {
+                    if let Some(e) = self.entities.get_mut(&uuid) {
+                        e.state = "ERROR";
+                    }
+                }
+                (Some(_), Effect::VmCreated { uuid }) => {
+                    if let Some(e) = self.entities.get_mut(&uuid) {
+                        e.state = "ERROR";
+                    }
+                }
+                (Some(_), _) => {}
+                (None, Effect::ImageUploaded { uuid, bytes }) => {
+                    if let Some(e) = self.entities.get_mut(&uuid) {
+                        e.state = "COMPLETE";
+                        e.size_bytes = Some(bytes);
+                    }
+                }
+                (None, Effect::VmCreated { uuid }) => {
+                    let guest = self.guest.clone();
+                    let mut boot = None;
+                    if let Some(e) = self.entities.get_mut(&uuid) {
+                        e.state = "COMPLETE";
+                        let wants_on = e
+                            .spec
+                            .pointer("/resources/power_state")
+                            .and_then(Value::as_str)
+                            == Some("ON");
+                        e.power_on = wants_on;
+                        if wants_on {
+                            e.powered_at = Some(now);
+                            boot = Some(e.clone());
+                        }
+                    }
+                    if let (Some(g), Some(vm)) = (guest, boot) {
+                        if !vm.addressless {
+                            let disk = vm
+                                .spec
+                                .pointer("/resources/disk_list/0/data_source_reference/uuid")
+                                .and_then(Value::as_str)
+                                .and_then(|img| self.entities.get(img))
+                                .and_then(|img| img.file.clone());
+                            self.boot_guest(g, vm, disk);
+                        }
+                    }
+                }
+                (None, Effect::Remove { uuid }) => {
+                    if let Some(e) = self.entities.remove(&uuid) {
+                        if let Some(f) = e.file {
+                            let _ = std::fs::remove_file(f);
+                        }
+                        if e.kind == "vm" {
+                            if let Some(g) = self.guest.clone() {
+                                tokio::spawn(async move { g.destroy(&uuid).await });
+                            }
+                        }
+                    }
+                }
+                (None, Effect::None) => {
+                    let (_, uuid) = &self.tasks[&id].entity;
+                    if let Some(e) = self.entities.get_mut(uuid) {
+                        if e.state == "PENDING" {
+                            e.state = "COMPLETE";
+                        }
+                    }
+                }
+            }
+        }
+        // Without a real guest, an address appears a while after power-on.
+        if self.guest.is_none() {
+            for e in self.entities.values_mut() {
+                if e.kind == "vm"
+                    && e.power_on
+                    && e.ip.is_none()
+                    && !e.addressless
+                    && e.powered_at
+                        .is_some_and(|p| now.duration_since(p) >= self.ip_after)
+                {
+                    e.ip = Some("127.0.0.1".into());
+                }
+            }
+        }
+    }
+
+    fn boot_guest(&self, g: Arc<GuestBackend>, vm: Entity, disk: Option<PathBuf>) {
+        let Some(disk) = disk else { return };
+        use base64::Engine;
+        let user_data = vm
+            .spec
+            .pointer("/resources/guest_customization/cloud_init/user_data")
+            .and_then(Value::as_str)
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let name = vm.spec["name"].as_str().unwrap_or("vm").to_string();
+        let uuid = vm.uuid.clone();
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            g.boot(&uuid, &disk, user_data, name).await;
+            if let Some(inner) = me.upgrade() {
+                if let Some(e) = inner.lock().unwrap().entities.get_mut(&uuid) {
+                    e.ip = Some("127.0.0.1".into());
+                }
+            }
+        });
+    }
+
+    fn entity_json(&self, e: &Entity) -> Value {
+        let mut resources = e.spec.get("resources").cloned().unwrap_or(json!({}));
+        if e.kind == "image" {
+            if let Some(n) = e.size_bytes {
+                resources["size_bytes"] = json!(n);
+            }
+        }
+        if e.kind == "vm" {
+            resources["power_state"] = json!(if e.power_on { "ON" } else { "OFF" });
+            if let Some(nics) = resources.get_mut("nic_list").and_then(Value::as_array_mut) {
+                for (i, nic) in nics.iter_mut().enumerate() {
+                    let eps = match (&e.ip, i) {
+                        (Some(ip), 0) => json!([{"type": "ASSIGNED", "ip": ip}]),
+                        _ => json!([]),
+                    };
+                    nic["ip_endpoint_list"] = eps;
+                }
+            }
+            // Customization is write-only: it is not echoed in status.
+            if let Some(r) = resources.as_object_mut() {
+                r.remove("guest_customization");
+            }
+        }
+        let mut status = json!({
+            "state": e.state,
+            "name": e.spec["name"],
+            "resources": resources,
+            "execution_context": {"task_uuid": e.tasks},
+        });
+        if e.kind == "vm" {
+            status["cluster_reference"] = json!({"kind": "cluster", "uuid": CLUSTER_UUID});
+        }
+        json!({
+            "api_version": "3.1",
+            "metadata": {"kind": e.kind, "uuid": e.uuid, "spec_version": e.spec_version, "categories": e.categories},
+            "spec": e.spec,
+            "status": status,
+        })
+    }
+}
+
+impl FakeNutanix {
+    pub async fn start() -> FakeNutanix {
+        Self::start_with(None).await
+    }
+
+    /// With a guest backend, powered-on VMs are real QEMU guests.
+    pub async fn start_with(guest: Option<Arc<GuestBackend>>) -> FakeNutanix {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let inner = Arc::new_cyclic(|me| {
+            Mutex::new(Inner {
+                entities: HashMap::new(),
+                tasks: HashMap::new(),
+                seen: Vec::new(),
+                task_time: Duration::from_millis(300),
+                ip_after: Duration::from_millis(300),
+                fail_5xx: 0,
+                drop_uploads: 0,
+                fail_upload_task: None,
+                fail_vm_task: None,
+                conflict_deletes: 0,
+                addressless_next_vm: false,
+                uploads_dir: dir.path().to_path_buf(),
+                guest,
+                me: me.clone(),
+            })
+        });
+        let app = Router::new()
+            .route("/api/nutanix/v3/{kind}/list", post(list))
+            .route("/api/nutanix/v3/images", post(create_image))
+            .route("/api/nutanix/v3/images/{uuid}/file", put(upload_file))
+            .route("/api/nutanix/v3/vms", post(create_vm))
+            .route("/api/nutanix/v3/tasks/{uuid}", get(get_task))
+            .route(
+                "/api/nutanix/v3/{kind}/{uuid}",
+                get(get_entity).delete(delete_entity),
+            )
+            .layer(axum::middleware::from_fn_with_state(inner.clone(), gate))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        FakeNutanix {
+            addr,
+            inner,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn fail_next_requests(&self, n: u32) {
+        self.inner.lock().unwrap().fail_5xx = n;
+    }
+    pub fn drop_next_uploads(&self, n: u32) {
+        self.inner.lock().unwrap().drop_uploads = n;
+    }
+    pub fn fail_next_upload_task(&self, detail: &str) {
+        self.inner.lock().unwrap().fail_upload_task = Some(detail.into());
+    }
+    pub fn fail_next_vm_task(&self, detail: &str) {
+        self.inner.lock().unwrap().fail_vm_task = Some(detail.into());
+    }
+    pub fn conflict_next_deletes(&self, n: u32) {
+        self.inner.lock().unwrap().conflict_deletes = n;
+    }
+    pub fn make_next_vm_addressless(&self) {
+        self.inner.lock().unwrap().addressless_next_vm = true;
+    }
+    pub fn set_task_time(&self, d: Duration) {
+        self.inner.lock().unwrap().task_time = d;
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.inner.lock().unwrap().seen.clone()
+    }
+
+    /// Requests matching a method and a path prefix.
+    pub fn count(&self, method: &str, path_prefix: &str) -> usize {
+        self.seen()
+            .iter()
+            .filter(|s| s.method == method && s.path.starts_with(path_prefix))
+            .count()
+    }
+
+    /// Entities (kind, name) that still exist.
+    pub fn entities(&self) -> Vec<(String, String)> {
+        let mut s = self.inner.lock().unwrap();
+        s.settle();
+        s.entities
+            .values()
+            .map(|e| {
+                (
+                    e.kind.to_string(),
+                    e.spec["name"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// The spec vmscan sent for the VM named `name`.
+    pub fn vm_spec(&self, name: &str) -> Option<Value> {
+        let s = self.inner.lock().unwrap();
+        s.entities
+            .values()
+            .find(|e| e.kind == "vm" && e.spec["name"] == name)
+            .map(|e| e.spec.clone())
+    }
+
+    /// The bytes Prism holds for the image named `name`.
+    pub fn image_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        let s = self.inner.lock().unwrap();
+        s.entities
+            .values()
+            .find(|e| e.kind == "image" && e.spec["name"] == name)
+            .and_then(|e| e.file.as_ref())
+            .and_then(|f| std::fs::read(f).ok())
+    }
+}
+
+/// Auth, injected 5xx, settling and the request log, for every request.
+async fn gate(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path()
+        .trim_start_matches("/api/nutanix/v3")
+        .to_string();
+    let expected = {
+        use base64::Engine;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+        )
+    };
+    let authorised = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        == Some(expected.as_str());
+    let early = {
+        let mut s = inner.lock().unwrap();
+        s.settle();
+        if !authorised {
+            // Prism's 401 body is not JSON.
+            Some(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    "<html><body>401 Unauthorized: Authentication required</body></html>",
+                )
+                    .into_response(),
+            )
+        } else if s.fail_5xx > 0 {
+            s.fail_5xx -= 1;
+            Some(v3_error(
+                500,
+                "",
+                "Internal Server Error: service temporarily unavailable",
+                "INTERNAL_ERROR",
+            ))
+        } else {
+            None
+        }
+    };
+    let resp = match early {
+        Some(r) => r,
+        None => next.run(req).await,
+    };
+    inner.lock().unwrap().seen.push(Seen {
+        method,
+        path,
+        status: resp.status().as_u16(),
+    });
+    resp
+}
+
+fn accepted(s: &Inner, uuid: &str, task: &str) -> Response {
+    let e = &s.entities[uuid];
+    let mut body = s.entity_json(e);
+    body["status"] = json!({"state": "PENDING", "execution_context": {"task_uuid": task}});
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
+async fn list(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path(kind): Path<String>,
+    body: Bytes,
+) -> Response {
+    let req: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+    let kind = kind.trim_end_matches('s').to_string();
+    let filter = req.get("filter").and_then(Value::as_str).unwrap_or("");
+    let name_is = filter
+        .strip_prefix("name==")
+        .or_else(|| filter.strip_prefix("vm_name=="))
+        .map(str::to_string);
+    let length = req
+        .get("length")
+        .and_then(Value::as_u64)
+        .unwrap_or(20)
+        .min(500) as usize;
+    let offset = req.get("offset").and_then(Value::as_u64).unwrap_or(0) as usize;
+    let s = inner.lock().unwrap();
+    let mut all: Vec<Value> = match kind.as_str() {
+        "cluster" => vec![
+            json!({"metadata": {"kind": "cluster", "uuid": PC_UUID}, "spec": {"name": "prism-central"}, "status": {"name": "prism-central", "resources": {"config": {"service_list": ["PRISM_CENTRAL"]}}}}),
+            json!({"metadata": {"kind": "cluster", "uuid": CLUSTER_UUID}, "spec": {"name": CLUSTER}, "status": {"name": CLUSTER, "resources": {"config": {"service_list": ["AOS"]}}}}),
+        ],
+        "subnet" => vec![
+            json!({"metadata": {"kind": "subnet", "uuid": SUBNET_UUID}, "spec": {"name": SUBNET}, "status": {"name": SUBNET, "cluster_reference": {"kind": "cluster", "uuid": CLUSTER_UUID}, "resources": {"vlan_id": 0, "subnet_type": "VLAN"}}}),
+        ],
+        "vm" | "image" => {
+            let mut v: Vec<&Entity> = s.entities.values().filter(|e| e.kind == kind).collect();
+            v.sort_by(|a, b| a.uuid.cmp(&b.uuid));
+            v.into_iter().map(|e| s.entity_json(e)).collect()
+        }
+        _ => {
+            return v3_error(
+                400,
+                &kind,
+                &format!("unknown kind {kind}"),
+                "INVALID_REQUEST",
+            )
+        }
+    };
+    if let Some(n) = name_is {
+        // Prism's FIQL `==` is a regular-expression match, not equality.
+        let re = regex::Regex::new(&n).ok();
+        all.retain(|e| {
+            let name = e
+                .pointer("/spec/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            re.as_ref().map(|r| r.is_match(name)).unwrap_or(name == n)
+        });
+    }
+    let total = all.len();
+    let page: Vec<Value> = all.into_iter().skip(offset).take(length).collect();
+    Json(json!({
+        "api_version": "3.1",
+        "metadata": {"kind": kind, "offset": offset, "length": page.len(), "total_matches": total},
+        "entities": page,
+    }))
+    .into_response()
+}
+
+fn new_entity(kind: &'static str, spec: Value, categories: Value) -> Entity {
+    Entity {
+        kind,
+        uuid: new_uuid(),
+        spec,
+        categories,
+        state: "PENDING",
+        tasks: Vec::new(),
+        spec_version: 0,
+        size_bytes: None,
+        file: None,
+        power_on: false,
+        ip: None,
+        addressless: false,
+        powered_at: None,
+    }
+}
+
+async fn create_image(State(inner): State<Arc<Mutex<Inner>>>, body: Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return v3_error(
+            400,
+            "image",
+            "the request body is not JSON",
+            "INVALID_REQUEST",
+        );
+    };
+    let spec = req.get("spec").cloned().unwrap_or(Value::Null);
+    if spec
+        .get("name")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return v3_error(
+            422,
+            "image",
+            "spec.name: Missing required field",
+            "INVALID_REQUEST",
+        );
+    }
+    let image_type = spec
+        .pointer("/resources/image_type")
+        .and_then(Value::as_str);
+    if !matches!(image_type, Some("DISK_IMAGE") | Some("ISO_IMAGE")) {
+        return v3_error(
+            422,
+            "image",
+            "spec.resources.image_type must be DISK_IMAGE or ISO_IMAGE",
+            "INVALID_REQUEST",
+        );
+    }
+    let categories = req
+        .pointer("/metadata/categories")
+        .cloned()
+        .unwrap_or(json!({}));
+    let mut s = inner.lock().unwrap();
+    let e = new_entity("image", spec, categories);
+    let uuid = e.uuid.clone();
+    s.entities.insert(uuid.clone(), e);
+    let t = s.add_task("create_image_intentful", "image", &uuid, None, Effect::None);
+    accepted(&s, &uuid, &t)
+}
+
+async fn upload_file(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path(uuid): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (path, drop_it) = {
+        let mut s = inner.lock().unwrap();
+        match s.entities.get(&uuid) {
+            None => return not_found("image", &uuid),
+            Some(e) if e.state != "COMPLETE" => {
+                return v3_error(
+                    409,
+                    "image",
+                    &format!("image {uuid} is in state {}: wait for its task", e.state),
+                    "INVALID_STATE",
+                )
+            }
+            Some(_) => {}
+        }
+        if headers.get("content-type").and_then(|v| v.to_str().ok())
+            != Some("application/octet-stream")
+        {
+            return v3_error(
+                415,
+                "image",
+                "Content-Type must be application/octet-stream",
+                "INVALID_REQUEST",
+            );
+        }
+        let d = s.drop_uploads > 0;
+        if d {
+            s.drop_uploads -= 1;
+        }
+        (s.uploads_dir.join(&uuid), d)
+    };
+    let mut file = tokio::fs::File::create(&path).await.unwrap();
+    let mut stream = body.into_data_stream();
+    let mut n: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return v3_error(400, "image", "upload interrupted", "INVALID_REQUEST");
+        };
+        use tokio::io::AsyncWriteExt;
+        file.write_all(&chunk).await.unwrap();
+        n += chunk.len() as u64;
+        if drop_it {
+            // Logged here: the panic skips the request log (status 0: dropped).
+            inner.lock().unwrap().seen.push(Seen {
+                method: "PUT".into(),
+                path: format!("/images/{uuid}/file"),
+                status: 0,
+            });
+            // Abort mid-body: the client sees the connection dropped.
+            std::panic::resume_unwind(Box::new("fake prism drops the upload"));
+        }
+    }
+    let mut s = inner.lock().unwrap();
+    let fail = s.fail_upload_task.take();
+    if let Some(e) = s.entities.get_mut(&uuid) {
+        e.file = Some(path);
+        e.state = "PENDING";
+    }
+    s.add_task(
+        "upload_image_file",
+        "image",
+        &uuid,
+        fail,
+        Effect::ImageUploaded {
+            uuid: uuid.clone(),
+            bytes: n,
+        },
+    );
+    (StatusCode::ACCEPTED, "").into_response()
+}
+
+async fn create_vm(State(inner): State<Arc<Mutex<Inner>>>, body: Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return v3_error(400, "vm", "the request body is not JSON", "INVALID_REQUEST");
+    };
+    let spec = req.get("spec").cloned().unwrap_or(Value::Null);
+    let mut s = inner.lock().unwrap();
+    let bad = |m: &str| v3_error(422, "vm", m, "INVALID_REQUEST");
+    if spec
+        .get("name")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return bad("spec.name: Missing required field");
+    }
+    if spec
+        .pointer("/cluster_reference/uuid")
+        .and_then(Value::as_str)
+        != Some(CLUSTER_UUID)
+    {
+        return bad("spec.cluster_reference: no such Prism Element cluster");
+    }
+    let image = spec
+        .pointer("/resources/disk_list/0/data_source_reference/uuid")
+        .and_then(Value::as_str);
+    match image.and_then(|i| s.entities.get(i)) {
+        Some(img) if img.kind == "image" && img.state == "COMPLETE" => {}
+        _ => return bad("spec.resources.disk_list[0].data_source_reference: image does not exist or is not ready"),
+    }
+    if spec
+        .pointer("/resources/nic_list/0/subnet_reference/uuid")
+        .and_then(Value::as_str)
+        != Some(SUBNET_UUID)
+    {
+        return bad("spec.resources.nic_list[0].subnet_reference: no such subnet");
+    }
+    if let Some(gc) = spec.pointer("/resources/guest_customization") {
+        if gc.get("cloud_init").is_some() && gc.get("sysprep").is_some() {
+            return bad("guest_customization: only one of cloud_init and sysprep");
+        }
+        use base64::Engine;
+        let b64 = gc
+            .pointer("/cloud_init/user_data")
+            .or_else(|| gc.pointer("/sysprep/unattend_xml"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .is_err()
+        {
+            return bad("guest_customization: user_data must be base64");
+        }
+    }
+    let categories = req
+        .pointer("/metadata/categories")
+        .cloned()
+        .unwrap_or(json!({}));
+    let mut e = new_entity("vm", spec, categories);
+    e.addressless = std::mem::take(&mut s.addressless_next_vm);
+    let uuid = e.uuid.clone();
+    s.entities.insert(uuid.clone(), e);
+    let fail = s.fail_vm_task.take();
+    let t = s.add_task(
+        "create_vm_intentful",
+        "vm",
+        &uuid,
+        fail,
+        Effect::VmCreated { uuid: uuid.clone() },
+    );
+    accepted(&s, &uuid, &t)
+}
+
+async fn get_task(State(inner): State<Arc<Mutex<Inner>>>, Path(uuid): Path<String>) -> Response {
+    let s = inner.lock().unwrap();
+    let Some(t) = s.tasks.get(&uuid) else {
+        return v3_error(
+            404,
+            "task",
+            &format!("task : {uuid} does not exist."),
+            "ENTITY_NOT_FOUND",
+        );
+    };
+    let age = t.created.elapsed();
+    let (status, pct) = match (&t.fail, t.done) {
+        (Some(_), true) => ("FAILED", 100),
+        (None, true) => ("SUCCEEDED", 100),
+        _ if age < s.task_time / 3 => ("QUEUED", 0),
+        _ => ("RUNNING", 50),
+    };
+    let mut body = json!({
+        "status": status,
+        "uuid": t.uuid,
+        "operation_type": t.operation,
+        "progress_message": t.operation,
+        "percentage_complete": pct,
+        "entity_reference_list": [{"kind": t.entity.0, "uuid": t.entity.1}],
+        "cluster_reference": {"kind": "cluster", "uuid": CLUSTER_UUID},
+        "subtask_reference_list": [],
+        "api_version": "3.1",
+    });
+    if let (Some(detail), true) = (&t.fail, t.done) {
+        body["error_detail"] = json!(detail);
+        body["error_code"] = json!(1);
+    }
+    Json(body).into_response()
+}
+
+fn kind_of(path_kind: &str) -> Option<&'static str> {
+    match path_kind {
+        "vms" => Some("vm"),
+        "images" => Some("image"),
+        _ => None,
+    }
+}
+
+async fn get_entity(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path((kind, uuid)): Path<(String, String)>,
+) -> Response {
+    let Some(kind) = kind_of(&kind) else {
+        return v3_error(404, &kind, "unknown resource", "ENTITY_NOT_FOUND");
+    };
+    let s = inner.lock().unwrap();
+    match s.entities.get(&uuid) {
+        Some(e) if e.kind == kind => Json(s.entity_json(e)).into_response(),
+        _ => not_found(kind, &uuid),
+    }
+}
+
+async fn delete_entity(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path((kind, uuid)): Path<(String, String)>,
+) -> Response {
+    let Some(kind) = kind_of(&kind) else {
+        return v3_error(404, &kind, "unknown resource", "ENTITY_NOT_FOUND");
+    };
+    let mut s = inner.lock().unwrap();
+    match s.entities.get(&uuid) {
+        Some(e) if e.kind == kind => {}
+        _ => return not_found(kind, &uuid),
+    }
+    if s.conflict_deletes > 0 {
+        s.conflict_deletes -= 1;
+        return v3_error(
+            409,
+            kind,
+            &format!("{kind} {uuid} is being modified by another operation; try again"),
+            "CONCURRENT_REQUESTS_NOT_ALLOWED",
+        );
+    }
+    let already = s.entities[&uuid].state == "DELETE_PENDING";
+    let t = if already {
+        s.entities[&uuid].tasks.last().cloned().unwrap_or_default()
+    } else {
+        s.add_task(
+            &format!("delete_{kind}_intentful"),
+            kind,
+            &uuid,
+            None,
+            Effect::Remove { uuid: uuid.clone() },
+        )
+    };
+    let e = s.entities.get_mut(&uuid).unwrap();
+    e.state = "DELETE_PENDING";
+    let categories = e.categories.clone();
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "status": {"state": "DELETE_PENDING", "execution_context": {"task_uuid": t}},
+            "spec": "",
+            "api_version": "3.1",
+            "metadata": {"kind": kind, "categories": categories},
+        })),
+    )
+        .into_response()
+}
