@@ -515,6 +515,25 @@ mod tests {
     }
 
     #[test]
+    fn cluster_secrets_come_from_the_environment_and_stay_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[cluster.nutanix.envtest]\nurl = \"https://pc:9440\"\nusername = \"svc\"\n",
+        )
+        .unwrap();
+        // Only this test uses this variable name.
+        std::env::set_var("VMSCAN_CLUSTER__NUTANIX__ENVTEST__PASSWORD", "s3cret-pw");
+        let c = Config::load(Some(&file)).unwrap();
+        std::env::remove_var("VMSCAN_CLUSTER__NUTANIX__ENVTEST__PASSWORD");
+        let pc = &c.cluster.nutanix["envtest"];
+        assert_eq!(pc.password.as_ref().unwrap().expose_secret(), "s3cret-pw");
+        assert!(!c.to_redacted_json().contains("s3cret-pw"));
+        assert!(!format!("{pc:?}").contains("s3cret-pw"));
+    }
+
+    #[test]
     fn defaults_to_sqlite_under_the_data_dir() {
         let c = Config::default();
         assert_eq!(c.database_url(), "sqlite:./data/vmscan.db");
