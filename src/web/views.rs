@@ -44,6 +44,10 @@ pub struct JobView {
     pub jira: Option<crate::store::notify::JiraIssue>,
     /// Emails and Jira updates about this job, and how their delivery went.
     pub notifications: Vec<NotificationView>,
+    /// What the submitter chose: target cluster, OS family, image name, version…
+    pub options: Value,
+    pub cluster: Option<String>,
+    pub os: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -395,6 +399,17 @@ pub fn job_view(
         requester_name: None,
         jira: None,
         notifications: Vec::new(),
+        options: job.options.clone(),
+        cluster: job
+            .options
+            .get("cluster")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        os: job
+            .options
+            .get("os")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         links: Links {
             api: format!("/api/v1/jobs/{id}"),
             page: format!("/jobs/{id}"),

@@ -347,6 +347,9 @@ async fn a_scan_runs_end_to_end_on_nutanix_with_a_real_guest() {
         "{done:#}\n{}",
         app.log_text(id).await
     );
+    assert_eq!(done["cluster"], "nutanix:pc1");
+    let (_, page) = app.get_text(&format!("/jobs/{id}")).await;
+    assert!(page.contains("<dd class=\"mono\" id=\"job-cluster\">nutanix:pc1</dd>"), "{page}");
     let upload = &stage(&done, "cluster-upload")["detail"];
     assert_eq!(upload["cluster"], "nutanix:pc1");
     let vm = &stage(&done, "vm-create")["detail"];
