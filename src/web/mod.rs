@@ -5,6 +5,7 @@ mod api;
 mod catalog;
 mod error;
 mod health;
+mod image;
 mod pages;
 pub mod views;
 
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(catalog::router())
         .merge(api::router())
+        .merge(image::router())
         .merge(pages::router())
         .merge(health::router())
         .nest_service("/static", ServeDir::new(static_dir))

@@ -349,7 +349,10 @@ async fn a_scan_runs_end_to_end_on_nutanix_with_a_real_guest() {
     );
     assert_eq!(done["cluster"], "nutanix:pc1");
     let (_, page) = app.get_text(&format!("/jobs/{id}")).await;
-    assert!(page.contains("<dd class=\"mono\" id=\"job-cluster\">nutanix:pc1</dd>"), "{page}");
+    assert!(
+        page.contains("<dd class=\"mono\" id=\"job-cluster\">nutanix:pc1</dd>"),
+        "{page}"
+    );
     let upload = &stage(&done, "cluster-upload")["detail"];
     assert_eq!(upload["cluster"], "nutanix:pc1");
     let vm = &stage(&done, "vm-create")["detail"];
@@ -384,6 +387,77 @@ async fn a_scan_runs_end_to_end_on_nutanix_with_a_real_guest() {
         err.to_string()
             .contains("choose one of: nutanix:pc1, qemu-local"),
         "{err}"
+    );
+    app.stop().await;
+}
+
+/// `image_source = "url"`: Prism Central pulls the image from vmscan's
+/// `/api/v1/jobs/{id}/image` within its create task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_url_mode_prism_pulls_the_image_from_vmscan() {
+    use crate::support::fileserver::FileServer;
+    use crate::support::guest::fixture_dir;
+    use crate::support::{stage, Backend, TestApp};
+    use serde_json::json;
+    use vmscan::domain::StageName;
+
+    let fake = FakeNutanix::start().await;
+    let images = FileServer::start(fixture_dir()).await;
+    // vmscan's own address must be known before it starts: reserve a port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = config(&fake, 22);
+    cfg.image_source = vmscan::cluster::nutanix::ImageSource::Url;
+    cfg.image_url_base = format!("http://127.0.0.1:{port}");
+    let app = TestApp::spawn(Backend::Sqlite, move |c| {
+        c.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
+        c.pipeline.stages = vec![
+            StageName::Fetch,
+            StageName::Extract,
+            StageName::Inspect,
+            StageName::Convert,
+            StageName::ClusterUpload,
+            StageName::Teardown,
+        ];
+        c.vm.delete_image = false;
+        c.cluster.qemu.enabled = false;
+        c.cluster.nutanix.insert("pc1".into(), cfg);
+    })
+    .await;
+    let job = app
+        .submit(json!({"url": images.url("disk.raw.tar.gz")}))
+        .await;
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(
+        job["cluster"], "nutanix:pc1",
+        "the only cluster is the default"
+    );
+    let done = app.wait_final(id, Duration::from_secs(120)).await;
+    assert_eq!(
+        done["state"],
+        "succeeded",
+        "{done:#}\n{}",
+        app.log_text(id).await
+    );
+    let upload = &stage(&done, "cluster-upload")["detail"];
+    let name = upload["image"]["name"].as_str().unwrap();
+    let converted = stage(&done, "convert")["detail"]["path"].as_str().unwrap();
+    assert_eq!(
+        fake.image_bytes(name).unwrap(),
+        std::fs::read(converted).unwrap(),
+        "Prism pulled exactly the converted image"
+    );
+    assert_eq!(fake.count("PUT", "/images/"), 0, "nothing was pushed");
+    // Outside its upload the image is not served.
+    let (status, body) = app.get(&format!("/api/v1/jobs/{id}/image")).await;
+    assert_eq!(status, 404);
+    assert!(
+        body.to_string()
+            .contains("served only during cluster-upload"),
+        "{body}"
     );
     app.stop().await;
 }

@@ -74,6 +74,8 @@ struct Task {
     fail: Option<String>,
     effect: Effect,
     done: bool,
+    /// Held tasks wait for an outside event (Prism downloading a source_uri).
+    hold: bool,
 }
 
 /// One request as the fake saw it.
@@ -156,6 +158,7 @@ impl Inner {
                 fail,
                 effect,
                 done: false,
+                hold: false,
             },
         );
         if let Some(e) = self.entities.get_mut(uuid) {
@@ -170,7 +173,7 @@ impl Inner {
         let due: Vec<String> = self
             .tasks
             .values()
-            .filter(|t| !t.done && now.duration_since(t.created) >= self.task_time)
+            .filter(|t| !t.done && !t.hold && now.duration_since(t.created) >= self.task_time)
             .map(|t| t.uuid.clone())
             .collect();
         for id in due {
@@ -632,12 +635,70 @@ async fn create_image(State(inner): State<Arc<Mutex<Inner>>>, body: Bytes) -> Re
         .pointer("/metadata/categories")
         .cloned()
         .unwrap_or(json!({}));
+    let source = spec
+        .pointer("/resources/source_uri")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let mut s = inner.lock().unwrap();
     let e = new_entity("image", spec, categories);
     let uuid = e.uuid.clone();
     s.entities.insert(uuid.clone(), e);
-    let t = s.add_task("create_image_intentful", "image", &uuid, None, Effect::None);
+    let Some(source) = source else {
+        let t = s.add_task("create_image_intentful", "image", &uuid, None, Effect::None);
+        return accepted(&s, &uuid, &t);
+    };
+    // Prism downloads the source within the create task.
+    let effect = Effect::ImageUploaded {
+        uuid: uuid.clone(),
+        bytes: 0,
+    };
+    let t = s.add_task("create_image_intentful", "image", &uuid, None, effect);
+    s.tasks.get_mut(&t).unwrap().hold = true;
+    let file = s.uploads_dir.join(&uuid);
+    let (me, task, image) = (s.me.clone(), t.clone(), uuid.clone());
+    tokio::spawn(async move {
+        let result = download(&source, &file).await;
+        let Some(inner) = me.upgrade() else { return };
+        let mut s = inner.lock().unwrap();
+        let task_time = s.task_time;
+        let t = s.tasks.get_mut(&task).unwrap();
+        t.hold = false;
+        t.created = Instant::now() - task_time;
+        match result {
+            Ok(n) => {
+                t.effect = Effect::ImageUploaded {
+                    uuid: image.clone(),
+                    bytes: n,
+                };
+                if let Some(e) = s.entities.get_mut(&image) {
+                    e.file = Some(file);
+                }
+            }
+            Err(why) => t.fail = Some(format!("Could not access the URL {source}: {why}")),
+        }
+    });
     accepted(&s, &uuid, &t)
+}
+
+/// How Prism fetches a `source_uri`: a plain GET, the body to a file.
+async fn download(url: &str, to: &std::path::Path) -> Result<u64, String> {
+    use tokio::io::AsyncWriteExt;
+    let resp = reqwest::get(url).await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("HTTP {}", resp.status()));
+    }
+    let mut f = tokio::fs::File::create(to)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stream = resp.bytes_stream();
+    let mut n = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        f.write_all(&chunk).await.map_err(|e| e.to_string())?;
+        n += chunk.len() as u64;
+    }
+    f.flush().await.map_err(|e| e.to_string())?;
+    Ok(n)
 }
 
 async fn upload_file(

@@ -233,6 +233,17 @@ impl PrismClient {
     /// report `error_detail` and `progress_message`.
     pub async fn wait_task(&self, uuid: &str) -> Result<Value, PrismError> {
         let limit = Duration::from_secs(self.cfg.task_timeout_secs.max(1));
+        self.wait_task_within(uuid, limit, &|_| {}).await
+    }
+
+    /// Like [`wait_task`](Self::wait_task) with its own time limit, passing
+    /// on `percentage_complete` as it grows.
+    pub async fn wait_task_within(
+        &self,
+        uuid: &str,
+        limit: Duration,
+        on_percent: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<Value, PrismError> {
         let started = Instant::now();
         let poll = Duration::from_millis(self.cfg.task_poll_ms.max(10));
         loop {
@@ -244,6 +255,9 @@ impl PrismClient {
                 .and_then(Value::as_str)
                 .unwrap_or("UNKNOWN")
                 .to_string();
+            if let Some(p) = task.get("percentage_complete").and_then(Value::as_u64) {
+                on_percent(p.min(100));
+            }
             match state.as_str() {
                 "SUCCEEDED" => return Ok(task),
                 "QUEUED" | "RUNNING" => {}

@@ -5,6 +5,17 @@ use std::path::PathBuf;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+/// How the image bytes reach Prism Central.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageSource {
+    /// vmscan streams the file: `PUT /api/nutanix/v3/images/{uuid}/file`.
+    #[default]
+    Upload,
+    /// Prism pulls it from vmscan (`source_uri`): `GET {image_url_base}/api/v1/jobs/{id}/image`.
+    Url,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NutanixConfig {
@@ -22,6 +33,10 @@ pub struct NutanixConfig {
     pub cluster_name: String,
     /// The subnet the scan VM's NIC joins, by name (`subnets/list`).
     pub subnet_name: String,
+    pub image_source: ImageSource,
+    /// With `image_source = "url"`: vmscan's address as Prism Central reaches
+    /// it, e.g. `http://vmscan.example.com:8080`.
+    pub image_url_base: String,
     /// Port of the guest's remote shell as vmscan reaches it (22 for SSH).
     pub ssh_port: u16,
     /// Port of WinRM on Windows guests.
@@ -63,6 +78,8 @@ impl Default for NutanixConfig {
             ca_bundle: None,
             cluster_name: String::new(),
             subnet_name: String::new(),
+            image_source: ImageSource::Upload,
+            image_url_base: String::new(),
             ssh_port: 22,
             winrm_port: 5985,
             category_key: String::new(),

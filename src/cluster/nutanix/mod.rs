@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
 pub use client::{PrismClient, PrismError};
-pub use config::NutanixConfig;
+pub use config::{ImageSource, NutanixConfig};
 
 use super::{
     image_name, job_of_name, ClusterError, ClusterImage, ClusterProvider, ClusterVm, Deadlines,
@@ -48,6 +48,12 @@ impl NutanixProvider {
         if cfg.cluster_name.is_empty() || cfg.subnet_name.is_empty() {
             return Err(ClusterError::Local(format!(
                 "{label}: cluster_name and subnet_name must be set"
+            )));
+        }
+        if cfg.image_source == ImageSource::Url && url::Url::parse(&cfg.image_url_base).is_err() {
+            return Err(ClusterError::Local(format!(
+                "{label}: image_source = \"url\" needs image_url_base, vmscan's address as Prism Central reaches it (got {:?})",
+                cfg.image_url_base
             )));
         }
         let client =

@@ -14,7 +14,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::client::{describe, error_message, task_uuids, PrismError};
-use super::{job_image_name, tag, NutanixProvider};
+use super::{job_image_name, tag, ImageSource, NutanixConfig, NutanixProvider};
 use crate::cluster::{ClusterError, ClusterImage, Progress};
 use crate::domain::JobId;
 
@@ -82,7 +82,8 @@ async fn once(
     progress: Progress<'_>,
     created: &mut Option<String>,
 ) -> Result<ClusterImage, PrismError> {
-    let body = json!({
+    let cfg = &p.client.cfg;
+    let mut body = json!({
         "api_version": "3.1.0",
         "metadata": {"kind": "image", "categories": p.categories()},
         "spec": {
@@ -91,6 +92,12 @@ async fn once(
             "resources": {"image_type": "DISK_IMAGE"},
         },
     });
+    let pull = cfg.image_source == ImageSource::Url;
+    if pull {
+        let base = cfg.image_url_base.trim_end_matches('/');
+        body["spec"]["resources"]["source_uri"] =
+            json!(format!("{base}/api/v1/jobs/{}/image", job.as_uuid()));
+    }
     let answer = p.client.call(Method::POST, "/images", Some(&body)).await?;
     let uuid = answer
         .pointer("/metadata/uuid")
@@ -98,10 +105,21 @@ async fn once(
         .ok_or_else(|| PrismError::Protocol("the image create answer has no metadata.uuid".into()))?
         .to_string();
     *created = Some(uuid.clone());
-    for t in task_uuids(&answer) {
-        p.client.wait_task(&t).await?;
+    if pull {
+        // Prism downloads the file within the create task.
+        progress(0, size);
+        let on_percent = |pct: u64| progress(size * pct / 100, size);
+        for t in task_uuids(&answer) {
+            p.client
+                .wait_task_within(&t, upload_timeout(cfg, size), &on_percent)
+                .await?;
+        }
+    } else {
+        for t in task_uuids(&answer) {
+            p.client.wait_task(&t).await?;
+        }
+        put_file(p, &uuid, path, size, progress).await?;
     }
-    put_file(p, &uuid, path, size, progress).await?;
     // Prism records the upload as further tasks on the image: all must succeed.
     let image_path = format!("/images/{uuid}");
     let limit = Instant::now() + Duration::from_secs(p.client.cfg.task_timeout_secs.max(1));
@@ -116,16 +134,18 @@ async fn once(
             .unwrap_or("");
         match state {
             "COMPLETE" => {
-                if let Some(n) = img
+                // Prism reports the bytes it holds: they must be all of them.
+                let held = img
                     .pointer("/status/resources/size_bytes")
-                    .and_then(Value::as_u64)
-                {
-                    if n != size {
-                        return Err(PrismError::Protocol(format!(
-                            "Prism Central holds {n} bytes of the image, vmscan sent {size}"
-                        )));
-                    }
+                    .and_then(Value::as_u64);
+                if held != Some(size) {
+                    return Err(PrismError::Protocol(format!(
+                        "Prism Central holds {} of the image, vmscan has {size} bytes",
+                        held.map(|n| format!("{n} bytes"))
+                            .unwrap_or_else(|| "an unknown number of bytes".into())
+                    )));
                 }
+                progress(size, size);
                 return Ok(ClusterImage {
                     id: uuid,
                     name: name.to_string(),
@@ -148,6 +168,11 @@ async fn once(
             _ => tokio::time::sleep(Duration::from_millis(p.client.cfg.task_poll_ms.max(10))).await,
         }
     }
+}
+
+/// Big images may take long: the base plus one second per `upload_min_bytes_per_sec`.
+fn upload_timeout(cfg: &NutanixConfig, size: u64) -> Duration {
+    Duration::from_secs(cfg.upload_base_secs + size / cfg.upload_min_bytes_per_sec.max(1))
 }
 
 /// Streams the file (never whole in memory), reporting progress twice a second.
