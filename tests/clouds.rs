@@ -7,3 +7,5 @@ mod support;
 
 #[path = "clouds/conformance.rs"]
 mod conformance;
+#[path = "clouds/openstack.rs"]
+mod openstack;

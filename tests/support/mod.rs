@@ -9,6 +9,7 @@ pub mod fileserver;
 pub mod guest;
 pub mod flexera;
 pub mod jira;
+pub mod openstack;
 pub mod smtp;
 
 use std::path::PathBuf;
