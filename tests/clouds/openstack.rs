@@ -177,9 +177,11 @@ async fn openstack_reauthenticates_when_the_token_expires_mid_job() {
         .expect("create after expiry");
     p.wait_ready(&vm, &deadlines(30)).await.expect("ready");
     assert_eq!(p.authentications(), 2, "one new token");
-    // A later upload survives an expired token too.
-    fake.expire_tokens();
+    // A token expiring as the file goes up: a new token, the PUT again.
+    fake.expire_tokens_at(Method::PUT, "/file");
+    let puts = fake.count(Method::PUT, "/file");
     let again = upload(&p, job, file.path()).await;
+    assert_eq!(fake.count(Method::PUT, "/file") - puts, 2);
     assert_eq!(p.authentications(), 3);
     p.delete_vm(&vm.id).await.unwrap();
     p.delete_image(&again.id).await.unwrap();

@@ -106,6 +106,7 @@ struct Inner {
     servers: Vec<Srv>,
     fips: Vec<Fip>,
     injections: Vec<Injection>,
+    expire_on: Vec<(Method, String)>,
     requests: Vec<(Method, String)>,
     kill_next_upload: bool,
     bad_hash_next: bool,
@@ -159,6 +160,7 @@ impl FakeOpenStack {
             servers: Vec::new(),
             fips: Vec::new(),
             injections: Vec::new(),
+            expire_on: Vec::new(),
             requests: Vec::new(),
             kill_next_upload: false,
             bad_hash_next: false,
@@ -224,7 +226,13 @@ impl FakeOpenStack {
         self.with(|i| i.tokens.values_mut().for_each(|v| *v = false));
     }
 
-    /// Tokens issued from now on.
+    /// Tokens expire just as the next request `method` whose path contains
+    /// `path` arrives (which then gets 401).
+    pub fn expire_tokens_at(&self, method: Method, path: &str) {
+        self.with(|i| i.expire_on.push((method, path.into())));
+    }
+
+    /// Tokens issued so far.
     pub fn tokens_issued(&self) -> u32 {
         self.with(|i| i.issued)
     }
@@ -399,6 +407,14 @@ async fn gate(State(st): State<St>, req: Request, next: Next) -> Response {
     let verdict = {
         let mut i = st.inner.lock().unwrap();
         i.requests.push((method.clone(), path.clone()));
+        if let Some(k) = i
+            .expire_on
+            .iter()
+            .position(|(m, p)| *m == method && path.contains(p.as_str()))
+        {
+            i.expire_on.remove(k);
+            i.tokens.values_mut().for_each(|v| *v = false);
+        }
         let injected = i
             .injections
             .iter_mut()
@@ -881,7 +897,7 @@ async fn create_server(
     let disk = match i.images.iter().find(|m| m.id == image) {
         Some(m) if m.status == "active" => m.file.clone(),
         Some(_) => return error(p, 400, &format!("Image {image} is not active.")),
-        None => return error(p, 400, &format!("Can not find requested image")),
+        None => return error(p, 400, "Can not find requested image"),
     };
     let id = new_id();
     let fail = i.fail_next_server.take();
