@@ -451,3 +451,50 @@ async fn openstack_scans_the_fixture_image_end_to_end() {
     assert!(fake.user_data()[0].starts_with("#cloud-config"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn openstack_a_create_whose_answer_was_lost_leaves_no_twin() {
+    let (fake, p) = cloud().await;
+    let file = image_file();
+    let job = JobId::new();
+    // Glance and Nova carry out the POST, but the gateway answers 504.
+    fake.inject_after(Method::POST, "/v2/images", 504, 1);
+    let image = upload(&p, job, file.path()).await;
+    assert_eq!(fake.count(Method::POST, "/v2/images"), 2);
+    assert_eq!(
+        fake.images().len(),
+        1,
+        "the queued twin is gone: {:?}",
+        fake.images()
+    );
+    fake.inject_after(Method::POST, "/servers", 504, 1);
+    let vm = p
+        .create_vm(&spec(job, image.clone()))
+        .await
+        .expect("create");
+    assert_eq!(fake.count(Method::POST, "/servers"), 2);
+    let servers = fake.servers();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert_eq!(servers[0].0, vm.id);
+    p.delete_vm(&vm.id).await.unwrap();
+    p.delete_image(&image.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn openstack_renews_a_token_before_it_expires() {
+    let (fake, p) = cloud().await;
+    fake.set_token_ttl(4);
+    p.list_owned().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    p.list_owned().await.unwrap();
+    assert_eq!(
+        p.authentications(),
+        2,
+        "renewed in the last quarter of its life"
+    );
+    assert_eq!(
+        fake.rejected(),
+        0,
+        "no request was sent with an expired token"
+    );
+}

@@ -96,11 +96,15 @@ struct Injection {
     path: String,
     status: u16,
     times: u32,
+    /// The request is carried out, then answered with the error.
+    after: bool,
 }
 
 struct Inner {
-    tokens: HashMap<String, bool>,
+    /// Token → when it expires (set to now when expired on demand).
+    tokens: HashMap<String, std::time::Instant>,
     token_ttl_secs: i64,
+    rejected: u32,
     issued: u32,
     images: Vec<Img>,
     servers: Vec<Srv>,
@@ -155,6 +159,7 @@ impl FakeOpenStack {
         let inner = Arc::new(Mutex::new(Inner {
             tokens: HashMap::new(),
             token_ttl_secs: 3600,
+            rejected: 0,
             issued: 0,
             images: Vec::new(),
             servers: Vec::new(),
@@ -223,13 +228,23 @@ impl FakeOpenStack {
 
     /// Every token issued so far now answers 401 (as when it expired mid-job).
     pub fn expire_tokens(&self) {
-        self.with(|i| i.tokens.values_mut().for_each(|v| *v = false));
+        self.with(expire_all);
     }
 
     /// Tokens expire just as the next request `method` whose path contains
     /// `path` arrives (which then gets 401).
     pub fn expire_tokens_at(&self, method: Method, path: &str) {
         self.with(|i| i.expire_on.push((method, path.into())));
+    }
+
+    /// Lifetime of the tokens issued from now on (an hour by default).
+    pub fn set_token_ttl(&self, secs: i64) {
+        self.with(|i| i.token_ttl_secs = secs);
+    }
+
+    /// Requests answered 401 because of their token.
+    pub fn rejected(&self) -> u32 {
+        self.with(|i| i.rejected)
     }
 
     /// Tokens issued so far.
@@ -279,6 +294,21 @@ impl FakeOpenStack {
                 path: path.into(),
                 status,
                 times,
+                after: false,
+            })
+        });
+    }
+
+    /// Like [`inject`](Self::inject), but the request is carried out first
+    /// (a gateway timing out on a request the service completed).
+    pub fn inject_after(&self, method: Method, path: &str, status: u16, times: u32) {
+        self.with(|i| {
+            i.injections.push(Injection {
+                method,
+                path: path.into(),
+                status,
+                times,
+                after: true,
             })
         });
     }
@@ -347,6 +377,11 @@ impl FakeOpenStack {
     }
 }
 
+fn expire_all(i: &mut Inner) {
+    let now = std::time::Instant::now();
+    i.tokens.values_mut().for_each(|v| *v = now);
+}
+
 // ---- errors, in each service's own shape ----
 
 fn service_of(path: &str) -> &'static str {
@@ -404,6 +439,7 @@ async fn gate(State(st): State<St>, req: Request, next: Next) -> Response {
         .get("X-Auth-Token")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let mut after = None;
     let verdict = {
         let mut i = st.inner.lock().unwrap();
         i.requests.push((method.clone(), path.clone()));
@@ -413,7 +449,7 @@ async fn gate(State(st): State<St>, req: Request, next: Next) -> Response {
             .position(|(m, p)| *m == method && path.contains(p.as_str()))
         {
             i.expire_on.remove(k);
-            i.tokens.values_mut().for_each(|v| *v = false);
+            expire_all(&mut i);
         }
         let injected = i
             .injections
@@ -425,13 +461,24 @@ async fn gate(State(st): State<St>, req: Request, next: Next) -> Response {
                 409 => "Cannot 'delete' instance while it is in task_state spawning".to_string(),
                 503 => "The server is currently unavailable. Please try again at a later time."
                     .to_string(),
+                504 => "Gateway Time-out".to_string(),
                 s => format!("Unexpected API Error ({s}). Please report this."),
             };
-            Some(error(&path, j.status, &msg))
+            let e = error(&path, j.status, &msg);
+            if j.after {
+                after = Some(e);
+                None
+            } else {
+                Some(e)
+            }
         } else if path == "/v3/auth/tokens" {
             None
         } else {
-            let valid = token.and_then(|t| i.tokens.get(&t).copied()) == Some(true);
+            let until = token.and_then(|t| i.tokens.get(&t).copied());
+            let valid = until.is_some_and(|u| std::time::Instant::now() < u);
+            if !valid {
+                i.rejected += 1;
+            }
             (!valid).then(|| {
                 let mut r = error("/v3", 401, UNAUTHORIZED);
                 r.headers_mut().insert(
@@ -442,9 +489,14 @@ async fn gate(State(st): State<St>, req: Request, next: Next) -> Response {
             })
         }
     };
-    match verdict {
-        Some(r) => r,
-        None => next.run(req).await,
+    match (verdict, after) {
+        (Some(r), _) => r,
+        // The request is done, but its answer is lost to a failing proxy.
+        (None, Some(e)) => {
+            let _ = next.run(req).await;
+            e
+        }
+        (None, None) => next.run(req).await,
     }
 }
 
@@ -473,11 +525,14 @@ async fn issue_token(State(st): State<St>, Json(body): Json<Value>) -> Response 
     let token = format!("gAAAAA{}", uuid::Uuid::now_v7().simple());
     let ttl = {
         let mut i = st.inner.lock().unwrap();
-        i.tokens.insert(token.clone(), true);
+        let ttl = i.token_ttl_secs;
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(ttl as u64);
+        i.tokens.insert(token.clone(), until);
         i.issued += 1;
-        i.token_ttl_secs
+        ttl
     };
-    let expires = chrono::Utc::now() + chrono::Duration::seconds(ttl);
+    let issued = chrono::Utc::now();
+    let expires = issued + chrono::Duration::seconds(ttl);
     let b = &st.base;
     let ep = |url: String, iface: &str, region: &str| json!({"id": new_id(), "interface": iface, "region": region, "region_id": region, "url": url});
     let service = |kind: &str, name: &str, public: String| {
@@ -496,7 +551,7 @@ async fn issue_token(State(st): State<St>, Json(body): Json<Value>) -> Response 
     let out = json!({"token": {
         "methods": methods,
         "expires_at": expires.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
-        "issued_at": now(),
+        "issued_at": issued.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
         "user": {"id": "u-1", "name": USER, "domain": {"id": "default", "name": USER_DOMAIN}},
         "project": {"id": PROJECT_ID, "name": PROJECT, "domain": {"id": "default", "name": PROJECT_DOMAIN}},
         "roles": [{"id": "r-1", "name": "member"}],

@@ -13,13 +13,16 @@ use serde_json::{json, Value};
 use super::error::{error_message, OsError};
 use super::OpenStackConfig;
 
-/// Renew the token when it has less than this left.
+/// Renew the token when it has less than this left (or a quarter of its
+/// lifetime, for short-lived tokens).
 const RENEW_MARGIN: Duration = Duration::from_secs(120);
 
 /// One token and the endpoints it came with.
 pub struct Session {
     pub token: SecretString,
-    pub expires_at: Option<DateTime<Utc>>,
+    /// When to get a new one, on our clock: the token's lifetime (Keystone's
+    /// `expires_at - issued_at`, immune to clock skew) less a margin.
+    pub renew_at: Option<DateTime<Utc>>,
     /// Nova, with `/v2.1[/{project}]`.
     pub compute: String,
     /// Glance and Neutron roots, without their version (`/v2`, `/v2.0` are added).
@@ -31,13 +34,7 @@ pub struct Session {
 
 impl Session {
     fn fresh(&self) -> bool {
-        match self.expires_at {
-            Some(at) => {
-                let margin = chrono::Duration::from_std(RENEW_MARGIN).unwrap_or_default();
-                Utc::now() + margin < at
-            }
-            None => true,
-        }
+        self.renew_at.is_none_or(|at| Utc::now() < at)
     }
 }
 
@@ -225,10 +222,20 @@ impl Keystone {
 
     fn session_of(&self, token: String, body: &Value) -> Result<Session, OsError> {
         let t = &body["token"];
-        let expires_at = t["expires_at"]
-            .as_str()
-            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            .map(|d| d.with_timezone(&Utc));
+        let time = |k: &str| {
+            t[k].as_str()
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                .map(|d| d.with_timezone(&Utc))
+        };
+        let expires_at = time("expires_at");
+        let renew_at = expires_at.map(|exp| {
+            let lifetime =
+                (exp - time("issued_at").unwrap_or_else(Utc::now)).max(chrono::Duration::zero());
+            let margin = chrono::Duration::from_std(RENEW_MARGIN)
+                .unwrap_or_default()
+                .min(lifetime / 4);
+            Utc::now() + lifetime - margin
+        });
         let catalog = t["catalog"].as_array().cloned().unwrap_or_default();
         let compute = self.endpoint(&catalog, "compute")?;
         let image = strip_version(&self.endpoint(&catalog, "image")?, "/v2");
@@ -238,7 +245,7 @@ impl Keystone {
         tracing::info!(cloud = %self.who(), %compute, %image, %network, ?expires_at, "Keystone token issued");
         Ok(Session {
             token: token.into(),
-            expires_at,
+            renew_at,
             compute,
             image,
             network,

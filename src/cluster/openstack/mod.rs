@@ -226,6 +226,46 @@ impl OpenStackProvider {
         Duration::from_millis(self.cfg.poll_ms.max(10))
     }
 
+    /// Deletes every server called `name` except `keep`.
+    async fn delete_servers_named(
+        &self,
+        name: &str,
+        keep: Option<&str>,
+    ) -> Result<(), ClusterError> {
+        let same = nova::list(&self.api, &format!("&name=%5E{name}%24"))
+            .await
+            .map_err(|e| self.err(e))?;
+        for s in same
+            .iter()
+            .filter(|s| s.name == name && Some(s.id.as_str()) != keep)
+        {
+            tracing::info!(server = %s.id, %name, "deleting another server of the job");
+            self.delete_server(&s.id).await.map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every image called `name` except `keep`.
+    async fn delete_images_named(
+        &self,
+        name: &str,
+        keep: Option<&str>,
+    ) -> Result<(), ClusterError> {
+        let same = glance::list(&self.api, &format!("&name={name}"))
+            .await
+            .map_err(|e| self.err(e))?;
+        for img in same
+            .iter()
+            .filter(|i| i.name == name && Some(i.id.as_str()) != keep)
+        {
+            tracing::info!(image = %img.id, %name, "deleting another image of the job");
+            glance::delete(&self.api, &img.id)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
     async fn delete_server(&self, id: &str) -> Result<(), OsError> {
         if !self.cfg.floating_ip_pool.is_empty() {
             neutron::release_floating_ips(&self.api, id).await?;
@@ -248,18 +288,12 @@ impl ClusterProvider for OpenStackProvider {
     ) -> Result<ClusterImage, ClusterError> {
         let name = image_name(job);
         // A retried upload replaces the job's earlier image: one per job.
-        let earlier = glance::list(&self.api, &format!("&name={name}"))
-            .await
-            .map_err(|e| self.err(e))?;
-        for img in earlier.iter().filter(|i| i.name == name) {
-            tracing::info!(image = %img.id, %name, "deleting the job's earlier image");
-            glance::delete(&self.api, &img.id)
-                .await
-                .map_err(|e| self.err(e))?;
-        }
+        self.delete_images_named(&name, None).await?;
         let (img, hash) = glance::upload_with_retries(&self.api, &name, job, path, progress)
             .await
             .map_err(|e| self.err(e))?;
+        // A create retried after a lost answer may have left a queued twin.
+        self.delete_images_named(&name, Some(&img.id)).await?;
         let size = img.size.unwrap_or_default();
         tracing::info!(image = %img.id, %name, size, hash = hash.as_deref().unwrap_or("-"), "Glance image active");
         Ok(ClusterImage {
@@ -273,13 +307,7 @@ impl ClusterProvider for OpenStackProvider {
         check_name(&spec.name)?;
         check_id(&spec.image.id)?;
         // A retry replaces the job's earlier server: never two of the same name.
-        let same = nova::list(&self.api, &format!("&name=%5E{}%24", spec.name))
-            .await
-            .map_err(|e| self.err(e))?;
-        for s in same.iter().filter(|s| s.name == spec.name) {
-            tracing::info!(server = %s.id, name = %spec.name, "deleting the job's earlier server");
-            self.delete_server(&s.id).await.map_err(|e| self.err(e))?;
-        }
+        self.delete_servers_named(&spec.name, None).await?;
         let flavor = self.flavor_id().await?.clone();
         let network = self.network_id().await?.clone();
         let id = nova::create(
@@ -296,6 +324,8 @@ impl ClusterProvider for OpenStackProvider {
         .await
         .map_err(|e| self.err(e))?;
         tracing::info!(server = %id, name = %spec.name, "Nova server created");
+        // A POST retried after a lost answer may have made a twin: remove it.
+        self.delete_servers_named(&spec.name, Some(&id)).await?;
         Ok(ClusterVm {
             id: id.clone(),
             name: spec.name.clone(),
