@@ -271,6 +271,29 @@ async fn openstack_a_conflict_while_the_server_is_busy_is_retried() {
         "two 409s, then 204"
     );
     assert!(fake.servers().is_empty());
+
+    // Busy for longer than the tries: a later teardown can still succeed.
+    let vm = p.create_vm(&spec(job, image.clone())).await.unwrap();
+    fake.inject(Method::DELETE, "/servers/", 409, 4);
+    let err = p.delete_vm(&vm.id).await.expect_err("busy");
+    let (msg, retryable) = api_error(&err);
+    assert!(retryable && msg.contains("in task_state spawning"), "{msg}");
+    p.delete_vm(&vm.id).await.expect("delete later");
+
+    // A conflict on create is the request's fault: not retried.
+    fake.inject(Method::POST, "/servers", 409, 1);
+    let posts = fake.count(Method::POST, "/servers");
+    let err = p
+        .create_vm(&spec(job, image.clone()))
+        .await
+        .expect_err("409");
+    let (msg, retryable) = api_error(&err);
+    assert!(
+        !retryable && msg.contains("HTTP 409: Multiple possible networks found"),
+        "{msg}"
+    );
+    assert_eq!(fake.count(Method::POST, "/servers") - posts, 1);
+    assert!(fake.servers().is_empty());
     p.delete_image(&image.id).await.unwrap();
 }
 

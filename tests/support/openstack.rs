@@ -458,6 +458,10 @@ async fn gate(State(st): State<St>, req: Request, next: Next) -> Response {
         if let Some(j) = injected {
             j.times -= 1;
             let msg = match j.status {
+                409 if method == Method::POST => {
+                    "Multiple possible networks found, use a Network ID to be more specific."
+                        .to_string()
+                }
                 409 => "Cannot 'delete' instance while it is in task_state spawning".to_string(),
                 503 => "The server is currently unavailable. Please try again at a later time."
                     .to_string(),

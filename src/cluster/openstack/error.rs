@@ -51,7 +51,9 @@ impl OsError {
     /// Whether a later try (of the job's stage) can help.
     pub fn retryable(&self) -> bool {
         match self {
-            OsError::Http { status, .. } => *status >= 500 || matches!(status, 409 | 429),
+            // A 409 that was worth retrying is retried where it happens
+            // (Nova's busy servers); the others (ambiguous network…) stay.
+            OsError::Http { status, .. } => *status >= 500 || *status == 429,
             OsError::Transport { .. } => true,
             OsError::Auth { .. } => false,
             OsError::Other { retryable, .. } => *retryable,

@@ -145,7 +145,7 @@ pub async fn create(api: &Api, s: &NewServer<'_>) -> Result<String, OsError> {
             Method::POST,
             "/servers",
             Some(&json!({ "server": server })),
-            true,
+            false,
         )
         .await?;
     a.body["server"]["id"]
@@ -195,6 +195,13 @@ pub async fn delete(api: &Api, id: &str) -> Result<(), OsError> {
     {
         Ok(_) => {}
         Err(e) if e.is_not_found() => return Ok(()),
+        // Still busy after every try: a later teardown can succeed.
+        Err(e) if e.status() == Some(409) => {
+            return Err(OsError::Other {
+                message: e.to_string(),
+                retryable: true,
+            })
+        }
         Err(e) => return Err(e),
     }
     let limit = Duration::from_secs(api.cfg.task_timeout_secs.max(1));
