@@ -10,3 +10,6 @@ mod conformance;
 
 #[path = "clouds/nutanix.rs"]
 mod nutanix;
+
+#[path = "clouds/openstack.rs"]
+mod openstack;

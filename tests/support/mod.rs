@@ -10,6 +10,7 @@ pub mod flexera;
 pub mod guest;
 pub mod jira;
 pub mod nutanix;
+pub mod openstack;
 pub mod smtp;
 
 use std::path::PathBuf;

@@ -8,13 +8,16 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OpenStackConfig {
-    /// Keystone v3, e.g. `https://keystone.example.com:5000/v3`.
+    /// Keystone v3, e.g. `https://keystone.example.com:5000/v3` (`/v3` is
+    /// added when missing).
     pub auth_url: String,
+    /// Region of the catalog endpoints (by `region` or `region_id`); None: any.
     pub region: Option<String>,
     /// Endpoint interface in the service catalog: public, internal or admin.
     pub interface: String,
-    /// Password authentication.
+    /// Password authentication, scoped to `project_name`.
     pub username: String,
+    /// Secret: `VMSCAN_CLUSTER__OPENSTACK__<NAME>__PASSWORD`.
     #[serde(skip_serializing)]
     pub password: Option<SecretString>,
     pub user_domain_name: String,
@@ -24,19 +27,40 @@ pub struct OpenStackConfig {
     pub application_credential_id: String,
     #[serde(skip_serializing)]
     pub application_credential_secret: Option<SecretString>,
+    /// Verify the APIs' TLS certificates (against `ca_bundle` when set).
     pub verify_tls: bool,
+    /// PEM file with the CA(s) that signed the APIs' certificates.
     pub ca_bundle: Option<PathBuf>,
     /// Nova flavor and Neutron network, by name.
     pub flavor: String,
     pub network: String,
-    /// Attach a floating IP from this pool; empty: use the fixed address.
+    /// Attach a floating IP from this pool (an external network, by name);
+    /// empty: use the fixed address.
     pub floating_ip_pool: String,
+    /// Nova key pair put on every server (the job's key always comes in the
+    /// user-data); empty: none.
+    pub key_name: String,
+    /// Security groups by name; empty: the project's default.
+    pub security_groups: Vec<String>,
+    /// Ask Nova for a config drive (clouds without a metadata service).
+    pub config_drive: bool,
+    /// Port of the guest's remote shell as vmscan reaches it (22 for SSH).
     pub ssh_port: u16,
+    /// Port of WinRM on Windows guests.
     pub winrm_port: u16,
+    /// One API request (not an upload) may take this long.
     pub request_secs: u64,
+    /// Time allowed for an upload: `upload_base_secs` plus one second per
+    /// `upload_min_bytes_per_sec` bytes of image.
     pub upload_base_secs: u64,
     pub upload_min_bytes_per_sec: u64,
+    /// How often an image or server is polled.
     pub poll_ms: u64,
+    /// How long an image may take to become active, or a server to be gone.
+    pub task_timeout_secs: u64,
+    /// Tries for a request failing with 5xx, 429, a dropped connection (and
+    /// 409 where Nova says the server is busy), with back-off doubling from
+    /// `retry_backoff_ms`. 403 is never retried; 401 re-authenticates once.
     pub max_attempts: u32,
     pub retry_backoff_ms: u64,
 }
@@ -59,12 +83,16 @@ impl Default for OpenStackConfig {
             flavor: String::new(),
             network: String::new(),
             floating_ip_pool: String::new(),
+            key_name: String::new(),
+            security_groups: Vec::new(),
+            config_drive: false,
             ssh_port: 22,
             winrm_port: 5985,
             request_secs: 60,
             upload_base_secs: 300,
             upload_min_bytes_per_sec: 5 * 1024 * 1024,
             poll_ms: 2000,
+            task_timeout_secs: 1800,
             max_attempts: 4,
             retry_backoff_ms: 1000,
         }

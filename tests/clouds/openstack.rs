@@ -1,0 +1,523 @@
+//! OpenStack (Keystone, Glance, Nova, Neutron) against the fake cloud: the
+//! conformance suite, the failures those APIs really produce, and a whole
+//! scan over HTTP with a real guest behind the fake.
+
+use std::path::Path;
+use std::time::Duration;
+
+use axum::http::Method;
+use serde_json::json;
+use vmscan::cluster::openstack::{OpenStackConfig, OpenStackProvider};
+use vmscan::cluster::{vm_name, ClusterError, ClusterProvider, Owned};
+use vmscan::domain::JobId;
+
+use crate::conformance::{self, deadlines, spec};
+use crate::support::guest::{banner_port, fixture_dir, GuestBackend};
+use crate::support::openstack::{self as os, FakeOpenStack};
+
+fn config(fake: &FakeOpenStack, ssh_port: u16) -> OpenStackConfig {
+    OpenStackConfig {
+        auth_url: fake.auth_url(),
+        region: Some(os::REGION.into()),
+        interface: "public".into(),
+        username: os::USER.into(),
+        password: Some(os::PASSWORD.to_string().into()),
+        user_domain_name: os::USER_DOMAIN.into(),
+        project_name: os::PROJECT.into(),
+        project_domain_name: os::PROJECT_DOMAIN.into(),
+        flavor: os::FLAVOR.into(),
+        network: os::NETWORK.into(),
+        ssh_port,
+        request_secs: 10,
+        poll_ms: 50,
+        task_timeout_secs: 30,
+        max_attempts: 4,
+        retry_backoff_ms: 20,
+        ..OpenStackConfig::default()
+    }
+}
+
+async fn cloud() -> (FakeOpenStack, OpenStackProvider) {
+    let fake = FakeOpenStack::start().await;
+    let p = OpenStackProvider::new("t", config(&fake, banner_port().await)).unwrap();
+    (fake, p)
+}
+
+/// A small disk image (raw, 3 MiB of patterned bytes).
+fn image_file() -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    let bytes: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(f.path(), bytes).unwrap();
+    f
+}
+
+fn api_error(e: &ClusterError) -> (&str, bool) {
+    match e {
+        ClusterError::Api {
+            message, retryable, ..
+        } => (message.as_str(), *retryable),
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+async fn upload(p: &OpenStackProvider, job: JobId, file: &Path) -> vmscan::cluster::ClusterImage {
+    p.upload_image(job, file, &|_, _| {}).await.expect("upload")
+}
+
+#[tokio::test]
+async fn openstack_passes_the_conformance_lifecycle() {
+    let (fake, p) = cloud().await;
+    let file = image_file();
+    conformance::lifecycle(&p, file.path()).await;
+    assert!(fake.images().is_empty() && fake.servers().is_empty());
+    // The lists were paged (two items a page) and followed.
+    assert!(fake.count(Method::GET, "/flavors/detail") >= 2);
+}
+
+#[tokio::test]
+async fn openstack_tears_down_a_vm_that_never_gets_an_address() {
+    let (fake, p) = cloud().await;
+    let file = image_file();
+    let f = fake.clone();
+    conformance::teardown_after_no_address(&p, file.path(), move || f.make_next_vm_addressless())
+        .await;
+    assert!(fake.images().is_empty() && fake.servers().is_empty());
+}
+
+#[tokio::test]
+async fn openstack_tags_the_image_and_server_with_the_job() {
+    let (fake, p) = cloud().await;
+    let file = image_file();
+    let job = JobId::new();
+    let image = upload(&p, job, file.path()).await;
+    let props = fake.image_props(&image.id).unwrap();
+    assert_eq!(props["vmscan_job"], job.to_string());
+    let vm = p.create_vm(&spec(job, image.clone())).await.unwrap();
+    assert_eq!(
+        fake.server_metadata(&vm.id).unwrap()["vmscan_job"],
+        job.to_string()
+    );
+    assert_eq!(fake.user_data(), vec![spec(job, image.clone()).user_data]);
+    let owned = p.list_owned().await.unwrap();
+    assert!(owned.contains(&Owned::Vm {
+        id: vm.id.clone(),
+        name: vm_name(job),
+        job: Some(job)
+    }));
+    p.delete_vm(&vm.id).await.unwrap();
+    p.delete_image(&image.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn openstack_a_wrong_password_fails_clearly_and_is_not_retried() {
+    let fake = FakeOpenStack::start().await;
+    let mut cfg = config(&fake, 22);
+    cfg.password = Some("not-the-password".to_string().into());
+    let p = OpenStackProvider::new("t", cfg).unwrap();
+    let file = image_file();
+    let err = p
+        .upload_image(JobId::new(), file.path(), &|_, _| {})
+        .await
+        .expect_err("wrong password");
+    let (msg, retryable) = api_error(&err);
+    assert!(!retryable, "{err}");
+    assert!(
+        msg.contains("Keystone refused to authenticate user scanner")
+            && msg.contains("HTTP 401: The request you have made requires authentication."),
+        "{msg}"
+    );
+    assert!(!msg.contains("not-the-password"), "{msg}");
+    assert_eq!(fake.count(Method::POST, "/v3/auth/tokens"), 1);
+}
+
+#[tokio::test]
+async fn openstack_authenticates_with_an_application_credential_in_the_configured_region() {
+    let fake = FakeOpenStack::start().await;
+    let cfg = OpenStackConfig {
+        username: String::new(),
+        password: None,
+        application_credential_id: os::APP_CRED_ID.into(),
+        application_credential_secret: Some(os::APP_CRED_SECRET.to_string().into()),
+        ..config(&fake, 22)
+    };
+    let p = OpenStackProvider::new("t", cfg.clone()).unwrap();
+    assert_eq!(p.list_owned().await.unwrap(), vec![]);
+    assert_eq!(fake.tokens_issued(), 1);
+
+    let p = OpenStackProvider::new(
+        "t",
+        OpenStackConfig {
+            region: Some("RegionThree".into()),
+            ..cfg
+        },
+    )
+    .unwrap();
+    let err = p.list_owned().await.unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "the service catalog has no public endpoint for compute in region RegionThree"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn openstack_reauthenticates_when_the_token_expires_mid_job() {
+    let (fake, p) = cloud().await;
+    let file = image_file();
+    let job = JobId::new();
+    let image = upload(&p, job, file.path()).await;
+    assert_eq!(p.authentications(), 1);
+    fake.expire_tokens();
+    let vm = p
+        .create_vm(&spec(job, image.clone()))
+        .await
+        .expect("create after expiry");
+    p.wait_ready(&vm, &deadlines(30)).await.expect("ready");
+    assert_eq!(p.authentications(), 2, "one new token");
+    // A token expiring as the file goes up: a new token, the PUT again.
+    fake.expire_tokens_at(Method::PUT, "/file");
+    let puts = fake.count(Method::PUT, "/file");
+    let again = upload(&p, job, file.path()).await;
+    assert_eq!(fake.count(Method::PUT, "/file") - puts, 2);
+    assert_eq!(p.authentications(), 3);
+    p.delete_vm(&vm.id).await.unwrap();
+    p.delete_image(&again.id).await.unwrap();
+    assert!(fake.images().is_empty() && fake.servers().is_empty());
+}
+
+#[tokio::test]
+async fn openstack_a_killed_upload_fails_clearly_and_deletes_the_image() {
+    let (fake, p) = cloud().await;
+    let file = image_file();
+    fake.kill_next_upload();
+    let err = p
+        .upload_image(JobId::new(), file.path(), &|_, _| {})
+        .await
+        .expect_err("killed");
+    let (msg, _) = api_error(&err);
+    assert!(
+        msg.contains("Glance could not store image") && msg.contains("\"killed\""),
+        "{msg}"
+    );
+    assert_eq!(fake.images(), vec![], "the killed image is deleted");
+}
+
+#[tokio::test]
+async fn openstack_detects_a_hash_mismatch_and_deletes_the_image() {
+    let (fake, p) = cloud().await;
+    let file = image_file();
+    fake.corrupt_next_hash();
+    let err = p
+        .upload_image(JobId::new(), file.path(), &|_, _| {})
+        .await
+        .expect_err("mismatch");
+    let (msg, _) = api_error(&err);
+    assert!(
+        msg.contains("checksum mismatch after upload") && msg.contains("Glance has sha512"),
+        "{msg}"
+    );
+    assert_eq!(fake.images(), vec![]);
+
+    // A Glance hashing with sha256 is checked in its own algorithm.
+    fake.set_hash_algo("sha256");
+    let img = upload(&p, JobId::new(), file.path()).await;
+    fake.corrupt_next_hash();
+    let err = p
+        .upload_image(JobId::new(), file.path(), &|_, _| {})
+        .await
+        .expect_err("mismatch");
+    assert!(err.to_string().contains("Glance has sha256"), "{err}");
+    p.delete_image(&img.id).await.unwrap();
+    assert_eq!(fake.images(), vec![]);
+}
+
+#[tokio::test]
+async fn openstack_a_failed_build_shows_novas_fault_message() {
+    let (fake, p) = cloud().await;
+    let file = image_file();
+    let job = JobId::new();
+    let image = upload(&p, job, file.path()).await;
+    fake.fail_next_server("No valid host was found. There are not enough hosts available.");
+    let vm = p.create_vm(&spec(job, image.clone())).await.unwrap();
+    let err = p.wait_ready(&vm, &deadlines(30)).await.expect_err("ERROR");
+    let (msg, retryable) = api_error(&err);
+    assert!(
+        msg.contains(
+            "went to ERROR: No valid host was found. There are not enough hosts available."
+        ),
+        "{msg}"
+    );
+    assert!(retryable, "no valid host: capacity, worth a later try");
+    p.delete_vm(&vm.id).await.unwrap();
+    p.delete_image(&image.id).await.unwrap();
+    assert!(fake.servers().is_empty());
+}
+
+#[tokio::test]
+async fn openstack_a_conflict_while_the_server_is_busy_is_retried() {
+    let (fake, p) = cloud().await;
+    let file = image_file();
+    let job = JobId::new();
+    let image = upload(&p, job, file.path()).await;
+    let vm = p.create_vm(&spec(job, image.clone())).await.unwrap();
+    fake.inject(Method::DELETE, "/servers/", 409, 2);
+    p.delete_vm(&vm.id).await.expect("delete after 409s");
+    assert_eq!(
+        fake.count(Method::DELETE, "/servers/"),
+        3,
+        "two 409s, then 204"
+    );
+    assert!(fake.servers().is_empty());
+
+    // Busy for longer than the tries: a later teardown can still succeed.
+    let vm = p.create_vm(&spec(job, image.clone())).await.unwrap();
+    fake.inject(Method::DELETE, "/servers/", 409, 4);
+    let err = p.delete_vm(&vm.id).await.expect_err("busy");
+    let (msg, retryable) = api_error(&err);
+    assert!(retryable && msg.contains("in task_state spawning"), "{msg}");
+    p.delete_vm(&vm.id).await.expect("delete later");
+
+    // A conflict on create is the request's fault: not retried.
+    fake.inject(Method::POST, "/servers", 409, 1);
+    let posts = fake.count(Method::POST, "/servers");
+    let err = p
+        .create_vm(&spec(job, image.clone()))
+        .await
+        .expect_err("409");
+    let (msg, retryable) = api_error(&err);
+    assert!(
+        !retryable && msg.contains("HTTP 409: Multiple possible networks found"),
+        "{msg}"
+    );
+    assert_eq!(fake.count(Method::POST, "/servers") - posts, 1);
+    assert!(fake.servers().is_empty());
+    p.delete_image(&image.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn openstack_server_errors_are_retried_until_they_succeed() {
+    let (fake, p) = cloud().await;
+    let file = image_file();
+    let job = JobId::new();
+    fake.inject(Method::POST, "/v3/auth/tokens", 503, 1);
+    fake.inject(Method::POST, "/v2/images", 500, 1);
+    fake.inject(Method::PUT, "/file", 502, 1);
+    let image = upload(&p, job, file.path()).await;
+    assert_eq!(fake.count(Method::POST, "/v3/auth/tokens"), 2);
+    assert_eq!(fake.count(Method::PUT, "/file"), 2, "the upload went again");
+    // The image whose upload failed was deleted: one image for the job.
+    assert_eq!(fake.images().len(), 1);
+
+    fake.inject(Method::GET, "/flavors/detail", 502, 1);
+    fake.inject(Method::POST, "/servers", 500, 2);
+    let vm = p
+        .create_vm(&spec(job, image.clone()))
+        .await
+        .expect("create");
+    assert_eq!(fake.count(Method::POST, "/v2.1/"), 3, "two 500s, then 202");
+    fake.inject(Method::GET, &format!("/servers/{}", vm.id), 503, 2);
+    p.wait_ready(&vm, &deadlines(30)).await.expect("ready");
+
+    // Retries end: 5xx on every try is a retryable failure.
+    fake.inject(Method::GET, "/servers/detail", 500, 100);
+    let before = fake.count(Method::GET, "/servers/detail");
+    let err = p.list_owned().await.expect_err("always 500");
+    assert!(api_error(&err).1, "retryable: {err}");
+    assert!(
+        err.to_string().contains("HTTP 500: Unexpected API Error"),
+        "{err}"
+    );
+    assert_eq!(
+        fake.count(Method::GET, "/servers/detail") - before,
+        4,
+        "max_attempts"
+    );
+
+    // 403 is never retried.
+    fake.clear_injections();
+    fake.inject(Method::DELETE, "/v2/images/", 403, 1);
+    let before = fake.count(Method::DELETE, "/v2/images/");
+    let err = p.delete_image(&image.id).await.expect_err("forbidden");
+    assert!(!api_error(&err).1, "{err}");
+    assert_eq!(fake.count(Method::DELETE, "/v2/images/") - before, 1);
+    p.delete_vm(&vm.id).await.unwrap();
+    p.delete_image(&image.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn openstack_attaches_a_floating_ip_from_the_pool_and_releases_it() {
+    let fake = FakeOpenStack::start().await;
+    // The fixed address is unreachable: only the floating one answers.
+    fake.set_addresses("10.255.255.1", "127.0.0.1");
+    let cfg = OpenStackConfig {
+        floating_ip_pool: os::POOL.into(),
+        ..config(&fake, banner_port().await)
+    };
+    let p = OpenStackProvider::new("t", cfg).unwrap();
+    let file = image_file();
+    let job = JobId::new();
+    let image = upload(&p, job, file.path()).await;
+    let vm = p.create_vm(&spec(job, image.clone())).await.unwrap();
+    let ready = p.wait_ready(&vm, &deadlines(20)).await.expect("ready");
+    assert_eq!(ready.host.as_deref(), Some("127.0.0.1"));
+    assert_eq!(fake.floating_ips(), 1);
+    p.delete_vm(&vm.id).await.unwrap();
+    assert_eq!(fake.floating_ips(), 0, "released with the server");
+    p.delete_image(&image.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn openstack_a_vm_without_an_address_hits_the_address_deadline_with_the_console() {
+    let (fake, p) = cloud().await;
+    let file = image_file();
+    let job = JobId::new();
+    let image = upload(&p, job, file.path()).await;
+    fake.make_next_vm_addressless();
+    let vm = p.create_vm(&spec(job, image.clone())).await.unwrap();
+    match p.wait_ready(&vm, &deadlines(2)).await {
+        Err(ClusterError::Deadline {
+            what, console_tail, ..
+        }) => {
+            assert_eq!(what, "address");
+            assert!(console_tail.unwrap_or_default().contains("login:"));
+        }
+        other => panic!("expected the address deadline, got {other:?}"),
+    }
+    p.delete_vm(&vm.id).await.unwrap();
+    p.delete_image(&image.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openstack_scans_the_fixture_image_end_to_end() {
+    use crate::support::fileserver::FileServer;
+    use crate::support::{stage, Backend, TestApp};
+
+    let guest = GuestBackend::start().await;
+    let fake = FakeOpenStack::start_with(Some(guest.clone())).await;
+    let images = FileServer::start(fixture_dir()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let cloud = OpenStackConfig {
+        poll_ms: 500,
+        task_timeout_secs: 120,
+        ..config(&fake, guest.port())
+    };
+    let app = TestApp::spawn(Backend::Sqlite, move |c| {
+        c.fetch.allowed_roots = vec![root];
+        c.pipeline.stages = vmscan::pipeline::BUILT_STAGES.to_vec();
+        c.pipeline.retry_limit = 2;
+        c.pipeline.retry_backoff_secs = 1;
+        c.cluster.qemu.enabled = false;
+        c.cluster.openstack.insert("t".into(), cloud);
+        c.vm.memory_mib = 256;
+        c.vm.login_secs = 60;
+        c.vm.port_secs = 180;
+    })
+    .await;
+    let archive = fixture_dir().join("disk.raw.tar.gz");
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&archive).unwrap()))
+    };
+    let job = app
+        .submit(json!({"url": images.url("disk.raw.tar.gz"), "checksum": format!("sha256:{sha}"), "cluster": "openstack:t"}))
+        .await;
+    let id = job["id"].as_str().unwrap();
+    let done = app.wait_final(id, Duration::from_secs(420)).await;
+    assert_eq!(
+        done["state"],
+        "succeeded",
+        "{done:#}\n{}",
+        app.log_text(id).await
+    );
+    for s in [
+        "fetch",
+        "extract",
+        "checksum",
+        "inspect",
+        "convert",
+        "cluster-upload",
+        "vm-create",
+        "teardown",
+    ] {
+        assert_eq!(stage(&done, s)["state"], "succeeded", "stage {s}: {done:#}");
+    }
+    assert_eq!(
+        stage(&done, "cluster-upload")["detail"]["cluster"],
+        "openstack:t"
+    );
+    let vm = &stage(&done, "vm-create")["detail"];
+    assert_eq!(vm["cluster"], "openstack:t");
+    assert!(
+        vm["host_key"].as_str().unwrap().starts_with("SHA256:"),
+        "{vm}"
+    );
+    for r in done["resources"].as_array().unwrap() {
+        assert!(!r["deleted_at"].is_null(), "resource not deleted: {r}");
+    }
+    let (_, page) = app.get_text(&format!("/jobs/{id}")).await;
+    assert!(
+        page.contains("openstack:t"),
+        "the job page names the cluster"
+    );
+    assert!(fake.images().is_empty(), "images left: {:?}", fake.images());
+    assert!(
+        fake.servers().is_empty(),
+        "servers left: {:?}",
+        fake.servers()
+    );
+    assert_eq!(guest.running(), 0, "guests left");
+    // The guest got the job's user-data through Nova.
+    assert!(fake.user_data()[0].starts_with("#cloud-config"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn openstack_a_create_whose_answer_was_lost_leaves_no_twin() {
+    let (fake, p) = cloud().await;
+    let file = image_file();
+    let job = JobId::new();
+    // Glance and Nova carry out the POST, but the gateway answers 504.
+    fake.inject_after(Method::POST, "/v2/images", 504, 1);
+    let image = upload(&p, job, file.path()).await;
+    assert_eq!(fake.count(Method::POST, "/v2/images"), 2);
+    assert_eq!(
+        fake.images().len(),
+        1,
+        "the queued twin is gone: {:?}",
+        fake.images()
+    );
+    fake.inject_after(Method::POST, "/servers", 504, 1);
+    let vm = p
+        .create_vm(&spec(job, image.clone()))
+        .await
+        .expect("create");
+    assert_eq!(fake.count(Method::POST, "/servers"), 2);
+    let servers = fake.servers();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert_eq!(servers[0].0, vm.id);
+    p.delete_vm(&vm.id).await.unwrap();
+    p.delete_image(&image.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn openstack_renews_a_token_before_it_expires() {
+    let (fake, p) = cloud().await;
+    fake.set_token_ttl(4);
+    p.list_owned().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    p.list_owned().await.unwrap();
+    assert_eq!(
+        p.authentications(),
+        2,
+        "renewed in the last quarter of its life"
+    );
+    assert_eq!(
+        fake.rejected(),
+        0,
+        "no request was sent with an expired token"
+    );
+}
