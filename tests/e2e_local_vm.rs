@@ -21,19 +21,7 @@ fn repo() -> PathBuf {
 
 /// The fixture image, built (and cached) by the project's own script.
 fn test_image_dir() -> PathBuf {
-    let dir = repo().join("target/test-image");
-    if !dir.join("disk.raw.tar.gz").exists() {
-        let ok = std::process::Command::new(repo().join("scripts/build-test-image.sh"))
-            .arg(&dir)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(
-            ok,
-            "scripts/build-test-image.sh failed; run scripts/install-test-deps.sh"
-        );
-    }
-    dir
+    support::guest::fixture_dir()
 }
 
 fn sha256_of(path: &Path) -> String {

@@ -4,6 +4,7 @@
 
 pub mod nutanix;
 pub mod openstack;
+pub mod probe;
 pub mod qemu;
 mod registry;
 

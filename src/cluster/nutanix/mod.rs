@@ -20,8 +20,8 @@ pub use client::{PrismClient, PrismError};
 pub use config::{ImageSource, NutanixConfig};
 
 use super::{
-    image_name, job_of_name, ClusterError, ClusterImage, ClusterProvider, ClusterVm, Deadlines,
-    Owned, Progress, VmSpec,
+    image_name, job_of_name, probe, ClusterError, ClusterImage, ClusterProvider, ClusterVm,
+    Deadlines, Owned, Progress, VmSpec,
 };
 use crate::domain::{JobId, OsFamily};
 
@@ -408,28 +408,27 @@ impl ClusterProvider for NutanixProvider {
             }
             tokio::time::sleep(poll).await;
         };
+        // The remote shell answers: an SSH banner, or WinRM's port accepts.
         let port = self.shell_port(vm);
+        let windows = vm.detail.get("os").and_then(Value::as_str) == Some("windows");
         let start = Instant::now();
-        loop {
-            let attempt = tokio::time::timeout(
-                Duration::from_secs(5),
-                tokio::net::TcpStream::connect((ip.as_str(), port)),
-            )
-            .await;
-            if matches!(attempt, Ok(Ok(_))) {
-                break;
+        let banner = loop {
+            if windows {
+                if probe::port_answers(&ip, port).await {
+                    break None;
+                }
+            } else if let Some(b) = probe::ssh_banner(&ip, port).await {
+                break Some(b);
             }
             if start.elapsed() >= deadlines.port_open {
-                let what = if port == self.client.cfg.winrm_port {
-                    "WinRM port"
-                } else {
-                    "ssh port"
-                };
+                let what = if windows { "winrm port" } else { "ssh port" };
                 return Err(deadline(what, deadlines.port_open));
             }
             tokio::time::sleep(poll.min(Duration::from_secs(2))).await;
-        }
+        };
         let mut ready = vm.clone();
+        ready.detail["address"] = json!(ip);
+        ready.detail["ssh_banner"] = json!(banner);
         ready.host = Some(ip);
         ready.port = Some(port);
         Ok(ready)

@@ -16,15 +16,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::json;
-use tokio::io::AsyncReadExt;
 use tokio::sync::OnceCell;
 
 pub use config::OpenStackConfig;
 pub use error::OsError;
 
 use super::{
-    image_name, ClusterError, ClusterImage, ClusterProvider, ClusterVm, Deadlines, Owned, Progress,
-    VmSpec,
+    image_name, probe, ClusterError, ClusterImage, ClusterProvider, ClusterVm, Deadlines, Owned,
+    Progress, VmSpec,
 };
 use crate::domain::{JobId, OsFamily};
 use http::Api;
@@ -83,48 +82,6 @@ fn job_of(tag: Option<&str>, name: &str, prefix: &str) -> Option<JobId> {
             .and_then(|h| h.get(..32))
             .and_then(|h| h.parse().ok())
     })
-}
-
-/// Reads the SSH identification line: a port that accepts is not yet sshd.
-async fn read_banner(host: &str, port: u16) -> Option<String> {
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(3),
-        tokio::net::TcpStream::connect((host, port)),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let mut buf = [0u8; 255];
-    let mut n = 0;
-    let until = Instant::now() + Duration::from_secs(3);
-    while n < buf.len() {
-        let left = until.checked_duration_since(Instant::now())?;
-        let k = tokio::time::timeout(left, s.read(&mut buf[n..]))
-            .await
-            .ok()?
-            .ok()?;
-        if k == 0 {
-            break;
-        }
-        n += k;
-        if buf[..n].contains(&b'\n') {
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(&buf[..n]);
-    let line = text.lines().next()?.trim().to_string();
-    line.starts_with("SSH-").then_some(line)
-}
-
-async fn port_answers(host: &str, port: u16) -> bool {
-    matches!(
-        tokio::time::timeout(
-            Duration::from_secs(3),
-            tokio::net::TcpStream::connect((host, port))
-        )
-        .await,
-        Ok(Ok(_))
-    )
 }
 
 impl OpenStackProvider {
@@ -427,10 +384,10 @@ impl ClusterProvider for OpenStackProvider {
         let start = Instant::now();
         let banner = loop {
             if windows {
-                if port_answers(&host, port).await {
+                if probe::port_answers(&host, port).await {
                     break None;
                 }
-            } else if let Some(b) = read_banner(&host, port).await {
+            } else if let Some(b) = probe::ssh_banner(&host, port).await {
                 break Some(b);
             }
             if start.elapsed() > limit {

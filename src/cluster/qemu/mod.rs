@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::io::AsyncReadExt;
 use tokio::process::Child;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -448,38 +447,6 @@ fn vm_of(state: &VmState) -> ClusterVm {
     }
 }
 
-/// Reads the SSH identification line ("SSH-2.0-…"): with user-mode forwarding a
-/// TCP connect succeeds before anything listens in the guest.
-async fn read_banner(port: u16) -> Option<String> {
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let mut buf = [0u8; 255];
-    let mut n = 0;
-    let until = Instant::now() + Duration::from_secs(3);
-    while n < buf.len() {
-        let left = until.checked_duration_since(Instant::now())?;
-        let k = tokio::time::timeout(left, s.read(&mut buf[n..]))
-            .await
-            .ok()?
-            .ok()?;
-        if k == 0 {
-            break;
-        }
-        n += k;
-        if buf[..n].contains(&b'\n') {
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(&buf[..n]);
-    let line = text.lines().next()?.trim().to_string();
-    line.starts_with("SSH-").then_some(line)
-}
-
 #[async_trait]
 impl ClusterProvider for QemuProvider {
     fn name(&self) -> String {
@@ -596,7 +563,7 @@ impl ClusterProvider for QemuProvider {
         let limit = deadlines.port_open;
         let start = Instant::now();
         let banner = loop {
-            if let Some(b) = read_banner(state.ssh_port).await {
+            if let Some(b) = super::probe::ssh_banner("127.0.0.1", state.ssh_port).await {
                 break b;
             }
             if !self.is_alive(&state) {
