@@ -5,127 +5,23 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use sha2::Digest;
 use vmscan::domain::StageName;
 use vmscan::remote::SshKey;
 
+use support::sshd::{Sshd, SshdSetup};
 use support::{stage, Backend, TestApp};
-
-const SSHD: &str = "/usr/sbin/sshd";
-const SFTP_SERVER: &str = "/usr/lib/openssh/sftp-server";
-
-/// A private sshd with SFTP that accepts one key. Killed on drop.
-struct Sshd {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-    user: String,
-}
-
-impl Sshd {
-    fn start(authorized: &str) -> Sshd {
-        assert!(
-            Path::new(SSHD).exists() && Path::new(SFTP_SERVER).exists(),
-            "{SSHD} or {SFTP_SERVER} is missing: run scripts/install-test-deps.sh (installs openssh-server)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let host_key = d.join("host_ed25519");
-        let st = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "test-host", "-f"])
-            .arg(&host_key)
-            .status()
-            .unwrap();
-        assert!(st.success(), "ssh-keygen failed");
-        std::fs::write(d.join("authorized_keys"), format!("{authorized}\n")).unwrap();
-        let user = whoami();
-        if user == "root" {
-            // sshd's privilege separation directory; Debian's init script makes it.
-            std::fs::create_dir_all("/run/sshd").unwrap();
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\n\
-             PidFile {pid}\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PermitRootLogin prohibit-password\nStrictModes no\nLogLevel VERBOSE\n\
-             Subsystem sftp {SFTP_SERVER}\n",
-            hk = host_key.display(),
-            ak = d.join("authorized_keys").display(),
-            pid = d.join("sshd.pid").display(),
-        );
-        let config_path = d.join("sshd_config");
-        std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(d.join("sshd.log")).unwrap();
-        let child = Command::new(SSHD)
-            .args(["-D", "-e", "-f"])
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut sshd = Sshd {
-            child,
-            port,
-            dir,
-            user,
-        };
-        let until = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(st) = sshd.child.try_wait().unwrap() {
-                panic!("sshd exited with {st}: {}", sshd.log());
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            assert!(
-                Instant::now() < until,
-                "sshd did not listen: {}",
-                sshd.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        sshd
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
-    }
-
-    fn url(&self, path: &Path) -> String {
-        format!(
-            "sftp://{}@127.0.0.1:{}{}",
-            self.user,
-            self.port,
-            path.display()
-        )
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn whoami() -> String {
-    let out = Command::new("id").arg("-un").output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetches_over_sftp_with_a_key_and_reports_a_missing_file() {
     let key = SshKey::generate("vmscan-sftp-test").unwrap();
-    let sshd = Sshd::start(&key.public_line());
+    let sshd = Sshd::start(SshdSetup {
+        sftp: true,
+        authorized: vec![key.public_line()],
+    });
     let files = sshd.dir.path().join("files");
     std::fs::create_dir_all(&files).unwrap();
     let content: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i * 13 % 251) as u8).collect();

@@ -12,6 +12,7 @@ pub mod jira;
 pub mod nutanix;
 pub mod openstack;
 pub mod smtp;
+pub mod sshd;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
