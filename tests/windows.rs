@@ -316,3 +316,400 @@ async fn speaks_https_with_a_ca_bundle_or_without_verification() {
     let err = WinRmShell::connect(&o).await.err().unwrap();
     assert!(matches!(err, RemoteError::Connect { .. }), "{err:?}");
 }
+
+// ---------------------------------------------------------------- end to end
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use vmscan::cluster::{
+    image_name, ClusterError, ClusterImage, ClusterProvider, ClusterVm, Clusters, Deadlines, Owned,
+    Progress, VmSpec,
+};
+use vmscan::config::{AgentProfile, Config};
+use vmscan::domain::{JobId, StageName};
+
+use fake_winrm::ServiceState;
+use support::{stage, Backend, TestApp};
+
+/// A cluster whose every VM is the fake Windows guest: no real cluster can
+/// boot Windows here. It records what the pipeline asked of it.
+struct WindowsCluster {
+    winrm_port: u16,
+    calls: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl ClusterProvider for WindowsCluster {
+    fn name(&self) -> String {
+        // The app's default cluster, so submitted jobs land here.
+        vmscan::cluster::qemu::PROVIDER_NAME.to_string()
+    }
+
+    async fn upload_image(
+        &self,
+        job: JobId,
+        path: &Path,
+        _progress: Progress<'_>,
+    ) -> Result<ClusterImage, ClusterError> {
+        let size = std::fs::metadata(path)
+            .map_err(|e| ClusterError::Local(e.to_string()))?
+            .len();
+        self.calls.lock().unwrap().push("upload_image".into());
+        Ok(ClusterImage {
+            id: format!("img-{}", job.short()),
+            name: image_name(job),
+            size,
+        })
+    }
+
+    async fn create_vm(&self, spec: &VmSpec) -> Result<ClusterVm, ClusterError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("create_vm os={}", spec.os));
+        Ok(ClusterVm {
+            id: format!("vm-{}", spec.job.short()),
+            name: spec.name.clone(),
+            host: None,
+            port: None,
+            detail: json!({}),
+        })
+    }
+
+    async fn wait_ready(
+        &self,
+        vm: &ClusterVm,
+        _deadlines: &Deadlines,
+    ) -> Result<ClusterVm, ClusterError> {
+        let mut vm = vm.clone();
+        vm.host = Some("127.0.0.1".into());
+        vm.port = Some(self.winrm_port);
+        Ok(vm)
+    }
+
+    async fn console_tail(&self, _vm: &ClusterVm, _max_bytes: usize) -> Option<String> {
+        None
+    }
+
+    async fn delete_vm(&self, vm_id: &str) -> Result<(), ClusterError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("delete_vm {vm_id}"));
+        Ok(())
+    }
+
+    async fn delete_image(&self, image_id: &str) -> Result<(), ClusterError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("delete_image {image_id}"));
+        Ok(())
+    }
+
+    async fn list_owned(&self) -> Result<Vec<Owned>, ClusterError> {
+        Ok(Vec::new())
+    }
+}
+
+const STAGES: [StageName; 6] = [
+    StageName::Fetch,
+    StageName::ClusterUpload,
+    StageName::VmCreate,
+    StageName::AgentInstall,
+    StageName::LogCheck,
+    StageName::Teardown,
+];
+
+const UPLOAD_URL: &str = "http://beacon.example.com/ManageSoftRL/";
+
+fn windows_profile(msi: &Path, dhcp: bool) -> AgentProfile {
+    AgentProfile {
+        installer: msi.display().to_string(),
+        upload_url: UPLOAD_URL.into(),
+        download_url: "http://beacon.example.com/ManageSoftDL/".into(),
+        switch_to_dhcp: dhcp,
+        required_patterns: vec![
+            "Program exited successfully".into(),
+            "Upload successful".into(),
+        ],
+        log_timeout_secs: 5,
+        log_poll_secs: 1,
+        ..AgentProfile::default()
+    }
+}
+
+struct Scan {
+    app: TestApp,
+    guest: FakeWinRm,
+    cluster: Arc<WindowsCluster>,
+    msi: Vec<u8>,
+    image_url: String,
+    _tmp: tempfile::TempDir,
+}
+
+/// The app with the fake Windows cluster; `tweak` adjusts the config.
+async fn scan_world(tweak: impl Fn(&mut Config, &Path) + Send + Sync + 'static) -> Scan {
+    let guest = FakeWinRm::start(FakeConfig {
+        basic: false,
+        ..FakeConfig::default()
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let image = root.join("win2022.raw");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let msi_path = root.join("FlexNet Inventory Agent.msi");
+    let msi: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&msi_path, &msi).unwrap();
+    let cluster = Arc::new(WindowsCluster {
+        winrm_port: guest.port(),
+        calls: Mutex::default(),
+    });
+    let configure = move |c: &mut Config| {
+        c.fetch.allowed_roots = vec![root.clone()];
+        c.pipeline.stages = STAGES.to_vec();
+        c.pipeline.retry_limit = 0;
+        c.vm.login_secs = 5;
+        c.vm.command_secs = 60;
+        c.vm.winrm.password = Some(SecretString::from(FakeConfig::default().password));
+        c.vm.winrm.operation_timeout_secs = 2;
+        c.agent
+            .profiles
+            .insert("windows".into(), windows_profile(&msi_path, true));
+        tweak(c, &root);
+    };
+    let mut cfg = Config::default();
+    configure(&mut cfg);
+    let pipeline =
+        vmscan::pipeline::build_on(&cfg, Arc::new(Clusters::single(cluster.clone(), "test")));
+    let app = TestApp::spawn_with(Backend::Sqlite, configure, Some(pipeline)).await;
+    Scan {
+        app,
+        guest,
+        cluster,
+        msi,
+        image_url: format!("file://{}", image.display()),
+        _tmp: tmp,
+    }
+}
+
+impl Scan {
+    async fn run_windows_job(&self) -> (Value, String) {
+        let job = self
+            .app
+            .submit(json!({"url": self.image_url, "os": "windows"}))
+            .await;
+        let id = job["id"].as_str().unwrap().to_string();
+        let done = self.app.wait_final(&id, Duration::from_secs(90)).await;
+        let log = self.app.log_text(&id).await;
+        (done, log)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_a_windows_template_over_winrm_end_to_end() {
+    let w = scan_world(|_, _| {}).await;
+    let (done, log) = w.run_windows_job().await;
+    assert_eq!(done["state"], "succeeded", "{done:#}\n{log}");
+    for s in [
+        "fetch",
+        "cluster-upload",
+        "vm-create",
+        "agent-install",
+        "log-check",
+        "teardown",
+    ] {
+        assert_eq!(stage(&done, s)["state"], "succeeded", "stage {s}: {done:#}");
+    }
+    let vm = &stage(&done, "vm-create")["detail"];
+    assert_eq!(vm["os"], "Microsoft Windows Server 2022 Standard");
+    assert_eq!(vm["winrm_port"], w.guest.port());
+    let ip = vm["ip_configuration"].as_str().unwrap();
+    assert!(
+        ip.contains("InterfaceAlias       : Ethernet") && ip.contains("10.20.30.40"),
+        "{ip}"
+    );
+
+    // The job log: IP configuration before and after the DHCP switch, and msiexec's own log.
+    assert!(log.contains("IPv4Address          : 10.20.30.40"), "{log}");
+    assert!(
+        log.contains("PS> Set-NetIPInterface -InterfaceAlias 'Ethernet' -Dhcp Enabled"),
+        "{log}"
+    );
+    assert!(log.contains("IPv4Address          : 10.20.30.141"), "{log}");
+    assert!(
+        log.contains("msiexec exited with status 0 (success)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("msiexec: MSI (c) (A4:B8) [14:00:10:000]: MainEngineThread is returning 0"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "Adding MGSFT_BOOTSTRAP_UPLOAD property. Its value is '{UPLOAD_URL}'"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("ndinit: Running") && log.contains("mgssecsvc: Running"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("-EncodedCommand"),
+        "scripts are shown, not their encoding"
+    );
+
+    let agent = &stage(&done, "agent-install")["detail"];
+    assert_eq!(agent["exit_status"], 0);
+    assert_eq!(agent["service_check"], "passed");
+    assert!(agent["dhcp"]["ip_configuration"]
+        .as_str()
+        .unwrap()
+        .contains("10.20.30.141"));
+    let excerpts = stage(&done, "log-check")["detail"]["excerpts"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(excerpts.len(), 2, "{excerpts:?}");
+    assert!(excerpts
+        .iter()
+        .any(|e| e["file"] == r"C:\Windows\Temp\ManageSoft\tracker.log"));
+
+    {
+        let g = w.guest.guest();
+        assert!(g.dhcp, "the interface was switched to DHCP");
+        assert_eq!(
+            g.file(r"C:\Windows\Temp\vmscan\FlexNet Inventory Agent.msi"),
+            Some(&w.msi)
+        );
+        let dhcp_at = g
+            .ran
+            .iter()
+            .position(|r| r.contains("Set-NetIPInterface"))
+            .unwrap();
+        let msi_at = g.ran.iter().position(|r| r.contains("msiexec")).unwrap();
+        assert!(dhcp_at < msi_at, "DHCP before the install");
+    }
+    let stats = w.guest.stats();
+    assert_eq!(
+        stats.shells_open, 0,
+        "every stage deleted its shell: {stats:?}"
+    );
+    assert!(
+        stats.sealed_requests > 10 && stats.ntlm_logins >= 3,
+        "{stats:?}"
+    );
+    let calls = w.cluster.calls.lock().unwrap().clone();
+    assert!(
+        calls.contains(&"create_vm os=windows".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        calls.iter().any(|c| c.starts_with("delete_vm ")),
+        "{calls:?}"
+    );
+
+    // The job page shows the IP configuration and msiexec's output.
+    let id = done["id"].as_str().unwrap();
+    let (status, page) = w.app.get_text(&format!("/jobs/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("10.20.30.40") && page.contains("MainEngineThread is returning 0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_msiexec_fails_agent_install_with_its_log() {
+    let w = scan_world(|_, _| {}).await;
+    w.guest.guest().msi_exit = 1603;
+    let (done, log) = w.run_windows_job().await;
+    assert_eq!(done["state"], "failed", "{done:#}");
+    let s = stage(&done, "agent-install");
+    assert_eq!(s["state"], "failed");
+    let err = s["error"].as_str().unwrap();
+    assert!(
+        err.contains("msiexec exited with status 1603 (fatal error during installation)")
+            && err.contains("Return value 3"),
+        "{err}"
+    );
+    assert!(log.contains("msiexec: MSI (s) (C0:D4) [14:00:05:010]: Product: FlexNet Inventory Agent -- Installation failed."), "{log}");
+    assert_eq!(stage(&done, "teardown")["state"], "succeeded");
+    assert!(!w.guest.guest().services.contains_key("ndinit"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agent_service_fails_agent_install() {
+    let w = scan_world(|c, _| {
+        c.agent.profiles.get_mut("windows").unwrap().switch_to_dhcp = false;
+    })
+    .await;
+    w.guest.guest().services_after_install = ServiceState::Stopped;
+    let (done, log) = w.run_windows_job().await;
+    let err = stage(&done, "agent-install")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(done["state"], "failed", "{done:#}\n{log}");
+    assert_eq!(
+        err, "agent services not running: ndinit: Stopped, mgssecsvc: Stopped",
+        "{log}"
+    );
+    assert!(!w.guest.guest().dhcp, "no DHCP switch unless asked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_pattern_in_the_agent_logs_fails_log_check() {
+    let w = scan_world(|_, _| {}).await;
+    w.guest.guest().tracker_extra =
+        "[11/23/2026 14:00:22 (N, 0)] {2345} ERROR: Upload to beacon failed\r\n".into();
+    let (done, log) = w.run_windows_job().await;
+    assert_eq!(done["state"], "failed", "{done:#}\n{log}");
+    assert_eq!(stage(&done, "agent-install")["state"], "succeeded");
+    let err = stage(&done, "log-check")["error"].as_str().unwrap();
+    assert!(
+        err.contains(r"found in C:\Windows\Temp\ManageSoft\tracker.log")
+            && err.contains("ERROR: Upload to beacon failed"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windows_job_without_a_windows_profile_fails_at_agent_install() {
+    let w = scan_world(|c, root| {
+        c.agent.profiles.remove("windows");
+        let linux = AgentProfile {
+            installer: root.join("agent.sh").display().to_string(),
+            ..AgentProfile::default()
+        };
+        c.agent.profiles.insert("linux".into(), linux);
+    })
+    .await;
+    let (done, log) = w.run_windows_job().await;
+    assert_eq!(done["state"], "failed", "{done:#}\n{log}");
+    assert_eq!(stage(&done, "vm-create")["state"], "succeeded");
+    assert_eq!(
+        stage(&done, "agent-install")["error"],
+        "no agent profile is configured for windows guests ([agent.profiles.windows])"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_winrm_password_fails_vm_create_clearly() {
+    let w = scan_world(|c, _| {
+        c.vm.login_secs = 3;
+        c.vm.winrm.password = Some(SecretString::from("not-it".to_string()));
+    })
+    .await;
+    let (done, log) = w.run_windows_job().await;
+    assert_eq!(done["state"], "failed", "{done:#}\n{log}");
+    let err = stage(&done, "vm-create")["error"].as_str().unwrap();
+    assert!(
+        err.starts_with("the VM did not accept a WinRM login within 3 s: authentication as Administrator failed")
+            && err.contains("401 Unauthorized to NTLM authentication"),
+        "{err}"
+    );
+    assert!(!log.contains("not-it"), "the password is never logged");
+    assert_eq!(w.guest.stats().ntlm_logins, 0);
+}

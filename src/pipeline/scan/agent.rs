@@ -64,7 +64,10 @@ pub enum AgentError {
     },
     #[error("cannot upload {what}: {reason}")]
     Upload { what: String, reason: String },
-    #[error("switching {alias} to DHCP failed with status {status}{}", tail(stderr))]
+    #[error(
+        "switching {alias} to DHCP failed with status {status}{}",
+        tail(stderr)
+    )]
     Dhcp {
         alias: String,
         status: i32,

@@ -8,9 +8,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::ScanEnv;
+use crate::domain::OsFamily;
 use crate::domain::StageName;
 use crate::pipeline::{StageCtx, StageError, StageFailure};
-use crate::domain::OsFamily;
 use crate::remote::ssh::{SshOptions, SshShell};
 use crate::remote::winrm::{powershell_command, WinRmOptions, WinRmShell};
 use crate::remote::{CommandOutput, RemoteError, RemoteShell, SshKey, Stream};

@@ -137,7 +137,8 @@ impl VmCreateStage {
 }
 
 /// `Get-NetIPConfiguration` as the console shows it, wide enough for long names.
-pub const IP_CONFIGURATION_SCRIPT: &str = "Get-NetIPConfiguration -Detailed | Format-List | Out-String -Width 200";
+pub const IP_CONFIGURATION_SCRIPT: &str =
+    "Get-NetIPConfiguration -Detailed | Format-List | Out-String -Width 200";
 
 impl VmCreateStage {
     /// WinRM answers before Windows finishes its first boot: retry until the login works.
@@ -193,8 +194,11 @@ impl VmCreateStage {
         let endpoint = shell.endpoint().to_string();
         let host = vm.host.clone().unwrap_or_else(|| "127.0.0.1".into());
         let port = winrm_options(&self.env, &host, vm.port)?.port;
-        ctx.info(format!("logged in over WinRM at {endpoint} as {}", shell.user()))
-            .await?;
+        ctx.info(format!(
+            "logged in over WinRM at {endpoint} as {}",
+            shell.user()
+        ))
+        .await?;
         let timeout = Duration::from_secs(120);
         let r = async {
             let ip = run_ps_logged(ctx, &shell, IP_CONFIGURATION_SCRIPT, timeout).await?;
