@@ -277,3 +277,49 @@ pub fn installer_is_url(installer: &str) -> bool {
 pub fn installer_path(installer: &str) -> Option<PathBuf> {
     (!installer_is_url(installer) && !installer.is_empty()).then(|| PathBuf::from(installer))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_windows_profile_takes_flexera_windows_defaults() {
+        let mut agents = AgentConfig::default();
+        assert!(!agents.any());
+        agents.profiles.insert(
+            "windows".into(),
+            AgentProfile {
+                installer: "agent.msi".into(),
+                ..AgentProfile::default()
+            },
+        );
+        let w = agents.for_os(OsFamily::Windows).unwrap();
+        assert_eq!(
+            w.log_files,
+            [
+                r"C:\Windows\Temp\ManageSoft\installation.log",
+                r"C:\Windows\Temp\ManageSoft\tracker.log"
+            ]
+        );
+        assert_eq!(w.services, ["ndinit", "mgssecsvc"]);
+        assert_eq!(w.upload_dir, r"C:\Windows\Temp\vmscan");
+        assert_eq!(w.msi_properties["MGSFT_BOOTSTRAP_UPLOAD"], "{upload_url}");
+        assert!(agents.for_os(OsFamily::Linux).is_none());
+        assert!(agents.any());
+    }
+
+    #[test]
+    fn the_example_vm_section_parses_and_the_winrm_password_is_never_serialized() {
+        use figment::providers::{Format, Toml};
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/vmscan.example.toml");
+        let mut vm: VmConfig = figment::Figment::from(Toml::file(path))
+            .extract_inner("vm")
+            .unwrap();
+        assert_eq!(vm.winrm.auth, WinRmAuth::Ntlm);
+        assert_eq!(vm.winrm.scheme, WinRmScheme::Http);
+        assert_eq!(vm.winrm.user, "Administrator");
+        vm.winrm.password = Some(SecretString::from("hunter2".to_string()));
+        let shown = serde_json::to_string(&vm).unwrap();
+        assert!(!shown.contains("hunter2") && !shown.contains("password"));
+    }
+}
