@@ -386,6 +386,179 @@ mod tests {
         assert_eq!(decode_clixml("plain"), "plain");
     }
 
+    /// Elements as comparable lines (namespace, name, attributes, text), with
+    /// the values that legitimately differ per message blanked.
+    fn shape(xml: &str) -> Vec<String> {
+        let doc = roxmltree::Document::parse(xml).unwrap();
+        let mut out: Vec<String> = doc
+            .descendants()
+            .filter(|n| n.is_element())
+            .map(|n| {
+                let name = n.tag_name().name();
+                let mut attrs: Vec<String> = n
+                    .attributes()
+                    .map(|a| {
+                        let v = if a.name() == "CommandId" {
+                            "*"
+                        } else {
+                            a.value()
+                        };
+                        format!("{}={v}", a.name())
+                    })
+                    .collect();
+                attrs.sort();
+                let text = match (name, n.attribute("Name")) {
+                    ("MessageID" | "OperationTimeout" | "To" | "Selector", _) => "*".to_string(),
+                    ("Option", Some("WINRS_CODEPAGE")) => "*".to_string(),
+                    _ => n.text().unwrap_or_default().trim().to_string(),
+                };
+                format!(
+                    "{}|{name}|{}|{text}",
+                    n.tag_name().namespace().unwrap_or_default(),
+                    attrs.join(",")
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn ours(action: &str, shell: Option<&str>, options: &[(&str, &str)], body: &str) -> String {
+        envelope(
+            &Header {
+                to: "http://10.0.0.5:5985/wsman",
+                action,
+                shell_id: shell,
+                options,
+                operation_timeout_secs: 20,
+            },
+            body,
+        )
+    }
+
+    // pywinrm's recorded requests (winrm/tests/conftest.py; MIT licence,
+    // (c) pywinrm contributors), with the per-message values blanked by `shape`.
+    const PYWINRM_HEADER: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<env:Envelope xmlns:x="http://schemas.xmlsoap.org/ws/2004/09/transfer" xmlns:w="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd" xmlns:cfg="http://schemas.microsoft.com/wbem/wsman/1/config" xmlns:p="http://schemas.microsoft.com/wbem/wsman/1/wsman.xsd" xmlns:n="http://schemas.xmlsoap.org/ws/2004/09/enumeration" xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:rsp="http://schemas.microsoft.com/wbem/wsman/1/windows/shell" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:env="http://www.w3.org/2003/05/soap-envelope" xmlns:b="http://schemas.dmtf.org/wbem/wsman/1/cimbinding.xsd" xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing">
+  <env:Header>
+    <a:To>http://windows-host:5985/wsman</a:To>
+    <a:ReplyTo>
+      <a:Address mustUnderstand="true">http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</a:Address>
+    </a:ReplyTo>
+    <w:MaxEnvelopeSize mustUnderstand="true">153600</w:MaxEnvelopeSize>
+    <a:MessageID>uuid:11111111-1111-1111-1111-111111111111</a:MessageID>
+    <w:Locale mustUnderstand="false" xml:lang="en-US" />
+    <p:DataLocale mustUnderstand="false" xml:lang="en-US" />
+    <w:OperationTimeout>PT60S</w:OperationTimeout>
+    <w:ResourceURI mustUnderstand="true">http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd</w:ResourceURI>
+"#;
+
+    fn pywinrm(action: &str, rest: &str) -> String {
+        format!("{PYWINRM_HEADER}    <a:Action mustUnderstand=\"true\">{action}</a:Action>\n{rest}")
+    }
+
+    const SHELL_SELECTOR: &str = "    <w:SelectorSet>\n      <w:Selector Name=\"ShellId\">11111111-1111-1111-1111-111111111113</w:Selector>\n    </w:SelectorSet>\n";
+
+    #[test]
+    fn requests_have_the_shape_pywinrm_recorded() {
+        let create = pywinrm(
+            ACTION_CREATE,
+            "    <w:OptionSet>\n      <w:Option Name=\"WINRS_NOPROFILE\">FALSE</w:Option>\n      <w:Option Name=\"WINRS_CODEPAGE\">437</w:Option>\n    </w:OptionSet>\n  </env:Header>\n  <env:Body>\n    <rsp:Shell>\n      <rsp:InputStreams>stdin</rsp:InputStreams>\n      <rsp:OutputStreams>stdout stderr</rsp:OutputStreams>\n    </rsp:Shell>\n  </env:Body>\n</env:Envelope>",
+        );
+        let opts = [("WINRS_NOPROFILE", "FALSE"), ("WINRS_CODEPAGE", "65001")];
+        assert_eq!(
+            shape(&ours(ACTION_CREATE, None, &opts, CREATE_BODY)),
+            shape(&create)
+        );
+
+        let command = pywinrm(
+            ACTION_COMMAND,
+            &format!("{SHELL_SELECTOR}    <w:OptionSet>\n      <w:Option Name=\"WINRS_CONSOLEMODE_STDIN\">TRUE</w:Option>\n      <w:Option Name=\"WINRS_SKIP_CMD_SHELL\">FALSE</w:Option>\n    </w:OptionSet>\n  </env:Header>\n  <env:Body>\n    <rsp:CommandLine>\n      <rsp:Command>hostname</rsp:Command>\n    </rsp:CommandLine>\n  </env:Body>\n</env:Envelope>"),
+        );
+        let opts = [
+            ("WINRS_CONSOLEMODE_STDIN", "TRUE"),
+            ("WINRS_SKIP_CMD_SHELL", "FALSE"),
+        ];
+        assert_eq!(
+            shape(&ours(
+                ACTION_COMMAND,
+                Some("s1"),
+                &opts,
+                &command_body("hostname")
+            )),
+            shape(&command)
+        );
+
+        let receive = pywinrm(
+            ACTION_RECEIVE,
+            &format!("{SHELL_SELECTOR}  </env:Header>\n  <env:Body>\n    <rsp:Receive>\n      <rsp:DesiredStream CommandId=\"11111111-1111-1111-1111-111111111114\">stdout stderr</rsp:DesiredStream>\n    </rsp:Receive>\n  </env:Body>\n</env:Envelope>"),
+        );
+        assert_eq!(
+            shape(&ours(ACTION_RECEIVE, Some("s1"), &[], &receive_body("c1"))),
+            shape(&receive)
+        );
+
+        let signal = pywinrm(
+            ACTION_SIGNAL,
+            &format!("{SHELL_SELECTOR}  </env:Header>\n  <env:Body>\n    <rsp:Signal CommandId=\"11111111-1111-1111-1111-111111111114\">\n      <rsp:Code>http://schemas.microsoft.com/wbem/wsman/1/windows/shell/signal/terminate</rsp:Code>\n    </rsp:Signal>\n  </env:Body>\n</env:Envelope>"),
+        );
+        assert_eq!(
+            shape(&ours(ACTION_SIGNAL, Some("s1"), &[], &signal_body("c1"))),
+            shape(&signal)
+        );
+
+        let delete = pywinrm(
+            ACTION_DELETE,
+            &format!(
+                "{SHELL_SELECTOR}  </env:Header>\n  <env:Body>\n  </env:Body>\n</env:Envelope>"
+            ),
+        );
+        assert_eq!(
+            shape(&ours(ACTION_DELETE, Some("s1"), &[], "")),
+            shape(&delete)
+        );
+    }
+
+    #[test]
+    fn reads_pywinrm_recorded_answers() {
+        let created = r#"<?xml version="1.0" ?>
+<s:Envelope xml:lang="en-US" xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing" xmlns:p="http://schemas.microsoft.com/wbem/wsman/1/wsman.xsd" xmlns:rsp="http://schemas.microsoft.com/wbem/wsman/1/windows/shell" xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:w="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd" xmlns:x="http://schemas.xmlsoap.org/ws/2004/09/transfer">
+    <s:Header>
+        <a:Action>http://schemas.xmlsoap.org/ws/2004/09/transfer/CreateResponse</a:Action>
+        <a:MessageID>uuid:11111111-1111-1111-1111-111111111112</a:MessageID>
+        <a:To>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</a:To>
+        <a:RelatesTo>uuid:11111111-1111-1111-1111-111111111111</a:RelatesTo>
+    </s:Header>
+    <s:Body>
+        <x:ResourceCreated>
+            <a:Address>http://windows-host:5985/wsman</a:Address>
+            <a:ReferenceParameters>
+                <w:ResourceURI>http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd</w:ResourceURI>
+                <w:SelectorSet>
+                    <w:Selector Name="ShellId">11111111-1111-1111-1111-111111111113</w:Selector>
+                </w:SelectorSet>
+            </a:ReferenceParameters>
+        </x:ResourceCreated>
+    </s:Body>
+</s:Envelope>"#;
+        assert_eq!(
+            shell_id(created).unwrap(),
+            "11111111-1111-1111-1111-111111111113"
+        );
+        let command = r#"<?xml version="1.0" ?>
+<s:Envelope xml:lang="en-US" xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing" xmlns:rsp="http://schemas.microsoft.com/wbem/wsman/1/windows/shell" xmlns:s="http://www.w3.org/2003/05/soap-envelope">
+    <s:Body>
+        <rsp:CommandResponse>
+            <rsp:CommandId>11111111-1111-1111-1111-111111111114</rsp:CommandId>
+        </rsp:CommandResponse>
+    </s:Body>
+</s:Envelope>"#;
+        assert_eq!(
+            command_id(command).unwrap(),
+            "11111111-1111-1111-1111-111111111114"
+        );
+    }
+
     #[test]
     fn escapes_command_lines() {
         assert_eq!(
