@@ -255,6 +255,10 @@ async fn uploads_a_multi_chunk_file_and_reads_it_back() {
     assert_eq!(back, data);
     let head = shell.read_file(remote, 1000, T).await.unwrap();
     assert_eq!(head, data[..1000]);
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, b"").unwrap();
+    shell.upload(&empty, r"C:\Temp\empty.txt", T).await.unwrap();
+    assert_eq!(fake.guest().file(r"C:\Temp\empty.txt"), Some(&Vec::new()));
     let err = shell.read_file(r"C:\nope.log", 1000, T).await.unwrap_err();
     assert!(
         matches!(&err, RemoteError::File { path, reason } if path == r"C:\nope.log" && reason.contains("no such file")),
@@ -712,4 +716,16 @@ async fn a_wrong_winrm_password_fails_vm_create_clearly() {
     );
     assert!(!log.contains("not-it"), "the password is never logged");
     assert_eq!(w.guest.stats().ntlm_logins, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windows_job_without_a_winrm_password_fails_with_a_clear_error() {
+    let w = scan_world(|c, _| c.vm.winrm.password = None).await;
+    let (done, log) = w.run_windows_job().await;
+    assert_eq!(done["state"], "failed", "{done:#}\n{log}");
+    assert_eq!(
+        stage(&done, "vm-create")["error"],
+        "no WinRM password is configured for Windows guests (VMSCAN_VM__WINRM__PASSWORD)"
+    );
+    assert_eq!(w.guest.stats().actions.len(), 0, "nothing was sent");
 }

@@ -356,7 +356,7 @@ impl WinRmShell {
     async fn exec(
         &self,
         command: &str,
-        stdin: Option<&mut (dyn FnMut() -> Option<Vec<u8>> + Send)>,
+        stdin: Option<&mut Feed>,
         timeout: Duration,
         stdout_cap: usize,
         on_line: OnLine<'_>,
@@ -371,10 +371,11 @@ impl WinRmShell {
             .await
             .map_err(|_| timed_out())??;
         let work = async {
-            if let Some(next) = stdin {
-                let mut chunk = next();
+            if let Some(feed) = stdin {
+                // An empty file still needs one Send to carry End.
+                let mut chunk = Some(feed.next().await?.unwrap_or_else(|| b"\r\n".to_vec()));
                 while let Some(data) = chunk {
-                    let following = next();
+                    let following = feed.next().await?;
                     self.send_stdin(&shell, &cmd, &data, following.is_none())
                         .await?;
                     chunk = following;
@@ -392,6 +393,47 @@ impl WinRmShell {
             Ok(Err(RemoteError::Timeout { .. })) | Err(_) => Err(timed_out()),
             Ok(Err(e)) => Err(e),
         }
+    }
+}
+
+/// An upload's source, read chunk by chunk and hashed while it is sent.
+struct Feed {
+    file: tokio::fs::File,
+    path: String,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl Feed {
+    /// The next chunk as one base64 line, or None at the end of the file.
+    async fn next(&mut self) -> Result<Option<Vec<u8>>, RemoteError> {
+        let mut buf = vec![0u8; UPLOAD_CHUNK];
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = self
+                .file
+                .read(&mut buf[filled..])
+                .await
+                .map_err(|e| RemoteError::File {
+                    path: self.path.clone(),
+                    reason: e.to_string(),
+                })?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            return Ok(None);
+        }
+        buf.truncate(filled);
+        self.hasher.update(&buf);
+        self.size += filled as u64;
+        let mut line = base64::engine::general_purpose::STANDARD
+            .encode(&buf)
+            .into_bytes();
+        line.extend_from_slice(b"\r\n");
+        Ok(Some(line))
     }
 }
 
@@ -458,59 +500,31 @@ impl RemoteShell for WinRmShell {
         remote: &str,
         timeout: Duration,
     ) -> Result<(), RemoteError> {
-        let file_err = |reason: String| RemoteError::File {
-            path: local.display().to_string(),
-            reason,
-        };
-        let mut f = tokio::fs::File::open(local)
+        let file = tokio::fs::File::open(local)
             .await
-            .map_err(|e| file_err(e.to_string()))?;
-        // Read ahead into memory chunk by chunk: the stdin feeder is synchronous.
-        let mut chunks = Vec::new();
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        loop {
-            let mut buf = vec![0u8; UPLOAD_CHUNK];
-            let mut filled = 0;
-            while filled < buf.len() {
-                let n = f
-                    .read(&mut buf[filled..])
-                    .await
-                    .map_err(|e| file_err(e.to_string()))?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
-            if filled == 0 {
-                break;
-            }
-            buf.truncate(filled);
-            hasher.update(&buf);
-            size += filled as u64;
-            let mut line = base64::engine::general_purpose::STANDARD
-                .encode(&buf)
-                .into_bytes();
-            line.extend_from_slice(b"\r\n");
-            chunks.push(line);
-        }
-        if chunks.is_empty() {
-            chunks.push(b"\r\n".to_vec());
-        }
-        let expected = hex::encode(hasher.finalize());
-        let mut it = chunks.into_iter();
-        let mut next = move || it.next();
+            .map_err(|e| RemoteError::File {
+                path: local.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let mut feed = Feed {
+            file,
+            path: local.display().to_string(),
+            hasher: Sha256::new(),
+            size: 0,
+        };
         let quiet = |_: Stream, _: &str| {};
         let raw = self
             .exec(
                 &powershell_command(&upload_script(remote)),
-                Some(&mut next),
+                Some(&mut feed),
                 timeout,
                 MAX_OUTPUT,
                 &quiet,
                 &format!("uploading {remote}"),
             )
             .await?;
+        let size = feed.size;
+        let expected = hex::encode(feed.hasher.finalize());
         let remote_err = |reason: String| RemoteError::File {
             path: remote.to_string(),
             reason,
