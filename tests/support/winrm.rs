@@ -160,7 +160,6 @@ struct Cmd {
     stdin: Vec<u8>,
     /// Never finishes (a hung command).
     hung: bool,
-    sent_timeouts: u32,
 }
 
 struct Inner {
@@ -683,7 +682,7 @@ impl Inner {
                     return self.unauthorized();
                 }
                 self.stats.lock().unwrap().basic_logins += 1;
-                return self.soap(req.body, None).await;
+                return self.soap(req.body).await;
             }
             Some(("Negotiate", token)) if self.cfg.ntlm => {
                 let Ok(msg) = b64().decode(token.trim()) else {
@@ -756,7 +755,7 @@ impl Inner {
                 return Response::new(400);
             };
             self.stats.lock().unwrap().sealed_requests += 1;
-            let mut resp = self.soap(plain, None).await;
+            let mut resp = self.soap(plain).await;
             let (body, ctype) = encrypted(sealing, &resp.body);
             resp.body = body;
             resp.headers.retain(|(k, _)| k != "Content-Type");
@@ -768,7 +767,7 @@ impl Inner {
             r.body = b"unencrypted request refused".to_vec();
             r
         } else {
-            self.soap(req.body, None).await
+            self.soap(req.body).await
         }
     }
 
@@ -778,7 +777,7 @@ impl Inner {
         format!("11111111-1111-1111-1111-{:012X}", *n)
     }
 
-    async fn soap(&self, body: Vec<u8>, _unused: Option<()>) -> Response {
+    async fn soap(&self, body: Vec<u8>) -> Response {
         let text = String::from_utf8_lossy(&body).into_owned();
         {
             let mut s = self.stats.lock().unwrap();
@@ -1038,7 +1037,6 @@ impl Inner {
             upload_to: None,
             stdin: Vec::new(),
             hung: false,
-            sent_timeouts: 0,
         };
         let script = decode_powershell(line);
         guest
