@@ -143,6 +143,26 @@ async fn logs_in_with_ntlm_and_seals_every_message_on_plain_http() {
 }
 
 #[tokio::test]
+async fn logs_in_again_when_the_server_recycles_the_connection() {
+    let fake = FakeWinRm::start(FakeConfig::default()).await;
+    fake.answers_per_connection(2);
+    let shell = WinRmShell::connect(&options(&fake, WinRmAuth::Ntlm))
+        .await
+        .unwrap();
+    let quiet = |_: Stream, _: &str| {};
+    for _ in 0..3 {
+        let out = shell.run("hostname", T, &quiet).await.unwrap();
+        assert_eq!(out.stdout.trim(), "WIN-VMSCAN01");
+    }
+    shell.close().await;
+    let stats = fake.stats();
+    // Create + 3 × (Command, Receive, Signal) + Delete = 11 answers, 2 per connection.
+    assert_eq!(stats.actions.len(), 11, "{stats:?}");
+    assert_eq!(stats.ntlm_logins, 6, "{stats:?}");
+    assert_eq!(stats.shells_open, 0);
+}
+
+#[tokio::test]
 async fn a_wrong_password_is_a_clear_authentication_error() {
     let fake = FakeWinRm::start(FakeConfig::default()).await;
     for auth in [WinRmAuth::Basic, WinRmAuth::Ntlm] {

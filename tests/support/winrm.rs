@@ -137,6 +137,8 @@ struct Knobs {
     receive_timeouts: u32,
     /// Lines of stdout per Receive answer.
     lines_per_receive: usize,
+    /// Close each connection after this many SOAP answers (`Connection: close`).
+    answers_per_connection: Option<u32>,
 }
 
 /// Requests seen, for assertions.
@@ -256,6 +258,12 @@ impl FakeWinRm {
         self.inner.knobs.lock().unwrap().receive_timeouts = n;
     }
 
+    /// Close each connection after `n` SOAP answers, as a server that
+    /// recycles connections does; NTLM must then log in again.
+    pub fn answers_per_connection(&self, n: u32) {
+        self.inner.knobs.lock().unwrap().answers_per_connection = Some(n.max(1));
+    }
+
     pub fn lines_per_receive(&self, n: usize) {
         self.inner.knobs.lock().unwrap().lines_per_receive = n.max(1);
     }
@@ -349,8 +357,17 @@ async fn read_request<S: AsyncRead + Unpin>(r: &mut BufReader<S>) -> Option<Requ
 async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(stream: S, srv: Arc<Inner>, https: bool) {
     let mut r = BufReader::new(stream);
     let mut auth = ConnAuth::None;
+    let mut answers = 0u32;
     while let Some(req) = read_request(&mut r).await {
-        let resp = srv.handle(&mut auth, req, https).await;
+        let mut resp = srv.handle(&mut auth, req, https).await;
+        if resp.status != 401 && !resp.body.is_empty() {
+            answers += 1;
+        }
+        let limit = srv.knobs.lock().unwrap().answers_per_connection;
+        let closing = limit.is_some_and(|n| answers >= n);
+        if closing {
+            resp.headers.push(("Connection".into(), "close".into()));
+        }
         let reason = match resp.status {
             200 => "OK",
             401 => "Unauthorized",
@@ -369,7 +386,9 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(stream: S, srv: Arc<Inner
         if w.write_all(head.as_bytes()).await.is_err()
             || w.write_all(&resp.body).await.is_err()
             || w.flush().await.is_err()
+            || closing
         {
+            let _ = w.shutdown().await;
             return;
         }
     }
