@@ -99,3 +99,29 @@ pub fn image_path(ctx: &StageCtx) -> Option<PathBuf> {
         &[StageName::Convert, StageName::Extract, StageName::Fetch],
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stages(cfg: &Config) -> Vec<StageName> {
+        omitted(cfg).into_iter().map(|(s, _)| s).collect()
+    }
+
+    #[test]
+    fn agent_stages_stay_while_any_os_family_has_a_profile() {
+        let mut cfg = Config::default();
+        assert!(stages(&cfg).contains(&StageName::AgentInstall));
+        cfg.agent.profiles.insert(
+            "windows".into(),
+            AgentProfile {
+                installer: "/srv/agent.msi".into(),
+                ..AgentProfile::default()
+            },
+        );
+        assert!(!stages(&cfg).contains(&StageName::AgentInstall));
+        assert!(!stages(&cfg).contains(&StageName::LogCheck));
+        // Report-check still needs an inventory system.
+        assert!(stages(&cfg).contains(&StageName::ReportCheck));
+    }
+}
