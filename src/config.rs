@@ -24,7 +24,7 @@ pub use publish::{
 };
 pub use scan::{
     installer_is_url, installer_path, AgentConfig, AgentProfile, InventoryConfig, InventoryKind,
-    VmConfig,
+    VmConfig, WinRmConfig,
 };
 
 #[derive(Debug, thiserror::Error)]

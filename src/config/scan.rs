@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::OsFamily;
 use crate::inventory::FlexeraOneConfig;
+use crate::remote::winrm::{WinRmAuth, WinRmScheme};
 
 /// The VM a scan boots.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -34,6 +36,45 @@ pub struct VmConfig {
     pub delete_image: bool,
     /// Extra cloud-init user-data lines appended to the generated seed.
     pub extra_user_data: String,
+    /// How Windows guests are reached (`[vm.winrm]`).
+    pub winrm: WinRmConfig,
+}
+
+/// WinRM login to Windows guests.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WinRmConfig {
+    pub scheme: WinRmScheme,
+    /// 0: the port the cluster reports for the VM, else 5985 (http) or 5986 (https).
+    pub port: u16,
+    /// `Administrator`, `DOMAIN\user` or `user@domain`.
+    pub user: String,
+    /// Secret: VMSCAN_VM__WINRM__PASSWORD.
+    #[serde(skip_serializing)]
+    pub password: Option<SecretString>,
+    /// NTLM (sealed on plain HTTP) or Basic (needs AllowUnencrypted on HTTP).
+    pub auth: WinRmAuth,
+    /// PEM bundle of the CAs trusted for HTTPS (else the built-in roots).
+    pub ca_bundle: Option<PathBuf>,
+    /// Off: any certificate is accepted (templates often have self-signed ones).
+    pub verify_tls: bool,
+    /// OperationTimeout of each WS-Management call.
+    pub operation_timeout_secs: u64,
+}
+
+impl Default for WinRmConfig {
+    fn default() -> Self {
+        WinRmConfig {
+            scheme: WinRmScheme::Http,
+            port: 0,
+            user: "Administrator".into(),
+            password: None,
+            auth: WinRmAuth::Ntlm,
+            ca_bundle: None,
+            verify_tls: true,
+            operation_timeout_secs: 20,
+        }
+    }
 }
 
 impl Default for VmConfig {
@@ -51,6 +92,7 @@ impl Default for VmConfig {
             keep_failed_secs: 0,
             delete_image: true,
             extra_user_data: String::new(),
+            winrm: WinRmConfig::default(),
         }
     }
 }
@@ -85,6 +127,15 @@ pub struct AgentProfile {
     /// `teardown_before_inventory`, the VM is removed once it appears.
     pub upload_confirmed_pattern: String,
     pub teardown_before_inventory: bool,
+    /// Windows: msiexec properties (`NAME = "value"`), rendered like the
+    /// response template; empty: Flexera's bootstrap download/upload locations.
+    pub msi_properties: BTreeMap<String, String>,
+    /// Windows: services that must be running after the install
+    /// (empty: Flexera's `ndinit` and `mgssecsvc`).
+    pub services: Vec<String>,
+    /// Windows: switch `interface_alias` to DHCP for address and DNS before the install.
+    pub switch_to_dhcp: bool,
+    pub interface_alias: String,
 }
 
 impl Default for AgentProfile {
@@ -112,11 +163,15 @@ impl Default for AgentProfile {
             log_poll_secs: 5,
             upload_confirmed_pattern: String::new(),
             teardown_before_inventory: false,
+            msi_properties: BTreeMap::new(),
+            services: Vec::new(),
+            switch_to_dhcp: false,
+            interface_alias: "Ethernet".into(),
         }
     }
 }
 
-/// Agent profiles per OS family ("linux"; "windows" arrives with WinRM).
+/// Agent profiles per OS family ("linux", "windows").
 /// None configured: the agent stages are left out of the pipeline.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -129,6 +184,56 @@ impl AgentConfig {
         self.profiles
             .get("linux")
             .filter(|p| !p.installer.is_empty())
+    }
+
+    /// The Windows profile; settings left at their (Linux) defaults take
+    /// Flexera's Windows defaults.
+    pub fn windows(&self) -> Option<AgentProfile> {
+        let mut p = self
+            .profiles
+            .get("windows")
+            .filter(|p| !p.installer.is_empty())
+            .cloned()?;
+        let linux = AgentProfile::default();
+        if p.upload_dir == linux.upload_dir {
+            p.upload_dir = r"C:\Windows\Temp\vmscan".into();
+        }
+        if p.log_files == linux.log_files {
+            p.log_files = vec![
+                r"C:\Windows\Temp\ManageSoft\installation.log".into(),
+                r"C:\Windows\Temp\ManageSoft\tracker.log".into(),
+            ];
+        }
+        if p.services.is_empty() {
+            p.services = vec!["ndinit".into(), "mgssecsvc".into()];
+        }
+        if p.msi_properties.is_empty() {
+            p.msi_properties = BTreeMap::from([
+                (
+                    "MGSFT_BOOTSTRAP_DOWNLOAD".to_string(),
+                    "{download_url}".to_string(),
+                ),
+                (
+                    "MGSFT_BOOTSTRAP_UPLOAD".to_string(),
+                    "{upload_url}".to_string(),
+                ),
+                ("MGSFT_RUNPOLICY".to_string(), "1".to_string()),
+            ]);
+        }
+        Some(p)
+    }
+
+    /// The profile for jobs of this OS family, if one is configured.
+    pub fn for_os(&self, os: OsFamily) -> Option<AgentProfile> {
+        match os {
+            OsFamily::Linux => self.linux().cloned(),
+            OsFamily::Windows => self.windows(),
+        }
+    }
+
+    /// Whether any OS family has a profile (the agent stages are in the pipeline).
+    pub fn any(&self) -> bool {
+        OsFamily::ALL.iter().any(|os| self.for_os(*os).is_some())
     }
 }
 
@@ -171,4 +276,50 @@ pub fn installer_is_url(installer: &str) -> bool {
 
 pub fn installer_path(installer: &str) -> Option<PathBuf> {
     (!installer_is_url(installer) && !installer.is_empty()).then(|| PathBuf::from(installer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_windows_profile_takes_flexera_windows_defaults() {
+        let mut agents = AgentConfig::default();
+        assert!(!agents.any());
+        agents.profiles.insert(
+            "windows".into(),
+            AgentProfile {
+                installer: "agent.msi".into(),
+                ..AgentProfile::default()
+            },
+        );
+        let w = agents.for_os(OsFamily::Windows).unwrap();
+        assert_eq!(
+            w.log_files,
+            [
+                r"C:\Windows\Temp\ManageSoft\installation.log",
+                r"C:\Windows\Temp\ManageSoft\tracker.log"
+            ]
+        );
+        assert_eq!(w.services, ["ndinit", "mgssecsvc"]);
+        assert_eq!(w.upload_dir, r"C:\Windows\Temp\vmscan");
+        assert_eq!(w.msi_properties["MGSFT_BOOTSTRAP_UPLOAD"], "{upload_url}");
+        assert!(agents.for_os(OsFamily::Linux).is_none());
+        assert!(agents.any());
+    }
+
+    #[test]
+    fn the_example_vm_section_parses_and_the_winrm_password_is_never_serialized() {
+        use figment::providers::{Format, Toml};
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/vmscan.example.toml");
+        let mut vm: VmConfig = figment::Figment::from(Toml::file(path))
+            .extract_inner("vm")
+            .unwrap();
+        assert_eq!(vm.winrm.auth, WinRmAuth::Ntlm);
+        assert_eq!(vm.winrm.scheme, WinRmScheme::Http);
+        assert_eq!(vm.winrm.user, "Administrator");
+        vm.winrm.password = Some(SecretString::from("hunter2".to_string()));
+        let shown = serde_json::to_string(&vm).unwrap();
+        assert!(!shown.contains("hunter2") && !shown.contains("password"));
+    }
 }

@@ -1,4 +1,4 @@
-//! Remote shells into scan VMs (SSH for Linux; WinRM for Windows later).
+//! Remote shells into scan VMs (SSH for Linux, WinRM for Windows).
 //! Stages talk to this trait only.
 
 use std::path::Path;
@@ -9,6 +9,7 @@ use async_trait::async_trait;
 pub mod keys;
 mod lines;
 pub mod ssh;
+pub mod winrm;
 
 pub use keys::SshKey;
 pub use ssh::{SshOptions, SshShell};
@@ -31,6 +32,13 @@ pub enum RemoteError {
     Protocol(String),
     #[error("remote file {path}: {reason}")]
     File { path: String, reason: String },
+    /// A WS-Management SOAP fault: code/subcode, WSManFault code and text.
+    #[error("{what}: WS-Management fault {fault}")]
+    Fault {
+        what: String,
+        fault: String,
+        timed_out: bool,
+    },
 }
 
 /// What a command produced.

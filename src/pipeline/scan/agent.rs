@@ -1,5 +1,7 @@
 //! agent-install: pre-install steps, the installer and its bootstrap file
-//! uploaded to the VM, the install command, and the service check.
+//! uploaded to the VM, the install command, and the service check; on
+//! Windows, over WinRM: the optional DHCP switch, the MSI installed with
+//! msiexec (its log copied into the job log), and the services checked.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,18 +12,23 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use super::shell::{connect_vm, run_logged};
+use super::shell::{connect_vm, connect_winrm, run_logged, run_ps_logged};
+use super::vm::{job_os, IP_CONFIGURATION_SCRIPT};
 use super::ScanEnv;
 use crate::cluster::guest_hostname;
 use crate::config::{installer_is_url, AgentProfile};
-use crate::domain::{fmt_bytes, StageName};
+use crate::domain::{fmt_bytes, OsFamily, StageName};
 use crate::pipeline::{Stage, StageCtx, StageError, StageFailure, StageOutcome};
+use crate::remote::winrm::{decode_text, ps_quote};
 use crate::remote::{quote, RemoteShell};
+
+/// Lines of the msiexec log copied into the job log (the end matters most).
+const MSI_LOG_LINES: usize = 300;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("no agent profile is configured")]
-    NoProfile,
+    #[error("no agent profile is configured for {0} guests ([agent.profiles.{0}])")]
+    NoProfile(OsFamily),
     #[error("cannot get the installer {what}: {reason}")]
     Installer {
         what: String,
@@ -57,6 +64,37 @@ pub enum AgentError {
     },
     #[error("cannot upload {what}: {reason}")]
     Upload { what: String, reason: String },
+    #[error(
+        "switching {alias} to DHCP failed with status {status}{}",
+        tail(stderr)
+    )]
+    Dhcp {
+        alias: String,
+        status: i32,
+        stderr: String,
+    },
+    #[error("msiexec exited with status {status} ({}){}", msi_meaning(*status), tail(log))]
+    Msiexec { status: i32, log: String },
+    #[error("agent services not running: {}", not_running.join(", "))]
+    Services { not_running: Vec<String> },
+}
+
+/// What the common msiexec exit codes mean.
+pub fn msi_meaning(status: i32) -> &'static str {
+    match status {
+        0 => "success",
+        1602 => "cancelled by the user",
+        1603 => "fatal error during installation",
+        1618 => "another installation is in progress",
+        1619 => "the installation package could not be opened",
+        1620 => "the installation package is invalid",
+        1633 => "the package does not support this platform",
+        1638 => "another version of the product is already installed",
+        1639 => "invalid command line argument",
+        1641 => "success, a reboot was started",
+        3010 => "success, a reboot is required",
+        _ => "see the msiexec log",
+    }
 }
 
 fn tail(s: &str) -> String {
@@ -193,7 +231,25 @@ impl Stage for AgentInstallStage {
     }
 
     async fn run(&self, ctx: &StageCtx) -> Result<StageOutcome, StageError> {
-        let profile = self.env.agent.clone().ok_or(AgentError::NoProfile)?;
+        let os = job_os(ctx);
+        let profile = self
+            .env
+            .agent_for(os)
+            .cloned()
+            .ok_or(AgentError::NoProfile(os))?;
+        match os {
+            OsFamily::Linux => self.run_linux(ctx, profile).await,
+            OsFamily::Windows => self.run_windows(ctx, profile).await,
+        }
+    }
+}
+
+impl AgentInstallStage {
+    async fn run_linux(
+        &self,
+        ctx: &StageCtx,
+        profile: AgentProfile,
+    ) -> Result<StageOutcome, StageError> {
         let started = Instant::now();
         let timeout = Duration::from_secs(self.env.vm.command_secs);
         let shell = connect_vm(ctx, &self.env).await?;
@@ -328,9 +384,257 @@ impl Stage for AgentInstallStage {
     }
 }
 
+/// `"value"` for an msiexec command line (quotes doubled inside).
+fn msi_value(v: &str) -> String {
+    format!("\"{}\"", v.replace('"', "\"\""))
+}
+
+/// The msiexec argument string: install quietly, verbose log, properties.
+pub fn msiexec_args(msi: &str, log: &str, props: &[(String, String)]) -> String {
+    let mut a = format!("/i {} /qn /l*v {}", msi_value(msi), msi_value(log));
+    for (k, v) in props {
+        a.push_str(&format!(" {k}={}", msi_value(v)));
+    }
+    a
+}
+
+/// The service check: one `name: Status` line each; the exit status counts
+/// the services not running.
+pub fn services_script(services: &[String]) -> String {
+    let names: Vec<String> = services.iter().map(|s| ps_quote(s)).collect();
+    format!(
+        "$names = @({})\n$bad = 0\nforeach ($n in $names) {{\n    $s = Get-Service -Name $n -ErrorAction SilentlyContinue\n    if (-not $s) {{ Write-Output \"${{n}}: not installed\"; $bad++ }}\n    elseif ($s.Status -ne 'Running') {{ Write-Output \"${{n}}: $($s.Status)\"; $bad++ }}\n    else {{ Write-Output \"${{n}}: Running\" }}\n}}\nexit $bad",
+        names.join(", ")
+    )
+}
+
+fn win_join(dir: &str, name: &str) -> String {
+    format!("{}\\{name}", dir.trim_end_matches(['\\', '/']))
+}
+
+impl AgentInstallStage {
+    async fn run_windows(
+        &self,
+        ctx: &StageCtx,
+        profile: AgentProfile,
+    ) -> Result<StageOutcome, StageError> {
+        let started = Instant::now();
+        let timeout = Duration::from_secs(self.env.vm.command_secs);
+        let shell = connect_winrm(ctx, &self.env).await?;
+        let r = self.install_windows(ctx, &profile, &shell, timeout).await;
+        shell.close().await;
+        r?;
+        ctx.info(format!(
+            "agent installed in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ))
+        .await?;
+        Ok(StageOutcome::Done)
+    }
+
+    async fn install_windows(
+        &self,
+        ctx: &StageCtx,
+        profile: &AgentProfile,
+        shell: &dyn RemoteShell,
+        timeout: Duration,
+    ) -> Result<(), StageError> {
+        for step in &profile.pre_install {
+            let out = run_logged(ctx, shell, step, timeout).await?;
+            if out.exit_status != 0 {
+                return Err(AgentError::PreInstall {
+                    step: step.clone(),
+                    status: out.exit_status,
+                    stderr: out.stderr,
+                }
+                .into());
+            }
+        }
+
+        if profile.switch_to_dhcp {
+            let alias = ps_quote(&profile.interface_alias);
+            let script = format!(
+                "$ErrorActionPreference = 'Stop'\nSet-NetIPInterface -InterfaceAlias {alias} -Dhcp Enabled\nSet-DnsClientServerAddress -InterfaceAlias {alias} -ResetServerAddresses"
+            );
+            let out = run_ps_logged(ctx, shell, &script, timeout).await?;
+            if out.exit_status != 0 {
+                return Err(AgentError::Dhcp {
+                    alias: profile.interface_alias.clone(),
+                    status: out.exit_status,
+                    stderr: out.stderr,
+                }
+                .into());
+            }
+            ctx.info(format!(
+                "{} now takes its address and DNS servers from DHCP",
+                profile.interface_alias
+            ))
+            .await?;
+            let ip = run_ps_logged(ctx, shell, IP_CONFIGURATION_SCRIPT, timeout).await?;
+            ctx.set_detail(
+                json!({"dhcp": {"interface": profile.interface_alias, "ip_configuration": ip.stdout.trim()}}),
+                true,
+            )
+            .await?;
+        }
+
+        let local = self.installer(ctx, profile).await?;
+        let size = tokio::fs::metadata(&local)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let name = local
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "agent.msi".into());
+        let remote = win_join(&profile.upload_dir, &name);
+        ctx.info(format!(
+            "uploading installer {} ({}) to {remote}",
+            local.display(),
+            fmt_bytes(size)
+        ))
+        .await?;
+        shell
+            .upload(&local, &remote, timeout)
+            .await
+            .map_err(|e| AgentError::Upload {
+                what: "the installer".into(),
+                reason: e.to_string(),
+            })?;
+
+        let hostname = guest_hostname(ctx.job.id);
+        let job_id = ctx.job.id.to_string();
+        let vars = [
+            ("upload_url", profile.upload_url.as_str()),
+            ("download_url", profile.download_url.as_str()),
+            ("hostname", hostname.as_str()),
+            ("job_id", job_id.as_str()),
+        ];
+        let props: Vec<(String, String)> = profile
+            .msi_properties
+            .iter()
+            .map(|(k, v)| (k.clone(), render(v, &vars)))
+            .collect();
+        let log_path = win_join(&profile.upload_dir, "msiexec.log");
+        let args = msiexec_args(&remote, &log_path, &props);
+        let script = format!(
+            "$p = Start-Process -FilePath 'msiexec.exe' -ArgumentList {} -Wait -PassThru\nexit $p.ExitCode",
+            ps_quote(&args)
+        );
+        let out = run_ps_logged(ctx, shell, &script, timeout).await?;
+        let status = out.exit_status;
+
+        // The verbose log says why an install failed: copy it into the job log.
+        let log = match shell.read_file(&log_path, 8 << 20, timeout).await {
+            Ok(bytes) => decode_text(&bytes),
+            Err(e) => {
+                ctx.warn(format!("cannot read the msiexec log {log_path}: {e}"))
+                    .await?;
+                String::new()
+            }
+        };
+        let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+        let skip = lines.len().saturating_sub(MSI_LOG_LINES);
+        ctx.info(format!(
+            "msiexec exited with status {status} ({}); its log {log_path} has {} lines{}",
+            msi_meaning(status),
+            lines.len(),
+            if skip > 0 {
+                format!(", the last {MSI_LOG_LINES} follow")
+            } else {
+                String::new()
+            }
+        ))
+        .await?;
+        for l in &lines[skip..] {
+            ctx.info(format!("  msiexec: {}", l.trim_end())).await?;
+        }
+        ctx.set_detail(
+            json!({
+                "installer": profile.installer,
+                "installer_size": size,
+                "msiexec_args": args,
+                "msiexec_log": log_path,
+                "exit_status": status,
+                "msiexec_result": msi_meaning(status),
+            }),
+            true,
+        )
+        .await?;
+        if !matches!(status, 0 | 1641 | 3010) {
+            let key: Vec<&str> = lines
+                .iter()
+                .filter(|l| {
+                    let l = l.to_ascii_lowercase();
+                    l.contains("return value 3")
+                        || l.contains("installation failed")
+                        || l.contains("error")
+                })
+                .copied()
+                .collect();
+            return Err(AgentError::Msiexec {
+                status,
+                log: key.join("\n"),
+            }
+            .into());
+        }
+        if status != 0 {
+            ctx.warn(format!("msiexec: {}", msi_meaning(status)))
+                .await?;
+        }
+
+        if !profile.services.is_empty() {
+            let out =
+                run_ps_logged(ctx, shell, &services_script(&profile.services), timeout).await?;
+            if out.exit_status != 0 {
+                let not_running: Vec<String> = out
+                    .stdout
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.ends_with(": Running"))
+                    .map(str::to_string)
+                    .collect();
+                return Err(AgentError::Services {
+                    not_running: if not_running.is_empty() {
+                        vec![format!(
+                            "the check exited with status {}{}",
+                            out.exit_status,
+                            tail(&out.stderr)
+                        )]
+                    } else {
+                        not_running
+                    },
+                }
+                .into());
+            }
+            ctx.set_detail(
+                json!({"service_check": "passed", "services": profile.services}),
+                true,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builds_a_quiet_logged_msiexec_line() {
+        let a = msiexec_args(
+            r"C:\Temp\agent.msi",
+            r"C:\Temp\msiexec.log",
+            &[("MGSFT_BOOTSTRAP_UPLOAD".into(), "http://b/RL \"x\"".into())],
+        );
+        assert_eq!(
+            a,
+            r#"/i "C:\Temp\agent.msi" /qn /l*v "C:\Temp\msiexec.log" MGSFT_BOOTSTRAP_UPLOAD="http://b/RL ""x""""#
+        );
+        assert_eq!(msi_meaning(1603), "fatal error during installation");
+        assert_eq!(win_join(r"C:\Temp\", "a.msi"), r"C:\Temp\a.msi");
+    }
 
     #[test]
     fn renders_placeholders() {

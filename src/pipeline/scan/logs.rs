@@ -8,19 +8,21 @@ use async_trait::async_trait;
 use regex::Regex;
 use serde_json::json;
 
-use super::shell::connect_vm;
+use super::shell::connect_job_vm;
+use super::vm::job_os;
 use super::ScanEnv;
-use crate::domain::StageName;
+use crate::domain::{OsFamily, StageName};
 use crate::pipeline::{Stage, StageCtx, StageError, StageFailure, StageOutcome};
-use crate::remote::{RemoteError, RemoteShell};
+use crate::remote::winrm::decode_text;
+use crate::remote::RemoteError;
 
 /// Bytes read from each log file per poll (the tail matters most).
 const MAX_LOG_BYTES: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogCheckError {
-    #[error("no agent profile is configured")]
-    NoProfile,
+    #[error("no agent profile is configured for {0} guests ([agent.profiles.{0}])")]
+    NoProfile(OsFamily),
     #[error("invalid pattern {pattern:?} in the agent profile: {reason}")]
     Pattern { pattern: String, reason: String },
     #[error("forbidden pattern {pattern:?} found in {file}: {line}")]
@@ -135,7 +137,12 @@ impl Stage for LogCheckStage {
     }
 
     async fn run(&self, ctx: &StageCtx) -> Result<StageOutcome, StageError> {
-        let profile = self.env.agent.clone().ok_or(LogCheckError::NoProfile)?;
+        let os = job_os(ctx);
+        let profile = self
+            .env
+            .agent_for(os)
+            .cloned()
+            .ok_or(LogCheckError::NoProfile(os))?;
         let required = compile(&profile.required_patterns)?;
         let forbidden = compile(&profile.forbidden_patterns)?;
         let upload_pattern = if profile.upload_confirmed_pattern.is_empty() {
@@ -145,7 +152,7 @@ impl Stage for LogCheckStage {
                 &profile.upload_confirmed_pattern,
             ))?)
         };
-        let shell = connect_vm(ctx, &self.env).await?;
+        let shell = connect_job_vm(ctx, &self.env).await?;
         let timeout = Duration::from_secs(profile.log_timeout_secs);
         let poll = Duration::from_secs(profile.log_poll_secs.max(1));
         let started = Instant::now();
@@ -164,11 +171,13 @@ impl Stage for LogCheckStage {
                     .read_file(path, MAX_LOG_BYTES, Duration::from_secs(60))
                     .await
                 {
-                    Ok(bytes) => {
-                        files.push((path.clone(), String::from_utf8_lossy(&bytes).into_owned()))
-                    }
+                    // Windows logs may be UTF-16 (with a byte-order mark).
+                    Ok(bytes) => files.push((path.clone(), decode_text(&bytes))),
                     Err(RemoteError::File { .. }) => absent.push(path.clone()),
-                    Err(e) => return Err(super::shell::ShellError::from(e).into()),
+                    Err(e) => {
+                        shell.close().await;
+                        return Err(super::shell::ShellError::from(e).into());
+                    }
                 }
             }
             let verdict = judge(&files, &required, &forbidden);
@@ -185,6 +194,7 @@ impl Stage for LogCheckStage {
                         true,
                     )
                     .await?;
+                    shell.close().await;
                     return Err(LogCheckError::Forbidden {
                         pattern,
                         file,
@@ -218,6 +228,7 @@ impl Stage for LogCheckStage {
                         Verdict::Incomplete { missing } => missing,
                         _ => vec!["any log file".to_string()],
                     };
+                    shell.close().await;
                     return Err(LogCheckError::Missing {
                         secs: timeout.as_secs(),
                         missing,

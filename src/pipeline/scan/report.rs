@@ -109,8 +109,7 @@ impl Stage for ReportCheckStage {
         if confirmed
             && self
                 .env
-                .agent
-                .as_ref()
+                .agent_for(super::vm::job_os(ctx))
                 .is_some_and(|p| p.teardown_before_inventory)
         {
             let deleted = delete_job_vms(ctx, &self.env).await?;

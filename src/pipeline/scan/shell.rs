@@ -1,5 +1,5 @@
-//! The job's SSH identity and sessions into its VM, and streaming command
-//! output into the job log.
+//! The job's SSH identity and sessions into its VM (SSH for Linux, WinRM
+//! for Windows), and streaming command output into the job log.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,9 +8,11 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::ScanEnv;
+use crate::domain::OsFamily;
 use crate::domain::StageName;
 use crate::pipeline::{StageCtx, StageError, StageFailure};
 use crate::remote::ssh::{SshOptions, SshShell};
+use crate::remote::winrm::{powershell_command, WinRmOptions, WinRmShell};
 use crate::remote::{CommandOutput, RemoteError, RemoteShell, SshKey, Stream};
 use crate::store::LogLevel;
 
@@ -20,6 +22,8 @@ pub enum ShellError {
     Key(String),
     #[error("vm-create recorded no address for the VM; cannot reach it")]
     NoAddress,
+    #[error("no WinRM password is configured for Windows guests (VMSCAN_VM__WINRM__PASSWORD)")]
+    NoWinRmPassword,
     #[error(transparent)]
     Remote(#[from] RemoteError),
 }
@@ -121,6 +125,59 @@ pub async fn connect_vm(ctx: &StageCtx, env: &ScanEnv) -> Result<SshShell, Stage
     Ok(shell)
 }
 
+/// WinRM options for a Windows guest at `host` (`port`: what the cluster reported).
+pub fn winrm_options(
+    env: &ScanEnv,
+    host: &str,
+    port: Option<u16>,
+) -> Result<WinRmOptions, ShellError> {
+    let w = &env.vm.winrm;
+    let password = w.password.clone().ok_or(ShellError::NoWinRmPassword)?;
+    let port = match (w.port, port) {
+        (0, Some(p)) => p,
+        (0, None) => w.scheme.default_port(),
+        (p, _) => p,
+    };
+    let mut o = WinRmOptions::new(host, port, &w.user, password);
+    o.scheme = w.scheme;
+    o.auth = w.auth;
+    o.ca_bundle = w.ca_bundle.clone();
+    o.verify_tls = w.verify_tls;
+    o.operation_timeout_secs = w.operation_timeout_secs;
+    Ok(o)
+}
+
+/// Reconnects over WinRM to the job's Windows VM, where vm-create found it.
+pub async fn connect_winrm(ctx: &StageCtx, env: &ScanEnv) -> Result<WinRmShell, StageError> {
+    let vm = ctx
+        .output_of(StageName::VmCreate)
+        .cloned()
+        .unwrap_or(Value::Null);
+    let host = vm
+        .get("winrm_host")
+        .and_then(Value::as_str)
+        .ok_or(ShellError::NoAddress)?;
+    let port = vm
+        .get("winrm_port")
+        .and_then(Value::as_u64)
+        .ok_or(ShellError::NoAddress)? as u16;
+    let mut o = winrm_options(env, host, Some(port))?;
+    o.port = port;
+    let shell = WinRmShell::connect(&o).await.map_err(ShellError::from)?;
+    Ok(shell)
+}
+
+/// The job's VM shell: SSH or WinRM by the job's OS family.
+pub async fn connect_job_vm(
+    ctx: &StageCtx,
+    env: &ScanEnv,
+) -> Result<Box<dyn RemoteShell>, StageError> {
+    Ok(match super::vm::job_os(ctx) {
+        OsFamily::Linux => Box::new(connect_vm(ctx, env).await?),
+        OsFamily::Windows => Box::new(connect_winrm(ctx, env).await?),
+    })
+}
+
 /// Runs a command, streaming its output lines into the job log as they come.
 pub async fn run_logged(
     ctx: &StageCtx,
@@ -128,7 +185,36 @@ pub async fn run_logged(
     command: &str,
     timeout: Duration,
 ) -> Result<CommandOutput, StageError> {
-    ctx.info(format!("$ {command}")).await?;
+    run_shown(ctx, shell, command, &format!("$ {command}"), timeout).await
+}
+
+/// Runs a PowerShell script on a Windows guest; the job log shows the script,
+/// not its encoded command line.
+pub async fn run_ps_logged(
+    ctx: &StageCtx,
+    shell: &dyn RemoteShell,
+    script: &str,
+    timeout: Duration,
+) -> Result<CommandOutput, StageError> {
+    let shown: Vec<String> = script.lines().map(|l| format!("PS> {l}")).collect();
+    run_shown(
+        ctx,
+        shell,
+        &powershell_command(script),
+        &shown.join("\n"),
+        timeout,
+    )
+    .await
+}
+
+async fn run_shown(
+    ctx: &StageCtx,
+    shell: &dyn RemoteShell,
+    command: &str,
+    shown: &str,
+    timeout: Duration,
+) -> Result<CommandOutput, StageError> {
+    ctx.info(shown.to_string()).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<(Stream, String)>();
     let run = async move {
         let on_line = move |s: Stream, l: &str| {

@@ -1,6 +1,7 @@
 //! vm-create: boots the job's VM with a NoCloud seed carrying the job's SSH
-//! key, waits for it (each deadline reported by name), logs in, records the
-//! host key and detects the guest OS.
+//! key, waits for it (each deadline reported by name), logs in (SSH, or WinRM
+//! for Windows), records the host key or the network configuration, and
+//! detects the guest OS.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,14 +9,15 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::shell::{job_key, ssh_options, ShellError};
+use super::shell::{job_key, run_ps_logged, ssh_options, winrm_options, ShellError};
 use super::ScanEnv;
 use crate::cluster::{
     guest_hostname, vm_name, ClusterError, ClusterImage, ClusterVm, Deadlines, VmSpec,
 };
-use crate::domain::StageName;
+use crate::domain::{OsFamily, StageName};
 use crate::pipeline::{Stage, StageCtx, StageError, StageFailure, StageOutcome};
 use crate::remote::ssh::SshShell;
+use crate::remote::winrm::WinRmShell;
 use crate::remote::{RemoteError, RemoteShell};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +26,9 @@ pub enum VmError {
     NoImage,
     #[error("{0}")]
     Cluster(#[from] ClusterError),
-    #[error("the VM did not accept an SSH login within {secs} s: {last}{}", console.as_deref().map(|c| format!("; serial console ends with:\n{c}")).unwrap_or_default())]
+    #[error("the VM did not accept {proto} login within {secs} s: {last}{}", console.as_deref().map(|c| format!("; serial console ends with:\n{c}")).unwrap_or_default())]
     Login {
+        proto: &'static str,
         secs: u64,
         last: String,
         console: Option<String>,
@@ -124,11 +127,124 @@ impl VmCreateStage {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         Err(VmError::Login {
+            proto: "an SSH",
             secs,
             last,
             console: self.console(ctx, vm).await,
         }
         .into())
+    }
+}
+
+/// `Get-NetIPConfiguration` as the console shows it, wide enough for long names.
+pub const IP_CONFIGURATION_SCRIPT: &str =
+    "Get-NetIPConfiguration -Detailed | Format-List | Out-String -Width 200";
+
+impl VmCreateStage {
+    /// WinRM answers before Windows finishes its first boot: retry until the login works.
+    async fn login_winrm(&self, ctx: &StageCtx, vm: &ClusterVm) -> Result<WinRmShell, StageError> {
+        let host = vm.host.clone().unwrap_or_else(|| "127.0.0.1".into());
+        let opts = winrm_options(&self.env, &host, vm.port)?;
+        let secs = self.env.vm.login_secs;
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut last = String::from("no attempt");
+        while Instant::now() < deadline {
+            if ctx.cancel.is_cancelled() {
+                return Err(StageError::Cancelled);
+            }
+            match WinRmShell::connect(&opts).await {
+                Ok(shell) => return Ok(shell),
+                Err(
+                    e @ (RemoteError::Auth { .. }
+                    | RemoteError::Connect { .. }
+                    | RemoteError::Timeout { .. }
+                    | RemoteError::Protocol(_)
+                    | RemoteError::Fault { .. }),
+                ) => last = e.to_string(),
+                Err(e) => return Err(ShellError::from(e).into()),
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        Err(VmError::Login {
+            proto: "a WinRM",
+            secs,
+            last,
+            console: self.console(ctx, vm).await,
+        }
+        .into())
+    }
+
+    /// The Windows half of vm-create: log in over WinRM, record the guest's
+    /// network configuration and its OS.
+    async fn finish_windows(
+        &self,
+        ctx: &StageCtx,
+        vm: &ClusterVm,
+        started: Instant,
+        ready_secs: f64,
+    ) -> Result<StageOutcome, StageError> {
+        let shell = match self.login_winrm(ctx, vm).await {
+            Ok(s) => s,
+            Err(e) => {
+                ctx.set_detail(json!({"console_tail": self.console(ctx, vm).await}), true)
+                    .await?;
+                return Err(e);
+            }
+        };
+        let endpoint = shell.endpoint().to_string();
+        let host = vm.host.clone().unwrap_or_else(|| "127.0.0.1".into());
+        let port = winrm_options(&self.env, &host, vm.port)?.port;
+        ctx.info(format!(
+            "logged in over WinRM at {endpoint} as {}",
+            shell.user()
+        ))
+        .await?;
+        let timeout = Duration::from_secs(120);
+        let r = async {
+            let ip = run_ps_logged(ctx, &shell, IP_CONFIGURATION_SCRIPT, timeout).await?;
+            let os = run_ps_logged(
+                ctx,
+                &shell,
+                "(Get-CimInstance Win32_OperatingSystem).Caption",
+                timeout,
+            )
+            .await?;
+            Ok::<_, StageError>((ip, os))
+        }
+        .await;
+        shell.close().await;
+        let (ip, os) = r?;
+        let ip_configuration = if ip.exit_status == 0 {
+            ip.stdout.trim().to_string()
+        } else {
+            ctx.warn(format!(
+                "Get-NetIPConfiguration exited with status {}: {}",
+                ip.exit_status,
+                ip.stderr.trim()
+            ))
+            .await?;
+            String::new()
+        };
+        let caption = Some(os.stdout.trim())
+            .filter(|c| os.exit_status == 0 && !c.is_empty())
+            .unwrap_or("unknown OS")
+            .to_string();
+        ctx.info(format!("guest OS: {caption}")).await?;
+        ctx.set_detail(
+            json!({
+                "winrm_host": host,
+                "winrm_port": port,
+                "winrm_endpoint": endpoint,
+                "os": caption,
+                "ip_configuration": ip_configuration,
+                "ready_secs": ready_secs,
+                "boot_secs": started.elapsed().as_secs_f64(),
+                "console_tail": self.console(ctx, vm).await,
+            }),
+            true,
+        )
+        .await?;
+        Ok(StageOutcome::Done)
     }
 }
 
@@ -191,12 +307,17 @@ impl Stage for VmCreateStage {
             }
         };
         let ready_secs = started.elapsed().as_secs_f64();
+        let windows = job_os(ctx) == OsFamily::Windows;
         ctx.info(format!(
-            "VM is up, SSH answers at {}:{} after {ready_secs:.1} s",
+            "VM is up, {} answers at {}:{} after {ready_secs:.1} s",
+            if windows { "WinRM" } else { "SSH" },
             vm.host.as_deref().unwrap_or("?"),
             vm.port.unwrap_or(0)
         ))
         .await?;
+        if windows {
+            return self.finish_windows(ctx, &vm, started, ready_secs).await;
+        }
         let shell = match self.login(ctx, &vm).await {
             Ok(s) => s,
             Err(e) => {

@@ -1,0 +1,751 @@
+//! Windows templates: the WinRM client against a fake Windows guest that
+//! speaks WS-Management (Basic, NTLM with sealing, HTTPS), and the Windows
+//! agent profile end to end through the app.
+
+#[path = "support/winrm.rs"]
+mod fake_winrm;
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use vmscan::remote::winrm::{
+    powershell_command, ps_quote, WinRmAuth, WinRmOptions, WinRmScheme, WinRmShell,
+};
+use vmscan::remote::{RemoteError, RemoteShell, Stream};
+
+use fake_winrm::{FakeConfig, FakeWinRm};
+
+const T: Duration = Duration::from_secs(20);
+
+fn options(fake: &FakeWinRm, auth: WinRmAuth) -> WinRmOptions {
+    let cfg = FakeConfig::default();
+    let mut o = WinRmOptions::new(
+        "127.0.0.1",
+        fake.port(),
+        &cfg.user,
+        SecretString::from(cfg.password),
+    );
+    o.auth = auth;
+    o.operation_timeout_secs = 2;
+    o
+}
+
+type Lines = Arc<Mutex<Vec<(Stream, String)>>>;
+
+fn collector() -> (Lines, impl Fn(Stream, &str) + Send + Sync) {
+    let lines: Lines = Arc::default();
+    let l = lines.clone();
+    (lines, move |s: Stream, line: &str| {
+        l.lock().unwrap().push((s, line.to_string()))
+    })
+}
+
+#[tokio::test]
+async fn runs_a_command_over_basic_auth_and_streams_several_receive_rounds() {
+    let fake = FakeWinRm::start(FakeConfig::default()).await;
+    fake.lines_per_receive(2);
+    let shell = WinRmShell::connect(&options(&fake, WinRmAuth::Basic))
+        .await
+        .unwrap();
+    let (lines, on_line) = collector();
+    let out = shell.run("numbers 7", T, &on_line).await.unwrap();
+    assert_eq!(out.exit_status, 0);
+    assert_eq!(out.stdout.lines().count(), 7);
+    let got: Vec<String> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, l)| l.clone())
+        .collect();
+    assert_eq!(
+        got,
+        (1..=7).map(|i| format!("line {i}")).collect::<Vec<_>>()
+    );
+    let stats = fake.stats();
+    let receives = stats.actions.iter().filter(|a| *a == "Receive").count();
+    assert!(
+        receives >= 4,
+        "7 lines at 2 per Receive take 4 rounds: {stats:?}"
+    );
+    assert!(stats.basic_logins > 0 && stats.ntlm_logins == 0);
+    assert!(stats.actions.contains(&"Signal".to_string()));
+    shell.close().await;
+    assert_eq!(fake.stats().shells_open, 0, "close deletes the shell");
+}
+
+#[tokio::test]
+async fn reports_exit_codes_and_stderr_of_cmd_and_powershell() {
+    let fake = FakeWinRm::start(FakeConfig::default()).await;
+    let shell = WinRmShell::connect(&options(&fake, WinRmAuth::Basic))
+        .await
+        .unwrap();
+    let quiet = |_: Stream, _: &str| {};
+    let out = shell.run("exit /b 3", T, &quiet).await.unwrap();
+    assert_eq!(out.exit_status, 3);
+    let (lines, on_line) = collector();
+    let out = shell.run("frobnicate --now", T, &on_line).await.unwrap();
+    assert_eq!(out.exit_status, 1);
+    assert!(out.stderr.contains("'frobnicate' is not recognized"));
+    assert!(lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(s, l)| *s == Stream::Stderr && l.contains("not recognized")));
+    // PowerShell errors arrive as CLIXML and come out as plain text.
+    let script = format!(
+        "Set-NetIPInterface -InterfaceAlias {} -Dhcp Enabled\nSet-DnsClientServerAddress -InterfaceAlias {} -ResetServerAddresses",
+        ps_quote("Ethernet 9"),
+        ps_quote("Ethernet 9")
+    );
+    let out = shell
+        .run(&powershell_command(&script), T, &quiet)
+        .await
+        .unwrap();
+    assert_eq!(out.exit_status, 1);
+    assert!(
+        out.stderr
+            .starts_with("Set-NetIPInterface : No MSFT_NetIPInterface objects found")
+            && !out.stderr.contains("CLIXML"),
+        "{}",
+        out.stderr
+    );
+    shell.close().await;
+}
+
+#[tokio::test]
+async fn logs_in_with_ntlm_and_seals_every_message_on_plain_http() {
+    let fake = FakeWinRm::start(FakeConfig {
+        basic: false,
+        ..FakeConfig::default()
+    })
+    .await;
+    let shell = WinRmShell::connect(&options(&fake, WinRmAuth::Ntlm))
+        .await
+        .unwrap();
+    let quiet = |_: Stream, _: &str| {};
+    let out = shell
+        .run(
+            &powershell_command("(Get-CimInstance Win32_OperatingSystem).Caption"),
+            T,
+            &quiet,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.trim(), "Microsoft Windows Server 2022 Standard");
+    shell.close().await;
+    let stats = fake.stats();
+    assert_eq!(stats.ntlm_logins, 1, "one handshake for the connection");
+    assert!(stats.sealed_requests >= 4, "{stats:?}");
+    assert_eq!(stats.sealed_requests as usize, stats.actions.len());
+    assert_eq!(stats.shells_open, 0);
+}
+
+#[tokio::test]
+async fn logs_in_again_when_the_server_recycles_the_connection() {
+    let fake = FakeWinRm::start(FakeConfig::default()).await;
+    fake.answers_per_connection(2);
+    let shell = WinRmShell::connect(&options(&fake, WinRmAuth::Ntlm))
+        .await
+        .unwrap();
+    let quiet = |_: Stream, _: &str| {};
+    for _ in 0..3 {
+        let out = shell.run("hostname", T, &quiet).await.unwrap();
+        assert_eq!(out.stdout.trim(), "WIN-VMSCAN01");
+    }
+    shell.close().await;
+    let stats = fake.stats();
+    // Create + 3 × (Command, Receive, Signal) + Delete = 11 answers, 2 per connection.
+    assert_eq!(stats.actions.len(), 11, "{stats:?}");
+    assert_eq!(stats.ntlm_logins, 6, "{stats:?}");
+    assert_eq!(stats.shells_open, 0);
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_a_clear_authentication_error() {
+    let fake = FakeWinRm::start(FakeConfig::default()).await;
+    for auth in [WinRmAuth::Basic, WinRmAuth::Ntlm] {
+        let mut o = options(&fake, auth);
+        o.password = SecretString::from("wrong".to_string());
+        let err = WinRmShell::connect(&o).await.err().expect("login fails");
+        match &err {
+            RemoteError::Auth { user, reason } => {
+                assert_eq!(user, "Administrator");
+                assert!(reason.contains("401 Unauthorized"), "{reason}");
+                assert!(reason.contains(auth.as_str()), "{reason}");
+            }
+            other => panic!("expected an auth error, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_soap_fault_shows_its_code_and_text() {
+    let fake = FakeWinRm::start(FakeConfig::default()).await;
+    let shell = WinRmShell::connect(&options(&fake, WinRmAuth::Ntlm))
+        .await
+        .unwrap();
+    fake.fail_next(
+        "Command",
+        "w:AccessDenied",
+        "Access is denied for this remote shell.",
+    );
+    let quiet = |_: Stream, _: &str| {};
+    let err = shell.run("hostname", T, &quiet).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RemoteError::Fault { .. }), "{err:?}");
+    assert!(
+        text.contains("s:Sender/w:AccessDenied")
+            && text.contains("WSManFault 2150858843")
+            && text.contains("Access is denied for this remote shell."),
+        "{text}"
+    );
+    // The shell still works afterwards.
+    let out = shell.run("hostname", T, &quiet).await.unwrap();
+    assert_eq!(out.stdout.trim(), "WIN-VMSCAN01");
+    shell.close().await;
+}
+
+#[tokio::test]
+async fn receive_timeouts_are_waited_out_and_a_hung_command_times_out() {
+    let fake = FakeWinRm::start(FakeConfig::default()).await;
+    let shell = WinRmShell::connect(&options(&fake, WinRmAuth::Basic))
+        .await
+        .unwrap();
+    fake.receive_timeouts(2);
+    let quiet = |_: Stream, _: &str| {};
+    let out = shell.run("hostname", T, &quiet).await.unwrap();
+    assert_eq!(out.stdout.trim(), "WIN-VMSCAN01");
+
+    let started = Instant::now();
+    let err = shell
+        .run("ping -n 600 127.0.0.1", Duration::from_secs(2), &quiet)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RemoteError::Timeout { secs: 2, .. }),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(8));
+    shell.close().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_host_is_a_connect_error() {
+    // A port that was just free: nothing listens there.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut o = WinRmOptions::new(
+        "127.0.0.1",
+        port,
+        "Administrator",
+        SecretString::from("x".to_string()),
+    );
+    o.connect_timeout = Duration::from_secs(2);
+    let err = WinRmShell::connect(&o).await.err().unwrap();
+    assert!(
+        matches!(&err, RemoteError::Connect { addr, .. } if addr == &format!("127.0.0.1:{port}")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn uploads_a_multi_chunk_file_and_reads_it_back() {
+    let fake = FakeWinRm::start(FakeConfig::default()).await;
+    let shell = WinRmShell::connect(&options(&fake, WinRmAuth::Ntlm))
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("agent.msi");
+    // 300 KiB of varied bytes: five stdin chunks.
+    let data: Vec<u8> = (0..300 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&local, &data).unwrap();
+    let remote = r"C:\Windows\Temp\vmscan\agent.msi";
+    shell.upload(&local, remote, T).await.unwrap();
+    assert_eq!(fake.guest().file(remote), Some(&data));
+    let sends = fake.stats().actions.iter().filter(|a| *a == "Send").count();
+    assert_eq!(sends, 5);
+
+    let back = shell.read_file(remote, 10 << 20, T).await.unwrap();
+    assert_eq!(back, data);
+    let head = shell.read_file(remote, 1000, T).await.unwrap();
+    assert_eq!(head, data[..1000]);
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, b"").unwrap();
+    shell.upload(&empty, r"C:\Temp\empty.txt", T).await.unwrap();
+    assert_eq!(fake.guest().file(r"C:\Temp\empty.txt"), Some(&Vec::new()));
+    let err = shell.read_file(r"C:\nope.log", 1000, T).await.unwrap_err();
+    assert!(
+        matches!(&err, RemoteError::File { path, reason } if path == r"C:\nope.log" && reason.contains("no such file")),
+        "{err:?}"
+    );
+    shell.close().await;
+}
+
+#[tokio::test]
+async fn speaks_https_with_a_ca_bundle_or_without_verification() {
+    let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let fake = FakeWinRm::start(FakeConfig {
+        tls: Some((ca.cert.pem(), ca.signing_key.serialize_pem())),
+        ..FakeConfig::default()
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("ca.pem");
+    std::fs::write(&bundle, ca.cert.pem()).unwrap();
+    let quiet = |_: Stream, _: &str| {};
+
+    let mut o = options(&fake, WinRmAuth::Basic);
+    o.host = "localhost".into();
+    o.scheme = WinRmScheme::Https;
+    o.ca_bundle = Some(bundle);
+    let shell = WinRmShell::connect(&o).await.unwrap();
+    assert!(shell.endpoint().starts_with("https://localhost:"));
+    assert_eq!(
+        shell
+            .run("hostname", T, &quiet)
+            .await
+            .unwrap()
+            .stdout
+            .trim(),
+        "WIN-VMSCAN01"
+    );
+    shell.close().await;
+
+    // NTLM over HTTPS: no sealing needed, TLS protects the messages.
+    let mut o = options(&fake, WinRmAuth::Ntlm);
+    o.scheme = WinRmScheme::Https;
+    o.verify_tls = false;
+    let shell = WinRmShell::connect(&o).await.unwrap();
+    assert_eq!(
+        shell
+            .run("hostname", T, &quiet)
+            .await
+            .unwrap()
+            .stdout
+            .trim(),
+        "WIN-VMSCAN01"
+    );
+    shell.close().await;
+    assert_eq!(fake.stats().sealed_requests, 0);
+
+    // Verification on and no CA bundle: the self-signed certificate is refused.
+    let mut o = options(&fake, WinRmAuth::Basic);
+    o.scheme = WinRmScheme::Https;
+    let err = WinRmShell::connect(&o).await.err().unwrap();
+    assert!(matches!(err, RemoteError::Connect { .. }), "{err:?}");
+}
+
+// ---------------------------------------------------------------- end to end
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use vmscan::cluster::{
+    image_name, ClusterError, ClusterImage, ClusterProvider, ClusterVm, Clusters, Deadlines, Owned,
+    Progress, VmSpec,
+};
+use vmscan::config::{AgentProfile, Config};
+use vmscan::domain::{JobId, StageName};
+
+use fake_winrm::ServiceState;
+use support::{stage, Backend, TestApp};
+
+/// A cluster whose every VM is the fake Windows guest: no real cluster can
+/// boot Windows here. It records what the pipeline asked of it.
+struct WindowsCluster {
+    winrm_port: u16,
+    calls: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl ClusterProvider for WindowsCluster {
+    fn name(&self) -> String {
+        // The app's default cluster, so submitted jobs land here.
+        vmscan::cluster::qemu::PROVIDER_NAME.to_string()
+    }
+
+    async fn upload_image(
+        &self,
+        job: JobId,
+        path: &Path,
+        _progress: Progress<'_>,
+    ) -> Result<ClusterImage, ClusterError> {
+        let size = std::fs::metadata(path)
+            .map_err(|e| ClusterError::Local(e.to_string()))?
+            .len();
+        self.calls.lock().unwrap().push("upload_image".into());
+        Ok(ClusterImage {
+            id: format!("img-{}", job.short()),
+            name: image_name(job),
+            size,
+        })
+    }
+
+    async fn create_vm(&self, spec: &VmSpec) -> Result<ClusterVm, ClusterError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("create_vm os={}", spec.os));
+        Ok(ClusterVm {
+            id: format!("vm-{}", spec.job.short()),
+            name: spec.name.clone(),
+            host: None,
+            port: None,
+            detail: json!({}),
+        })
+    }
+
+    async fn wait_ready(
+        &self,
+        vm: &ClusterVm,
+        _deadlines: &Deadlines,
+    ) -> Result<ClusterVm, ClusterError> {
+        let mut vm = vm.clone();
+        vm.host = Some("127.0.0.1".into());
+        vm.port = Some(self.winrm_port);
+        Ok(vm)
+    }
+
+    async fn console_tail(&self, _vm: &ClusterVm, _max_bytes: usize) -> Option<String> {
+        None
+    }
+
+    async fn delete_vm(&self, vm_id: &str) -> Result<(), ClusterError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("delete_vm {vm_id}"));
+        Ok(())
+    }
+
+    async fn delete_image(&self, image_id: &str) -> Result<(), ClusterError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("delete_image {image_id}"));
+        Ok(())
+    }
+
+    async fn list_owned(&self) -> Result<Vec<Owned>, ClusterError> {
+        Ok(Vec::new())
+    }
+}
+
+const STAGES: [StageName; 6] = [
+    StageName::Fetch,
+    StageName::ClusterUpload,
+    StageName::VmCreate,
+    StageName::AgentInstall,
+    StageName::LogCheck,
+    StageName::Teardown,
+];
+
+const UPLOAD_URL: &str = "http://beacon.example.com/ManageSoftRL/";
+
+fn windows_profile(msi: &Path, dhcp: bool) -> AgentProfile {
+    AgentProfile {
+        installer: msi.display().to_string(),
+        upload_url: UPLOAD_URL.into(),
+        download_url: "http://beacon.example.com/ManageSoftDL/".into(),
+        switch_to_dhcp: dhcp,
+        required_patterns: vec![
+            "Program exited successfully".into(),
+            "Upload successful".into(),
+        ],
+        log_timeout_secs: 5,
+        log_poll_secs: 1,
+        ..AgentProfile::default()
+    }
+}
+
+struct Scan {
+    app: TestApp,
+    guest: FakeWinRm,
+    cluster: Arc<WindowsCluster>,
+    msi: Vec<u8>,
+    image_url: String,
+    _tmp: tempfile::TempDir,
+}
+
+/// The app with the fake Windows cluster; `tweak` adjusts the config.
+async fn scan_world(tweak: impl Fn(&mut Config, &Path) + Send + Sync + 'static) -> Scan {
+    let guest = FakeWinRm::start(FakeConfig {
+        basic: false,
+        ..FakeConfig::default()
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let image = root.join("win2022.raw");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let msi_path = root.join("FlexNet Inventory Agent.msi");
+    let msi: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&msi_path, &msi).unwrap();
+    let cluster = Arc::new(WindowsCluster {
+        winrm_port: guest.port(),
+        calls: Mutex::default(),
+    });
+    let configure = move |c: &mut Config| {
+        c.fetch.allowed_roots = vec![root.clone()];
+        c.pipeline.stages = STAGES.to_vec();
+        c.pipeline.retry_limit = 0;
+        c.vm.login_secs = 5;
+        c.vm.command_secs = 60;
+        c.vm.winrm.password = Some(SecretString::from(FakeConfig::default().password));
+        c.vm.winrm.operation_timeout_secs = 2;
+        c.agent
+            .profiles
+            .insert("windows".into(), windows_profile(&msi_path, true));
+        tweak(c, &root);
+    };
+    let mut cfg = Config::default();
+    configure(&mut cfg);
+    let pipeline =
+        vmscan::pipeline::build_on(&cfg, Arc::new(Clusters::single(cluster.clone(), "test")));
+    let app = TestApp::spawn_with(Backend::Sqlite, configure, Some(pipeline)).await;
+    Scan {
+        app,
+        guest,
+        cluster,
+        msi,
+        image_url: format!("file://{}", image.display()),
+        _tmp: tmp,
+    }
+}
+
+impl Scan {
+    async fn run_windows_job(&self) -> (Value, String) {
+        let job = self
+            .app
+            .submit(json!({"url": self.image_url, "os": "windows"}))
+            .await;
+        let id = job["id"].as_str().unwrap().to_string();
+        let done = self.app.wait_final(&id, Duration::from_secs(90)).await;
+        let log = self.app.log_text(&id).await;
+        (done, log)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_a_windows_template_over_winrm_end_to_end() {
+    let w = scan_world(|_, _| {}).await;
+    let (done, log) = w.run_windows_job().await;
+    assert_eq!(done["state"], "succeeded", "{done:#}\n{log}");
+    for s in [
+        "fetch",
+        "cluster-upload",
+        "vm-create",
+        "agent-install",
+        "log-check",
+        "teardown",
+    ] {
+        assert_eq!(stage(&done, s)["state"], "succeeded", "stage {s}: {done:#}");
+    }
+    let vm = &stage(&done, "vm-create")["detail"];
+    assert_eq!(vm["os"], "Microsoft Windows Server 2022 Standard");
+    assert_eq!(vm["winrm_port"], w.guest.port());
+    let ip = vm["ip_configuration"].as_str().unwrap();
+    assert!(
+        ip.contains("InterfaceAlias       : Ethernet") && ip.contains("10.20.30.40"),
+        "{ip}"
+    );
+
+    // The job log: IP configuration before and after the DHCP switch, and msiexec's own log.
+    assert!(log.contains("IPv4Address          : 10.20.30.40"), "{log}");
+    assert!(
+        log.contains("PS> Set-NetIPInterface -InterfaceAlias 'Ethernet' -Dhcp Enabled"),
+        "{log}"
+    );
+    assert!(log.contains("IPv4Address          : 10.20.30.141"), "{log}");
+    assert!(
+        log.contains("msiexec exited with status 0 (success)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("msiexec: MSI (c) (A4:B8) [14:00:10:000]: MainEngineThread is returning 0"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "Adding MGSFT_BOOTSTRAP_UPLOAD property. Its value is '{UPLOAD_URL}'"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("ndinit: Running") && log.contains("mgssecsvc: Running"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("-EncodedCommand"),
+        "scripts are shown, not their encoding"
+    );
+
+    let agent = &stage(&done, "agent-install")["detail"];
+    assert_eq!(agent["exit_status"], 0);
+    assert_eq!(agent["service_check"], "passed");
+    assert!(agent["dhcp"]["ip_configuration"]
+        .as_str()
+        .unwrap()
+        .contains("10.20.30.141"));
+    let excerpts = stage(&done, "log-check")["detail"]["excerpts"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(excerpts.len(), 2, "{excerpts:?}");
+    assert!(excerpts
+        .iter()
+        .any(|e| e["file"] == r"C:\Windows\Temp\ManageSoft\tracker.log"));
+
+    {
+        let g = w.guest.guest();
+        assert!(g.dhcp, "the interface was switched to DHCP");
+        assert_eq!(
+            g.file(r"C:\Windows\Temp\vmscan\FlexNet Inventory Agent.msi"),
+            Some(&w.msi)
+        );
+        let dhcp_at = g
+            .ran
+            .iter()
+            .position(|r| r.contains("Set-NetIPInterface"))
+            .unwrap();
+        let msi_at = g.ran.iter().position(|r| r.contains("msiexec")).unwrap();
+        assert!(dhcp_at < msi_at, "DHCP before the install");
+    }
+    let stats = w.guest.stats();
+    assert_eq!(
+        stats.shells_open, 0,
+        "every stage deleted its shell: {stats:?}"
+    );
+    assert!(
+        stats.sealed_requests > 10 && stats.ntlm_logins >= 3,
+        "{stats:?}"
+    );
+    let calls = w.cluster.calls.lock().unwrap().clone();
+    assert!(
+        calls.contains(&"create_vm os=windows".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        calls.iter().any(|c| c.starts_with("delete_vm ")),
+        "{calls:?}"
+    );
+
+    // The job page shows the IP configuration and msiexec's output.
+    let id = done["id"].as_str().unwrap();
+    let (status, page) = w.app.get_text(&format!("/jobs/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("10.20.30.40") && page.contains("MainEngineThread is returning 0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_msiexec_fails_agent_install_with_its_log() {
+    let w = scan_world(|_, _| {}).await;
+    w.guest.guest().msi_exit = 1603;
+    let (done, log) = w.run_windows_job().await;
+    assert_eq!(done["state"], "failed", "{done:#}");
+    let s = stage(&done, "agent-install");
+    assert_eq!(s["state"], "failed");
+    let err = s["error"].as_str().unwrap();
+    assert!(
+        err.contains("msiexec exited with status 1603 (fatal error during installation)")
+            && err.contains("Return value 3"),
+        "{err}"
+    );
+    assert!(log.contains("msiexec: MSI (s) (C0:D4) [14:00:05:010]: Product: FlexNet Inventory Agent -- Installation failed."), "{log}");
+    assert_eq!(stage(&done, "teardown")["state"], "succeeded");
+    assert!(!w.guest.guest().services.contains_key("ndinit"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agent_service_fails_agent_install() {
+    let w = scan_world(|c, _| {
+        c.agent.profiles.get_mut("windows").unwrap().switch_to_dhcp = false;
+    })
+    .await;
+    w.guest.guest().services_after_install = ServiceState::Stopped;
+    let (done, log) = w.run_windows_job().await;
+    let err = stage(&done, "agent-install")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(done["state"], "failed", "{done:#}\n{log}");
+    assert_eq!(
+        err, "agent services not running: ndinit: Stopped, mgssecsvc: Stopped",
+        "{log}"
+    );
+    assert!(!w.guest.guest().dhcp, "no DHCP switch unless asked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_pattern_in_the_agent_logs_fails_log_check() {
+    let w = scan_world(|_, _| {}).await;
+    w.guest.guest().tracker_extra =
+        "[11/23/2026 14:00:22 (N, 0)] {2345} ERROR: Upload to beacon failed\r\n".into();
+    let (done, log) = w.run_windows_job().await;
+    assert_eq!(done["state"], "failed", "{done:#}\n{log}");
+    assert_eq!(stage(&done, "agent-install")["state"], "succeeded");
+    let err = stage(&done, "log-check")["error"].as_str().unwrap();
+    assert!(
+        err.contains(r"found in C:\Windows\Temp\ManageSoft\tracker.log")
+            && err.contains("ERROR: Upload to beacon failed"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windows_job_without_a_windows_profile_fails_at_agent_install() {
+    let w = scan_world(|c, root| {
+        c.agent.profiles.remove("windows");
+        let linux = AgentProfile {
+            installer: root.join("agent.sh").display().to_string(),
+            ..AgentProfile::default()
+        };
+        c.agent.profiles.insert("linux".into(), linux);
+    })
+    .await;
+    let (done, log) = w.run_windows_job().await;
+    assert_eq!(done["state"], "failed", "{done:#}\n{log}");
+    assert_eq!(stage(&done, "vm-create")["state"], "succeeded");
+    assert_eq!(
+        stage(&done, "agent-install")["error"],
+        "no agent profile is configured for windows guests ([agent.profiles.windows])"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_winrm_password_fails_vm_create_clearly() {
+    let w = scan_world(|c, _| {
+        c.vm.login_secs = 3;
+        c.vm.winrm.password = Some(SecretString::from("not-it".to_string()));
+    })
+    .await;
+    let (done, log) = w.run_windows_job().await;
+    assert_eq!(done["state"], "failed", "{done:#}\n{log}");
+    let err = stage(&done, "vm-create")["error"].as_str().unwrap();
+    assert!(
+        err.starts_with("the VM did not accept a WinRM login within 3 s: authentication as Administrator failed")
+            && err.contains("401 Unauthorized to NTLM authentication"),
+        "{err}"
+    );
+    assert!(!log.contains("not-it"), "the password is never logged");
+    assert_eq!(w.guest.stats().ntlm_logins, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windows_job_without_a_winrm_password_fails_with_a_clear_error() {
+    let w = scan_world(|c, _| c.vm.winrm.password = None).await;
+    let (done, log) = w.run_windows_job().await;
+    assert_eq!(done["state"], "failed", "{done:#}\n{log}");
+    assert_eq!(
+        stage(&done, "vm-create")["error"],
+        "no WinRM password is configured for Windows guests (VMSCAN_VM__WINRM__PASSWORD)"
+    );
+    assert_eq!(w.guest.stats().actions.len(), 0, "nothing was sent");
+}
