@@ -534,6 +534,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_loads_as_a_whole() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vmscan.example.toml");
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.cluster.default, None);
+        assert!(c.cluster.qemu.enabled);
+    }
+
+    #[test]
     fn defaults_to_sqlite_under_the_data_dir() {
         let c = Config::default();
         assert_eq!(c.database_url(), "sqlite:./data/vmscan.db");
