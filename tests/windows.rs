@@ -749,3 +749,92 @@ async fn a_windows_job_without_a_winrm_password_fails_with_a_clear_error() {
     );
     assert_eq!(w.guest.stats().actions.len(), 0, "nothing was sent");
 }
+
+/// A Windows template on Nutanix: the VM gets sysprep customization (not
+/// cloud-init), its WinRM port is awaited instead of SSH, and the agent is
+/// installed over WinRM on the address Prism reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windows_template_scans_on_nutanix_with_sysprep_and_winrm() {
+    use support::nutanix::{FakeNutanix, CLUSTER, PASSWORD, SUBNET, USER};
+    use vmscan::cluster::nutanix::NutanixConfig;
+
+    let prism = FakeNutanix::start().await;
+    let guest = FakeWinRm::start(FakeConfig {
+        basic: false,
+        ..FakeConfig::default()
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let image = root.join("win2022.raw");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let msi_path = root.join("agent.msi");
+    std::fs::write(&msi_path, vec![7u8; 40_000]).unwrap();
+    let pc = NutanixConfig {
+        url: prism.url(),
+        username: USER.into(),
+        password: Some(SecretString::from(PASSWORD)),
+        cluster_name: CLUSTER.into(),
+        subnet_name: SUBNET.into(),
+        winrm_port: guest.port(),
+        sysprep_unattend_xml: "<unattend><ComputerName>{hostname}</ComputerName></unattend>".into(),
+        task_poll_ms: 50,
+        vm_poll_ms: 50,
+        retry_backoff_ms: 50,
+        ..NutanixConfig::default()
+    };
+    let r = root.clone();
+    let app = TestApp::spawn(Backend::Sqlite, move |c| {
+        c.fetch.allowed_roots = vec![r.clone()];
+        c.pipeline.stages = STAGES.to_vec();
+        c.pipeline.retry_limit = 0;
+        c.vm.login_secs = 10;
+        c.vm.winrm.password = Some(SecretString::from(FakeConfig::default().password));
+        c.vm.winrm.operation_timeout_secs = 2;
+        c.agent
+            .profiles
+            .insert("windows".into(), windows_profile(&msi_path, false));
+        c.cluster.qemu.enabled = false;
+        c.cluster.nutanix.insert("pc1".into(), pc);
+    })
+    .await;
+    let job = app
+        .submit(json!({"url": format!("file://{}", image.display()), "os": "windows"}))
+        .await;
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(
+        (job["cluster"].as_str(), job["os"].as_str()),
+        (Some("nutanix:pc1"), Some("windows"))
+    );
+    let done = app.wait_final(id, Duration::from_secs(90)).await;
+    let log = app.log_text(id).await;
+    assert_eq!(done["state"], "succeeded", "{done:#}\n{log}");
+    let vm = &stage(&done, "vm-create")["detail"];
+    assert_eq!(vm["cluster"], "nutanix:pc1");
+    assert_eq!(vm["winrm_port"], guest.port());
+    // Sysprep with the job's hostname, not cloud-init.
+    let spec = prism.vm_spec(&vmscan::cluster::vm_name(id.parse().unwrap()));
+    assert!(spec.is_none(), "the VM was deleted at teardown");
+    assert!(prism.entities().is_empty(), "{:?}", prism.entities());
+    let sent = prism
+        .seen()
+        .iter()
+        .any(|s| s.method == "POST" && s.path == "/vms" && s.status == 202);
+    assert!(sent);
+    let hostname = vm["hostname"].as_str().unwrap();
+    let unattend = prism.last_vm_customization().unwrap();
+    assert!(unattend.get("cloud_init").is_none(), "{unattend}");
+    use base64::Engine;
+    let xml = base64::engine::general_purpose::STANDARD
+        .decode(unattend["sysprep"]["unattend_xml"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(xml).unwrap(),
+        format!("<unattend><ComputerName>{hostname}</ComputerName></unattend>")
+    );
+    assert!(
+        log.contains("msiexec exited with status 0 (success)"),
+        "{log}"
+    );
+    app.stop().await;
+}

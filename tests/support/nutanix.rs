@@ -102,6 +102,7 @@ struct Inner {
     guest: Option<Arc<GuestBackend>>,
     /// For guest boots that finish after the request that started them.
     me: std::sync::Weak<Mutex<Inner>>,
+    last_customization: Option<Value>,
 }
 
 #[derive(Clone)]
@@ -352,6 +353,7 @@ impl FakeNutanix {
                 uploads_dir: dir.path().to_path_buf(),
                 guest,
                 me: me.clone(),
+                last_customization: None,
             })
         });
         let app = Router::new()
@@ -438,6 +440,11 @@ impl FakeNutanix {
             .values()
             .find(|e| e.kind == "vm" && e.spec["name"] == name)
             .map(|e| e.spec.clone())
+    }
+
+    /// The guest customization of the last VM created (kept after it is deleted).
+    pub fn last_vm_customization(&self) -> Option<Value> {
+        self.inner.lock().unwrap().last_customization.clone()
     }
 
     /// The bytes Prism holds for the image named `name`.
@@ -833,6 +840,7 @@ async fn create_vm(State(inner): State<Arc<Mutex<Inner>>>, body: Bytes) -> Respo
         .pointer("/metadata/categories")
         .cloned()
         .unwrap_or(json!({}));
+    s.last_customization = spec.pointer("/resources/guest_customization").cloned();
     let mut e = new_entity("vm", spec, categories);
     e.addressless = std::mem::take(&mut s.addressless_next_vm);
     let uuid = e.uuid.clone();
