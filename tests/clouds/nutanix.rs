@@ -461,3 +461,68 @@ async fn in_url_mode_prism_pulls_the_image_from_vmscan() {
     );
     app.stop().await;
 }
+
+/// Upload throughput against the fake Prism Central: `curl -T` to the same
+/// `PUT /images/{uuid}/file` endpoint (the baseline) and then the provider's
+/// whole upload (create, stream, tasks), on the same file in one run.
+/// Run by `scripts/bench-cloud-upload.sh` (release build, a large file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_nutanix_upload() {
+    use std::time::Instant;
+    let file = PathBuf::from(std::env::var("BENCH_FILE").expect("BENCH_FILE"));
+    let size = std::fs::metadata(&file).unwrap().len();
+    let fake = FakeNutanix::start().await;
+    let p = provider(&fake).await;
+
+    // Baseline: an image record made by the provider's client, then curl streams the file.
+    let job = JobId::new();
+    let image = p.upload_image(job, &image().1, &|_, _| {}).await.unwrap();
+    let url = format!("{}/api/nutanix/v3/images/{}/file", fake.url(), image.id);
+    let t = Instant::now();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-f",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+        ])
+        .args(["-u", &format!("{USER}:{PASSWORD}"), "-T"])
+        .arg(&file)
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let curl = t.elapsed().as_secs_f64();
+    p.delete_image(&image.id).await.unwrap();
+
+    let t = Instant::now();
+    let image = p
+        .upload_image(JobId::new(), &file, &|_, _| {})
+        .await
+        .unwrap();
+    let ours = t.elapsed().as_secs_f64();
+    assert_eq!(image.size, size);
+    let mb = size as f64 / 1e6;
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() / 1024.0)
+        .unwrap();
+    println!("size: {size} bytes");
+    println!("curl -T PUT …/file: {curl:.2} s ({:.1} MB/s)", mb / curl);
+    println!(
+        "vmscan upload_image (create + stream + tasks): {ours:.2} s ({:.1} MB/s)",
+        mb / ours
+    );
+    println!("throughput vs curl: {:.2}x", curl / ours);
+    println!("peak RSS of the test process (client and fake together): {hwm:.1} MiB");
+    p.delete_image(&image.id).await.unwrap();
+}
