@@ -472,7 +472,19 @@ async fn bench_nutanix_upload() {
     use std::time::Instant;
     let file = PathBuf::from(std::env::var("BENCH_FILE").expect("BENCH_FILE"));
     let size = std::fs::metadata(&file).unwrap().len();
-    let fake = FakeNutanix::start().await;
+    // The fake serves from its own runtime (as curl runs in its own process),
+    // so client and server do not share the test's two worker threads.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            tx.send(FakeNutanix::start().await).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    let fake = rx.recv().unwrap();
+    // Real tasks take seconds; here they take 20 ms so the stream dominates.
+    fake.set_task_time(Duration::from_millis(20));
     let p = provider(&fake).await;
 
     // Baseline: an image record made by the provider's client, then curl streams the file.
