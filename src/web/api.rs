@@ -292,7 +292,6 @@ async fn events(
                         // the state: read once more so none is left behind.
                         if let Ok(lines) = st.store.log_lines(id, after, 5000).await {
                             for l in &lines {
-                                after = l.id;
                                 let data = serde_json::to_string(&LogView::from(l)).unwrap_or_default();
                                 yield Ok(Event::default().event("log").id(l.id.to_string()).data(data));
                             }
