@@ -210,6 +210,49 @@ impl AgentInstallStage {
 }
 
 /// Replaces `{name}` placeholders.
+/// The placeholders response files, install commands and MSI properties may use.
+fn template_vars(ctx: &StageCtx, profile: &AgentProfile) -> [(&'static str, String); 4] {
+    [
+        ("upload_url", profile.upload_url.clone()),
+        ("download_url", profile.download_url.clone()),
+        ("hostname", guest_hostname(ctx.job.id)),
+        ("job_id", ctx.job.id.to_string()),
+    ]
+}
+
+fn borrowed<'a>(vars: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    vars.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// Uploads the installer to `remote`, saying what and how big in the job
+/// log; returns its size.
+async fn upload_installer(
+    ctx: &StageCtx,
+    shell: &dyn RemoteShell,
+    local: &Path,
+    remote: &str,
+    timeout: Duration,
+) -> Result<u64, StageError> {
+    let size = tokio::fs::metadata(local)
+        .await
+        .map(|m| m.len())
+        .unwrap_or(0);
+    ctx.info(format!(
+        "uploading installer {} ({}) to {remote}",
+        local.display(),
+        fmt_bytes(size)
+    ))
+    .await?;
+    shell
+        .upload(local, remote, timeout)
+        .await
+        .map_err(|e| AgentError::Upload {
+            what: "the installer".into(),
+            reason: e.to_string(),
+        })?;
+    Ok(size)
+}
+
 pub fn render(template: &str, vars: &[(&str, &str)]) -> String {
     vars.iter().fold(template.to_string(), |t, (k, v)| {
         t.replace(&format!("{{{k}}}"), v)
@@ -294,33 +337,11 @@ impl AgentInstallStage {
         }
 
         let local = self.installer(ctx, &profile).await?;
-        let size = tokio::fs::metadata(&local)
-            .await
-            .map(|m| m.len())
-            .unwrap_or(0);
         let remote = remote_path(&profile.upload_dir, &local);
-        ctx.info(format!(
-            "uploading installer {} ({}) to {remote}",
-            local.display(),
-            fmt_bytes(size)
-        ))
-        .await?;
-        shell
-            .upload(&local, &remote, timeout)
-            .await
-            .map_err(|e| AgentError::Upload {
-                what: "the installer".into(),
-                reason: e.to_string(),
-            })?;
+        let size = upload_installer(ctx, shell, &local, &remote, timeout).await?;
 
-        let hostname = guest_hostname(ctx.job.id);
-        let job_id = ctx.job.id.to_string();
-        let vars = [
-            ("upload_url", profile.upload_url.as_str()),
-            ("download_url", profile.download_url.as_str()),
-            ("hostname", hostname.as_str()),
-            ("job_id", job_id.as_str()),
-        ];
+        let owned = template_vars(ctx, &profile);
+        let vars = borrowed(&owned);
         if !profile.response_file.is_empty() {
             let text = render(&profile.response_template, &vars);
             let local_resp = ctx.work_dir.join("agent").join("response");
@@ -479,37 +500,15 @@ impl AgentInstallStage {
         }
 
         let local = self.installer(ctx, profile).await?;
-        let size = tokio::fs::metadata(&local)
-            .await
-            .map(|m| m.len())
-            .unwrap_or(0);
         let name = local
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "agent.msi".into());
         let remote = win_join(&profile.upload_dir, &name);
-        ctx.info(format!(
-            "uploading installer {} ({}) to {remote}",
-            local.display(),
-            fmt_bytes(size)
-        ))
-        .await?;
-        shell
-            .upload(&local, &remote, timeout)
-            .await
-            .map_err(|e| AgentError::Upload {
-                what: "the installer".into(),
-                reason: e.to_string(),
-            })?;
+        let size = upload_installer(ctx, shell, &local, &remote, timeout).await?;
 
-        let hostname = guest_hostname(ctx.job.id);
-        let job_id = ctx.job.id.to_string();
-        let vars = [
-            ("upload_url", profile.upload_url.as_str()),
-            ("download_url", profile.download_url.as_str()),
-            ("hostname", hostname.as_str()),
-            ("job_id", job_id.as_str()),
-        ];
+        let owned = template_vars(ctx, profile);
+        let vars = borrowed(&owned);
         let props: Vec<(String, String)> = profile
             .msi_properties
             .iter()
