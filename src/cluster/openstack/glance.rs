@@ -112,23 +112,13 @@ pub async fn get(api: &Api, id: &str) -> Result<Image, OsError> {
 
 /// Every image the project sees (following `next`).
 pub async fn list(api: &Api, filter: &str) -> Result<Vec<Image>, OsError> {
-    let mut path = format!("/v2/images?limit=100{filter}");
-    let mut all = Vec::new();
-    for _ in 0..10_000 {
-        let page = api.get(Service::Image, &path).await?;
-        all.extend(
-            page["images"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(Image::of),
-        );
-        match page["next"].as_str().and_then(|n| n.split_once('?')) {
-            Some((_, query)) => path = format!("/v2/images?{query}"),
-            None => break,
-        }
-    }
-    Ok(all)
+    let next = |page: &Value| {
+        let (_, query) = page["next"].as_str()?.split_once('?')?;
+        Some(format!("/v2/images?{query}"))
+    };
+    let first = format!("/v2/images?limit=100{filter}");
+    let all = api.get_all(Service::Image, first, "images", next).await?;
+    Ok(all.iter().map(Image::of).collect())
 }
 
 /// Deletes the image and checks it is gone. Missing = done.

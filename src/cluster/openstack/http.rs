@@ -115,6 +115,31 @@ impl Api {
             .body)
     }
 
+    /// Every item under `key` of a paged listing, starting at `first` and
+    /// following the path `next` finds in each page.
+    pub async fn get_all(
+        &self,
+        service: Service,
+        first: String,
+        key: &str,
+        next: impl Fn(&Value) -> Option<String>,
+    ) -> Result<Vec<Value>, OsError> {
+        let mut path = first;
+        let mut all = Vec::new();
+        // Bounded, in case a server keeps linking to more pages.
+        for _ in 0..10_000 {
+            let mut page = self.get(service, &path).await?;
+            if let Some(items) = page.get_mut(key).and_then(Value::as_array_mut) {
+                all.append(items);
+            }
+            match next(&page) {
+                Some(p) => path = p,
+                None => break,
+            }
+        }
+        Ok(all)
+    }
+
     /// Sends a request, retrying what can succeed later. `conflict_retry`:
     /// a 409 means "busy now" (Nova's task states) and is retried too.
     pub async fn call(

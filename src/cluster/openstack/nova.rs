@@ -161,23 +161,13 @@ pub async fn get(api: &Api, id: &str) -> Result<Server, OsError> {
 
 /// Every server of the project (`/servers/detail`, following `servers_links`).
 pub async fn list(api: &Api, filter: &str) -> Result<Vec<Server>, OsError> {
-    let mut path = format!("/servers/detail?limit=200{filter}");
-    let mut all = Vec::new();
-    for _ in 0..10_000 {
-        let page = api.get(Service::Compute, &path).await?;
-        all.extend(
-            page["servers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(Server::of),
-        );
-        match next_query(&page["servers_links"]) {
-            Some(q) => path = format!("/servers/detail?{q}"),
-            None => break,
-        }
-    }
-    Ok(all)
+    let next =
+        |page: &Value| next_query(&page["servers_links"]).map(|q| format!("/servers/detail?{q}"));
+    let first = format!("/servers/detail?limit=200{filter}");
+    let all = api
+        .get_all(Service::Compute, first, "servers", next)
+        .await?;
+    Ok(all.iter().map(Server::of).collect())
 }
 
 /// Deletes the server and waits until Nova answers 404. Missing = done.
