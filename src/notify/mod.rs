@@ -275,9 +275,10 @@ impl Deliverer {
         let Some(mailer) = &self.mailer else {
             return Ok(Delivered::Skipped("email is not configured".into()));
         };
-        let f = self.facts(n).await?;
         // "Scan started" links the Jira ticket: wait a little for its creation.
-        if n.kind == "job_started" && f.issue.is_none() && self.jira.is_some() {
+        // The ticket is read only after its creation settled; reading it first
+        // raced with a creation that finished between the two reads.
+        if n.kind == "job_started" && self.jira.is_some() {
             let waited = now_millis() - n.created_at;
             let wait_max = (self.cfg.notify.jira_link_wait_secs as i64) * 1000;
             let pending = self
@@ -297,6 +298,7 @@ impl Deliverer {
                 ));
             }
         }
+        let f = self.facts(n).await?;
         let mut to: Vec<Mailbox> = Vec::new();
         if let Some(addr) = f.job.email.as_deref().and_then(|e| e.parse().ok()) {
             to.push(Mailbox::new(f.name.clone(), addr));
