@@ -59,7 +59,8 @@ pub enum Command {
         /// Target cluster (`vmscan config check` lists them); default: the configured default.
         #[arg(long)]
         cluster: Option<String>,
-        /// Guest OS family: linux (SSH) or windows (WinRM).
+        /// Guest OS family: linux (SSH), windows (WinRM), or auto (detected
+        /// from the image's partitions; the default).
         #[arg(long)]
         os: Option<String>,
         /// Wait for the job to finish; exit 0 only if it succeeded.
@@ -330,6 +331,10 @@ async fn inspect(config: &Option<PathBuf>, file: &Path, json: bool) -> anyhow::R
         println!("actual size   {}", size(report.actual_size));
         if let Some(b) = report.bootable {
             println!("bootable      {}", if b { "yes" } else { "no" });
+        }
+        if let Some(os) = &report.guest_os {
+            let why = report.guest_os_evidence.as_deref().unwrap_or("");
+            println!("guest OS      {os} ({why})");
         }
         match &report.reason {
             None => println!("verdict       {}", report.verdict),

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::cluster::ClusterInfo;
-use crate::domain::{ChecksumSpec, OsFamily, SourceUrl};
+use crate::domain::{ChecksumSpec, OsChoice, SourceUrl};
 use crate::store::NewJob;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -34,7 +34,8 @@ pub struct SubmitRequest {
     /// Target cluster ("qemu-local", "nutanix:pc1"…); default: the configured default.
     #[serde(default)]
     pub cluster: Option<String>,
-    /// Guest OS family ("linux" or "windows"): picks SSH or WinRM. Default: linux.
+    /// Guest OS family ("linux", "windows", or "auto": detected from the
+    /// image's partitions): picks SSH or WinRM. Default: auto.
     #[serde(default)]
     pub os: Option<String>,
     #[serde(default)]
@@ -127,13 +128,13 @@ pub fn validate(req: SubmitRequest, clusters: &[ClusterInfo]) -> Result<NewJob, 
     };
     options["cluster"] = json!(cluster);
     let os = match options.get("os") {
-        None | Some(serde_json::Value::Null) => OsFamily::default(),
+        None | Some(serde_json::Value::Null) => OsChoice::default(),
         Some(serde_json::Value::String(o)) => o
-            .parse::<OsFamily>()
+            .parse::<OsChoice>()
             .map_err(|e| SubmitError(format!("os: {e}")))?,
         Some(_) => {
             return Err(SubmitError(
-                "os: must be a string (linux or windows)".into(),
+                "os: must be a string (auto, linux or windows)".into(),
             ))
         }
     };
@@ -204,7 +205,7 @@ mod tests {
     fn the_cluster_and_os_are_checked_and_recorded() {
         let job = validate(req("https://h.example/a.qcow2")).unwrap();
         assert_eq!(job.options["cluster"], "qemu-local");
-        assert_eq!(job.options["os"], "linux");
+        assert_eq!(job.options["os"], "auto");
         let mut r = req("https://h.example/a.qcow2");
         r.cluster = Some("nutanix:pc1".into());
         r.os = Some("Windows".into());

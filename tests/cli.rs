@@ -112,6 +112,34 @@ fn inspect_accepts_a_raw_image() {
     assert_eq!(json["file_size"], 32u64 << 20, "{json}");
     assert_eq!(json["bootable"], false, "{json}");
     assert_eq!(json["verdict"], "accepted", "{json}");
+    assert_eq!(
+        line(&text, "guest OS"),
+        "unknown (no partition table, and no filesystem vmscan knows on the whole disk)",
+        "{text}"
+    );
+    assert_eq!(json["guest_os"], "unknown", "{json}");
+}
+
+#[test]
+fn inspect_names_the_guest_os_its_partitions_show() {
+    let dir = tempfile::tempdir().unwrap();
+    // MBR, one Linux partition from sector 2048 holding an ext4 superblock.
+    let mut d = vec![0u8; 8 << 20];
+    d[446 + 4] = 0x83;
+    d[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+    d[446 + 12..446 + 16].copy_from_slice(&8192u32.to_le_bytes());
+    d[510..512].copy_from_slice(&[0x55, 0xaa]);
+    d[2048 * 512 + 1080..2048 * 512 + 1082].copy_from_slice(&[0x53, 0xef]);
+    let p = dir.path().join("linux.img");
+    std::fs::write(&p, d).unwrap();
+    let (text, json, code, _) = inspect(&p);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(
+        line(&text, "guest OS"),
+        "linux (partition 1 (mbr 0x83, 4.0 MiB) holds ext2/3/4)",
+        "{text}"
+    );
+    assert_eq!(json["guest_os"], "linux", "{json}");
 }
 
 #[test]

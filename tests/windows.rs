@@ -644,6 +644,109 @@ async fn scans_a_windows_template_over_winrm_end_to_end() {
     assert!(page.contains("10.20.30.40") && page.contains("MainEngineThread is returning 0"));
 }
 
+/// A disk laid out as Windows Setup does on UEFI: GPT with an EFI system
+/// partition, the Microsoft reserved partition and an NTFS volume.
+fn windows_gpt_disk() -> Vec<u8> {
+    const MIB: usize = 1 << 20;
+    // (type GUID as stored on disk: first three fields little-endian, first MiB, MiBs)
+    let parts: [([u8; 16], usize, usize); 3] = [
+        (
+            *b"\x28\x73\x2a\xc1\x1f\xf8\xd2\x11\xba\x4b\x00\xa0\xc9\x3e\xc9\x3b",
+            1,
+            2,
+        ),
+        (
+            *b"\x16\xe3\xc9\xe3\x5c\x0b\xb8\x4d\x81\x7d\xf9\x2d\xf0\x02\x15\xae",
+            3,
+            1,
+        ),
+        (
+            *b"\xa2\xa0\xd0\xeb\xe5\xb9\x33\x44\x87\xc0\x68\xb6\xb7\x26\x99\xc7",
+            4,
+            12,
+        ),
+    ];
+    let mut d = vec![0u8; 16 * MIB];
+    let mut put = |at: usize, b: &[u8]| d[at..at + b.len()].copy_from_slice(b);
+    put(446 + 4, &[0xee]);
+    put(510, &[0x55, 0xaa]);
+    put(512, b"EFI PART");
+    put(512 + 72, &2u64.to_le_bytes());
+    put(512 + 80, &128u32.to_le_bytes());
+    put(512 + 84, &128u32.to_le_bytes());
+    for (i, (ty, first, len)) in parts.iter().enumerate() {
+        let lba = (first * MIB / 512) as u64;
+        put(1024 + 128 * i, ty);
+        put(1024 + 128 * i + 32, &lba.to_le_bytes());
+        put(
+            1024 + 128 * i + 40,
+            &(lba + (len * MIB / 512) as u64 - 1).to_le_bytes(),
+        );
+    }
+    put(4 * MIB + 3, b"NTFS    ");
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_submitted_without_an_os_is_detected_as_windows_and_scanned_over_winrm() {
+    let w = scan_world(|c, _| {
+        c.pipeline.stages = vec![
+            StageName::Fetch,
+            StageName::Inspect,
+            StageName::Convert,
+            StageName::ClusterUpload,
+            StageName::VmCreate,
+            StageName::AgentInstall,
+            StageName::LogCheck,
+            StageName::Teardown,
+        ];
+    })
+    .await;
+    // qcow2 under a .raw name: detection reads the guest's view through
+    // qemu-img and never trusts the name.
+    let path = w.image_url.trim_start_matches("file://").to_string();
+    let raw = format!("{path}.src");
+    std::fs::write(&raw, windows_gpt_disk()).unwrap();
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2", &raw, &path])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    let job = w.app.submit(json!({"url": w.image_url})).await;
+    assert_eq!(
+        (job["os"].as_str(), job["os_source"].as_str()),
+        (Some("auto"), Some("pending"))
+    );
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = w.app.wait_final(&id, Duration::from_secs(90)).await;
+    let log = w.app.log_text(&id).await;
+    assert_eq!(done["state"], "succeeded", "{done:#}\n{log}");
+    assert_eq!(done["os"], "windows", "{done:#}");
+    assert_eq!(done["os_source"], "detected");
+    let evidence = "partition 3 (Microsoft basic data, 12.0 MiB) holds ntfs";
+    assert_eq!(done["os_evidence"], evidence);
+    let inspected = &stage(&done, "inspect")["detail"]["guest_os"];
+    assert_eq!(inspected["table"], "gpt");
+    assert_eq!(inspected["partitions"].as_array().unwrap().len(), 3);
+    assert!(
+        log.contains(&format!("guest OS: windows, detected ({evidence})")),
+        "{log}"
+    );
+    let calls = w.cluster.calls.lock().unwrap().clone();
+    assert!(
+        calls.contains(&"create_vm os=windows".to_string()),
+        "{calls:?}"
+    );
+    assert!(w.guest.stats().ntlm_logins >= 1, "the scan went over WinRM");
+    let (status, page) = w.app.get_text(&format!("/jobs/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("windows <span class=\"muted\" id=\"job-os-source\">(detected: partition 3"),
+        "{page}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_msiexec_fails_agent_install_with_its_log() {
     let w = scan_world(|_, _| {}).await;

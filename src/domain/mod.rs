@@ -8,7 +8,7 @@ mod state;
 
 pub use checksum::{Checksum, ChecksumAlgo, ChecksumError, ChecksumSpec};
 pub use ids::JobId;
-pub use os::{OsFamily, OsFamilyError};
+pub use os::{detected_os, OsChoice, OsFamily, OsFamilyError};
 pub use source::{SourceUrl, SourceUrlError};
 pub use state::{JobState, StageName, StageState};
 

@@ -32,8 +32,63 @@ impl fmt::Display for OsFamily {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0:?} is not an OS family (linux or windows)")]
+#[error("{0:?} is not an OS family (auto, linux or windows)")]
 pub struct OsFamilyError(pub String);
+
+/// What the submitter asked for: a family, or `auto` — detected from the
+/// image's partitions by the inspect stage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OsChoice {
+    #[default]
+    Auto,
+    Family(OsFamily),
+}
+
+impl OsChoice {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OsChoice::Auto => "auto",
+            OsChoice::Family(f) => f.as_str(),
+        }
+    }
+
+    /// The choice recorded in a job's options (absent: auto).
+    pub fn of_options(options: &serde_json::Value) -> OsChoice {
+        options
+            .get("os")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|o| o.parse().ok())
+            .unwrap_or_default()
+    }
+
+    /// The family a job runs as: the choice, else what was detected, else
+    /// Linux (the SSH path says clearly when a guest does not answer).
+    pub fn resolve(self, detected: Option<OsFamily>) -> OsFamily {
+        match self {
+            OsChoice::Family(f) => f,
+            OsChoice::Auto => detected.unwrap_or_default(),
+        }
+    }
+}
+
+/// The family the inspect stage detected, from its recorded detail.
+pub fn detected_os(inspect_detail: &serde_json::Value) -> Option<OsFamily> {
+    inspect_detail["guest_os"]["family"]
+        .as_str()
+        .and_then(|f| f.parse().ok())
+}
+
+impl FromStr for OsChoice {
+    type Err = OsFamilyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            Ok(OsChoice::Auto)
+        } else {
+            s.parse().map(OsChoice::Family)
+        }
+    }
+}
 
 impl FromStr for OsFamily {
     type Err = OsFamilyError;
@@ -56,5 +111,19 @@ mod tests {
         assert_eq!("Windows".parse::<OsFamily>(), Ok(OsFamily::Windows));
         assert_eq!(" linux ".parse::<OsFamily>(), Ok(OsFamily::Linux));
         assert!("macos".parse::<OsFamily>().is_err());
+    }
+
+    #[test]
+    fn auto_resolves_to_the_detected_family_else_linux() {
+        let auto: OsChoice = " Auto".parse().unwrap();
+        assert_eq!(auto, OsChoice::Auto);
+        assert_eq!(auto.resolve(Some(OsFamily::Windows)), OsFamily::Windows);
+        assert_eq!(auto.resolve(None), OsFamily::Linux);
+        let linux: OsChoice = "linux".parse().unwrap();
+        assert_eq!(linux.resolve(Some(OsFamily::Windows)), OsFamily::Linux);
+        assert_eq!(
+            "beos".parse::<OsChoice>().unwrap_err().to_string(),
+            "\"beos\" is not an OS family (auto, linux or windows)"
+        );
     }
 }

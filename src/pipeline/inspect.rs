@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use super::guest_os::{detect, DetectError, Detection, QemuImgDisk, RawFile};
 use super::image_format::{
     check_vmdk_descriptor, container_of, image_signatures, qcow2_header, vmdk_descriptor_range,
     BootInfo, ImageFormat, QCOW2_CORRUPT, QCOW2_DATA_FILE, QCOW2_KNOWN_INCOMPATIBLE, SNIFF_BYTES,
@@ -17,7 +18,7 @@ use super::image_format::{
 use super::qemu::{self, QemuError, RunLimits};
 use super::{current_image, Stage, StageCtx, StageError, StageFailure, StageOutcome};
 use crate::config::InspectConfig;
-use crate::domain::{fmt_bytes, StageName};
+use crate::domain::{fmt_bytes, OsChoice, StageName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
@@ -261,8 +262,92 @@ impl InspectStage {
             }
         ))
         .await?;
+        let scratch = path.parent().unwrap_or(&ctx.work_dir);
+        let found = detect_os(
+            &self.cfg,
+            path,
+            v.format,
+            driver,
+            info.virtual_size,
+            scratch,
+        )
+        .await;
+        self.record_os(ctx, found).await?;
         Ok(())
     }
+
+    /// Detection never fails the stage: an unreadable or unrecognised disk
+    /// is scanned as chosen, or as Linux, and the log says so.
+    async fn record_os(
+        &self,
+        ctx: &StageCtx,
+        found: Result<Detection, DetectError>,
+    ) -> Result<(), StageError> {
+        let chosen = OsChoice::of_options(&ctx.job.options);
+        let d = match found {
+            Ok(d) => d,
+            Err(e) => {
+                ctx.set_detail(json!({"guest_os": {"error": e.to_string()}}), true)
+                    .await?;
+                ctx.warn(format!(
+                    "guest OS detection failed: {e}; scanning as {}",
+                    chosen.resolve(None)
+                ))
+                .await?;
+                return Ok(());
+            }
+        };
+        ctx.set_detail(json!({ "guest_os": d }), true).await?;
+        let line = match (chosen, d.family) {
+            (OsChoice::Auto, Some(f)) => format!("guest OS: {f}, detected ({})", d.evidence),
+            (OsChoice::Auto, None) => {
+                return Ok(ctx
+                    .warn(format!(
+                        "guest OS not recognised: {}; scanning as linux (choose the OS on submit to override)",
+                        d.evidence
+                    ))
+                    .await?)
+            }
+            (OsChoice::Family(c), Some(f)) if c != f => {
+                return Ok(ctx
+                    .warn(format!(
+                        "the image looks like {f} ({}), but the job was submitted as {c}; scanning as {c}",
+                        d.evidence
+                    ))
+                    .await?)
+            }
+            (OsChoice::Family(c), _) => format!("guest OS: {c}, as chosen ({})", d.evidence),
+        };
+        ctx.info(line).await?;
+        Ok(())
+    }
+}
+
+/// Which OS family the disk holds, read through the verified format.
+pub async fn detect_os(
+    cfg: &InspectConfig,
+    path: &Path,
+    format: ImageFormat,
+    driver: &str,
+    virtual_size: u64,
+    scratch_dir: &Path,
+) -> Result<Detection, DetectError> {
+    if matches!(format, ImageFormat::Raw | ImageFormat::Iso) {
+        return detect(&RawFile::new(path, virtual_size)).await;
+    }
+    detect(&QemuImgDisk {
+        qemu_img: cfg.qemu_img.clone(),
+        path: path.to_path_buf(),
+        driver: driver.to_string(),
+        virtual_size,
+        scratch_dir: scratch_dir.to_path_buf(),
+        timeout: Duration::from_secs(cfg.timeout_secs),
+        limits: RunLimits {
+            cpu_secs: cfg.qemu_cpu_secs,
+            memory_bytes: cfg.qemu_memory_bytes,
+        },
+    })
+    .await
 }
 
 /// qemu-img's view must agree with ours and obey the same rules.
@@ -344,6 +429,10 @@ pub struct InspectReport {
     pub verdict: &'static str,
     /// Why the file was refused.
     pub reason: Option<String>,
+    /// Accepted images: the OS family its partitions show (`linux`,
+    /// `windows`, or `unknown`), and why.
+    pub guest_os: Option<String>,
+    pub guest_os_evidence: Option<String>,
 }
 
 impl InspectReport {
@@ -387,6 +476,17 @@ pub async fn inspect_file(path: &Path, cfg: &InspectConfig) -> Result<InspectRep
         }
         Err(e) => Some(e.to_string()),
     };
+    let (mut guest_os, mut guest_os_evidence) = (None, None);
+    if let (None, Some((format, driver, size))) = (&reason, found.disk) {
+        let d = detect_os(cfg, path, format, driver, size, &std::env::temp_dir()).await;
+        (guest_os, guest_os_evidence) = match d {
+            Ok(d) => (
+                Some(d.family.map_or("unknown", |f| f.as_str()).to_string()),
+                Some(d.evidence),
+            ),
+            Err(e) => (Some("unknown".to_string()), Some(e.to_string())),
+        };
+    }
     if found.format.is_none() {
         // Refused while reading the header: say what the header looks like.
         if let Ok((format, virtual_size)) = header_reading(path, meta.len()).await {
@@ -407,6 +507,8 @@ pub async fn inspect_file(path: &Path, cfg: &InspectConfig) -> Result<InspectRep
             "refused"
         },
         reason,
+        guest_os,
+        guest_os_evidence,
     })
 }
 
@@ -417,6 +519,8 @@ struct Found {
     virtual_size: Option<u64>,
     actual_size: Option<u64>,
     bootable: Option<bool>,
+    /// Set once every check passed: what OS detection reads through.
+    disk: Option<(ImageFormat, &'static str, u64)>,
 }
 
 /// The stage's checks (`examine`, `qemu::info`, `check_info`), noting the facts on the way.
@@ -446,7 +550,9 @@ async fn check_file(
     .await?;
     found.virtual_size = Some(info.virtual_size);
     found.actual_size = info.actual_size;
-    check_info(&v, driver, path, &info, cfg.max_virtual_bytes)
+    check_info(&v, driver, path, &info, cfg.max_virtual_bytes)?;
+    found.disk = Some((v.format, driver, info.virtual_size));
+    Ok(())
 }
 
 /// The format a refused file's header shows, and the virtual size a qcow2

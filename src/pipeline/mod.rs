@@ -7,6 +7,7 @@ mod context;
 mod convert;
 mod extract;
 mod fetch;
+mod guest_os;
 mod hashing;
 mod http;
 pub mod image_format;

@@ -4,7 +4,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::domain::{
-    fmt_bytes, fmt_duration_ms, fmt_millis, now_millis, JobState, StageName, StageState,
+    detected_os, fmt_bytes, fmt_duration_ms, fmt_millis, now_millis, JobState, OsChoice, StageName,
+    StageState,
 };
 use crate::store::{Job, LogLine, Resource, StageRun};
 
@@ -47,7 +48,13 @@ pub struct JobView {
     /// What the submitter chose: target cluster, OS family, image name, version…
     pub options: Value,
     pub cluster: Option<String>,
-    pub os: Option<String>,
+    /// The family the job scans as: `linux` or `windows`; `auto` until the
+    /// inspect stage has looked at the image.
+    pub os: String,
+    /// chosen | detected | assumed (auto, nothing recognised) | pending
+    pub os_source: &'static str,
+    /// What the inspect stage saw on the disk.
+    pub os_evidence: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -292,6 +299,32 @@ fn excerpts(detail: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// (family, source, evidence) for [`JobView::os`].
+fn effective_os(job: &Job, current: &[&StageRun]) -> (String, &'static str, Option<String>) {
+    let inspected = current
+        .iter()
+        .rev()
+        .find(|r| r.stage == StageName::Inspect.as_str() && r.state == StageState::Succeeded)
+        .map(|r| &r.detail);
+    let evidence = inspected.and_then(|d| {
+        let g = &d["guest_os"];
+        g["evidence"]
+            .as_str()
+            .or(g["error"].as_str())
+            .map(str::to_string)
+    });
+    let detected = inspected.and_then(detected_os);
+    let (family, source) = match (OsChoice::of_options(&job.options), inspected) {
+        (OsChoice::Family(f), _) => (f.as_str(), "chosen"),
+        (OsChoice::Auto, None) => ("auto", "pending"),
+        (OsChoice::Auto, Some(_)) if detected.is_some() => {
+            (OsChoice::Auto.resolve(detected).as_str(), "detected")
+        }
+        (OsChoice::Auto, Some(_)) => (OsChoice::Auto.resolve(None).as_str(), "assumed"),
+    };
+    (family.to_string(), source, evidence)
+}
+
 pub fn job_view(
     job: &Job,
     pipeline: &[StageName],
@@ -302,6 +335,7 @@ pub fn job_view(
         .iter()
         .filter(|r| r.attempt >= job.run_base_attempt)
         .collect();
+    let os = effective_os(job, &current);
     let mut names: Vec<String> = pipeline.iter().map(|s| s.as_str().to_string()).collect();
     // Stages that ran under an older configuration still show.
     for r in &current {
@@ -405,11 +439,9 @@ pub fn job_view(
             .get("cluster")
             .and_then(Value::as_str)
             .map(str::to_string),
-        os: job
-            .options
-            .get("os")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        os: os.0,
+        os_source: os.1,
+        os_evidence: os.2,
         links: Links {
             api: format!("/api/v1/jobs/{id}"),
             page: format!("/jobs/{id}"),

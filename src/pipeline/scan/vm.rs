@@ -86,13 +86,11 @@ pub fn parse_os_release(text: &str) -> Value {
 }
 
 /// The OS family chosen on submit (Linux when the job predates the choice).
+/// The submitter's choice, or for `auto` what inspect detected.
 pub fn job_os(ctx: &StageCtx) -> crate::domain::OsFamily {
-    ctx.job
-        .options
-        .get("os")
-        .and_then(Value::as_str)
-        .and_then(|o| o.parse().ok())
-        .unwrap_or_default()
+    use crate::domain::{detected_os, OsChoice, StageName};
+    OsChoice::of_options(&ctx.job.options)
+        .resolve(ctx.output_of(StageName::Inspect).and_then(detected_os))
 }
 
 impl VmCreateStage {
