@@ -362,6 +362,9 @@ use support::{stage, Backend, TestApp};
 struct WindowsCluster {
     winrm_port: u16,
     calls: Mutex<Vec<String>>,
+    /// Where the VM answers from the second `wait_ready` on (after a DHCP
+    /// switch gave it a new address); the first is always 127.0.0.1.
+    later_host: Mutex<Option<String>>,
 }
 
 #[async_trait]
@@ -408,7 +411,16 @@ impl ClusterProvider for WindowsCluster {
         _deadlines: &Deadlines,
     ) -> Result<ClusterVm, ClusterError> {
         let mut vm = vm.clone();
-        vm.host = Some("127.0.0.1".into());
+        let first = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push("wait_ready".into());
+            calls.iter().filter(|c| *c == "wait_ready").count() == 1
+        };
+        let later = self.later_host.lock().unwrap().clone();
+        vm.host = Some(match later {
+            Some(h) if !first => h,
+            _ => "127.0.0.1".into(),
+        });
         vm.port = Some(self.winrm_port);
         Ok(vm)
     }
@@ -491,6 +503,7 @@ async fn scan_world(tweak: impl Fn(&mut Config, &Path) + Send + Sync + 'static) 
     let cluster = Arc::new(WindowsCluster {
         winrm_port: guest.port(),
         calls: Mutex::default(),
+        later_host: Mutex::default(),
     });
     let configure = move |c: &mut Config| {
         c.fetch.allowed_roots = vec![root.clone()];
@@ -745,6 +758,88 @@ async fn an_image_submitted_without_an_os_is_detected_as_windows_and_scanned_ove
         page.contains("windows <span class=\"muted\" id=\"job-os-source\">(detected: partition 3"),
         "{page}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dhcp_switch_survives_a_lost_connection_and_a_new_address() {
+    let w = scan_world(|_, _| {}).await;
+    // The switch answers nothing (the address changed under the connection),
+    // and the cluster then reports the VM at another address.
+    w.guest.guest().dhcp_drops_connection = true;
+    *w.cluster.later_host.lock().unwrap() = Some("localhost".into());
+    let (done, log) = w.run_windows_job().await;
+    assert_eq!(done["state"], "succeeded", "{done:#}\n{log}");
+    assert!(
+        log.contains("the WinRM connection was lost during the switch"),
+        "{log}"
+    );
+    let port = w.guest.port();
+    assert!(
+        log.contains(&format!(
+            "the VM's address changed from 127.0.0.1:{port} to localhost:{port}; logged in there"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "PS> (Get-NetIPInterface -InterfaceAlias 'Ethernet' -AddressFamily IPv4).Dhcp"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("Ethernet now takes its address and DNS servers from DHCP"),
+        "{log}"
+    );
+    let agent = &stage(&done, "agent-install")["detail"];
+    assert_eq!(agent["winrm_host"], "localhost");
+    assert_eq!(agent["readdressed"], true);
+    assert!(agent["dhcp"]["ip_configuration"]
+        .as_str()
+        .unwrap()
+        .contains("10.20.30.141"));
+    // vm-create spoke to the first address; after the switch, everything
+    // (the rest of agent-install and log-check) went to the new one.
+    assert_eq!(stage(&done, "log-check")["state"], "succeeded");
+    let hosts = w.guest.stats().hosts;
+    let first_new = hosts
+        .iter()
+        .position(|h| h.starts_with("localhost:"))
+        .expect("some request went to the new address");
+    assert!(
+        first_new > 0 && hosts[0].starts_with("127.0.0.1:"),
+        "{hosts:?}"
+    );
+    assert!(
+        hosts[first_new..]
+            .iter()
+            .all(|h| h.starts_with("localhost:")),
+        "{hosts:?}"
+    );
+    let calls = w.cluster.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls.iter().filter(|c| *c == "wait_ready").count(),
+        2,
+        "{calls:?}"
+    );
+    assert!(w.guest.guest().dhcp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dhcp_switch_that_did_not_take_fails_agent_install() {
+    let w = scan_world(|_, _| {}).await;
+    w.guest.guest().interface_alias = "Ethernet 2".into();
+    let (done, log) = w.run_windows_job().await;
+    assert_eq!(done["state"], "failed", "{done:#}");
+    let err = stage(&done, "agent-install")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.starts_with("switching Ethernet to DHCP failed with status 1: ")
+            && err.contains("No MSFT_NetIPInterface objects found"),
+        "{err}\n{log}"
+    );
+    assert_eq!(stage(&done, "teardown")["state"], "succeeded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

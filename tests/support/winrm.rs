@@ -83,6 +83,9 @@ pub struct Guest {
     pub services: BTreeMap<String, ServiceState>,
     pub interface_alias: String,
     pub dhcp: bool,
+    /// The switch to DHCP changes the address under the WinRM connection:
+    /// its Receive is never answered and the connection drops, as on Windows.
+    pub dhcp_drops_connection: bool,
     /// What ran, decoded: cmd lines, PowerShell scripts as text.
     pub ran: Vec<String>,
     /// msiexec's exit code (1603: fatal error during installation).
@@ -107,6 +110,7 @@ impl Default for Guest {
             ]),
             interface_alias: "Ethernet".into(),
             dhcp: false,
+            dhcp_drops_connection: false,
             ran: Vec::new(),
             msi_exit: 0,
             services_after_install: ServiceState::Running,
@@ -151,6 +155,8 @@ pub struct Stats {
     pub basic_logins: u32,
     pub unauthorized: u32,
     pub shells_open: usize,
+    /// The `Host` header of each request: which address the client used.
+    pub hosts: Vec<String>,
 }
 
 struct Cmd {
@@ -162,6 +168,8 @@ struct Cmd {
     stdin: Vec<u8>,
     /// Never finishes (a hung command).
     hung: bool,
+    /// Its Receive drops the connection unanswered.
+    drops_connection: bool,
 }
 
 struct Inner {
@@ -311,12 +319,19 @@ struct Response {
 }
 
 impl Response {
+    /// Not an HTTP status: the connection closes without an answer.
+    const DROPPED: u16 = 0;
+
     fn new(status: u16) -> Self {
         Response {
             status,
             headers: Vec::new(),
             body: Vec::new(),
         }
+    }
+
+    fn dropped() -> Self {
+        Response::new(Response::DROPPED)
     }
 }
 
@@ -360,6 +375,9 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(stream: S, srv: Arc<Inner
     let mut answers = 0u32;
     while let Some(req) = read_request(&mut r).await {
         let mut resp = srv.handle(&mut auth, req, https).await;
+        if resp.status == Response::DROPPED {
+            return;
+        }
         if resp.status != 401 && !resp.body.is_empty() {
             answers += 1;
         }
@@ -689,6 +707,9 @@ impl Inner {
         if req.method != "POST" {
             return Response::new(405);
         }
+        if let Some(h) = req.header("Host") {
+            self.stats.lock().unwrap().hosts.push(h.to_string());
+        }
         let authz = req.header("Authorization").map(str::to_string);
         match authz.as_deref().and_then(|a| a.split_once(' ')) {
             Some(("Basic", cred)) if self.cfg.basic => {
@@ -1003,6 +1024,10 @@ impl Inner {
                 tokio::time::sleep(Duration::from_secs_f64(op_secs.min(0.5))).await;
                 return fault_response(&msg_id, "s:Receiver", "w:TimedOut", "The WS-Management service cannot complete the operation within the time specified in OperationTimeout.  ", "2150858793");
             }
+            let drops = self.shells.lock().unwrap()[&shell][&cmd_id].drops_connection;
+            if drops {
+                return Response::dropped();
+            }
             let lines = self.knobs.lock().unwrap().lines_per_receive;
             let mut shells = self.shells.lock().unwrap();
             let cmd = shells.get_mut(&shell).unwrap().get_mut(&cmd_id).unwrap();
@@ -1056,6 +1081,7 @@ impl Inner {
             upload_to: None,
             stdin: Vec::new(),
             hung: false,
+            drops_connection: false,
         };
         let script = decode_powershell(line);
         guest
@@ -1227,7 +1253,12 @@ fn run_script(guest: &mut Guest, s: &str, cmd: &mut Cmd) -> (String, String, i32
             return (String::new(), clixml_error("unexpected DHCP script"), 1);
         }
         guest.dhcp = true;
+        cmd.drops_connection = guest.dhcp_drops_connection;
         return (String::new(), String::new(), 0);
+    }
+    if s.contains("Get-NetIPInterface") {
+        let state = if guest.dhcp { "Enabled" } else { "Disabled" };
+        return (format!("{state}\r\n"), String::new(), 0);
     }
     if s.contains("Win32_OperatingSystem") {
         return (format!("{}\r\n", guest.caption), String::new(), 0);

@@ -12,6 +12,7 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
+use super::dhcp;
 use super::shell::{connect_vm, connect_winrm, run_logged, run_ps_logged};
 use super::vm::{job_os, IP_CONFIGURATION_SCRIPT};
 use super::ScanEnv;
@@ -19,7 +20,7 @@ use crate::cluster::guest_hostname;
 use crate::config::{installer_is_url, AgentProfile};
 use crate::domain::{fmt_bytes, OsFamily, StageName};
 use crate::pipeline::{Stage, StageCtx, StageError, StageFailure, StageOutcome};
-use crate::remote::winrm::{decode_text, ps_quote};
+use crate::remote::winrm::{decode_text, ps_quote, WinRmShell};
 use crate::remote::{quote, RemoteShell};
 
 /// Lines of the msiexec log copied into the job log (the end matters most).
@@ -64,15 +65,6 @@ pub enum AgentError {
     },
     #[error("cannot upload {what}: {reason}")]
     Upload { what: String, reason: String },
-    #[error(
-        "switching {alias} to DHCP failed with status {status}{}",
-        tail(stderr)
-    )]
-    Dhcp {
-        alias: String,
-        status: i32,
-        stderr: String,
-    },
     #[error("msiexec exited with status {status} ({}){}", msi_meaning(*status), tail(log))]
     Msiexec { status: i32, log: String },
     #[error("agent services not running: {}", not_running.join(", "))]
@@ -441,7 +433,22 @@ impl AgentInstallStage {
     ) -> Result<StageOutcome, StageError> {
         let started = Instant::now();
         let timeout = Duration::from_secs(self.env.vm.command_secs);
-        let shell = connect_winrm(ctx, &self.env).await?;
+        let shell = match connect_winrm(ctx, &self.env).await {
+            Ok(s) => s,
+            // An earlier attempt may have switched the VM to DHCP and moved it.
+            Err(e) if profile.switch_to_dhcp => {
+                ctx.warn(format!(
+                    "cannot reach the VM where vm-create found it ({e}); asking the cluster where it is now"
+                ))
+                .await?;
+                dhcp::relocate(ctx, &self.env).await?
+            }
+            Err(e) => return Err(e),
+        };
+        let shell = match self.prepare_windows(ctx, &profile, shell, timeout).await {
+            Ok(s) => s,
+            Err(e) => return Err(e),
+        };
         let r = self.install_windows(ctx, &profile, &shell, timeout).await;
         shell.close().await;
         r?;
@@ -453,16 +460,25 @@ impl AgentInstallStage {
         Ok(StageOutcome::Done)
     }
 
-    async fn install_windows(
+    /// Pre-install steps, then the optional DHCP switch, which may leave the
+    /// job on a new shell at a new address. Closes `shell` on failure.
+    async fn prepare_windows(
         &self,
         ctx: &StageCtx,
         profile: &AgentProfile,
-        shell: &dyn RemoteShell,
+        shell: WinRmShell,
         timeout: Duration,
-    ) -> Result<(), StageError> {
+    ) -> Result<WinRmShell, StageError> {
         for step in &profile.pre_install {
-            let out = run_logged(ctx, shell, step, timeout).await?;
+            let out = match run_logged(ctx, &shell, step, timeout).await {
+                Ok(out) => out,
+                Err(e) => {
+                    shell.close().await;
+                    return Err(e);
+                }
+            };
             if out.exit_status != 0 {
+                shell.close().await;
                 return Err(AgentError::PreInstall {
                     step: step.clone(),
                     status: out.exit_status,
@@ -471,34 +487,33 @@ impl AgentInstallStage {
                 .into());
             }
         }
-
-        if profile.switch_to_dhcp {
-            let alias = ps_quote(&profile.interface_alias);
-            let script = format!(
-                "$ErrorActionPreference = 'Stop'\nSet-NetIPInterface -InterfaceAlias {alias} -Dhcp Enabled\nSet-DnsClientServerAddress -InterfaceAlias {alias} -ResetServerAddresses"
-            );
-            let out = run_ps_logged(ctx, shell, &script, timeout).await?;
-            if out.exit_status != 0 {
-                return Err(AgentError::Dhcp {
-                    alias: profile.interface_alias.clone(),
-                    status: out.exit_status,
-                    stderr: out.stderr,
-                }
-                .into());
-            }
-            ctx.info(format!(
-                "{} now takes its address and DNS servers from DHCP",
-                profile.interface_alias
-            ))
-            .await?;
-            let ip = run_ps_logged(ctx, shell, IP_CONFIGURATION_SCRIPT, timeout).await?;
-            ctx.set_detail(
-                json!({"dhcp": {"interface": profile.interface_alias, "ip_configuration": ip.stdout.trim()}}),
-                true,
-            )
-            .await?;
+        if !profile.switch_to_dhcp {
+            return Ok(shell);
         }
+        let shell = dhcp::switch_to_dhcp(ctx, &self.env, profile, shell, timeout).await?;
+        match run_ps_logged(ctx, &shell, IP_CONFIGURATION_SCRIPT, timeout).await {
+            Ok(ip) => {
+                ctx.set_detail(
+                    json!({"dhcp": {"interface": profile.interface_alias, "ip_configuration": ip.stdout.trim()}}),
+                    true,
+                )
+                .await?;
+                Ok(shell)
+            }
+            Err(e) => {
+                shell.close().await;
+                Err(e)
+            }
+        }
+    }
 
+    async fn install_windows(
+        &self,
+        ctx: &StageCtx,
+        profile: &AgentProfile,
+        shell: &dyn RemoteShell,
+        timeout: Duration,
+    ) -> Result<(), StageError> {
         let local = self.installer(ctx, profile).await?;
         let name = local
             .file_name()

@@ -2,6 +2,7 @@
 //! license agent, check its logs and the inventory, and tear it all down.
 
 mod agent;
+mod dhcp;
 mod logs;
 mod report;
 mod shell;

@@ -147,10 +147,12 @@ pub fn winrm_options(
     Ok(o)
 }
 
-/// Reconnects over WinRM to the job's Windows VM, where vm-create found it.
+/// Reconnects over WinRM to the job's Windows VM, where vm-create found it
+/// or, after agent-install's DHCP switch moved it, where that found it.
 pub async fn connect_winrm(ctx: &StageCtx, env: &ScanEnv) -> Result<WinRmShell, StageError> {
-    let vm = ctx
-        .output_of(StageName::VmCreate)
+    let at = |s: StageName| ctx.output_of(s).filter(|d| d.get("winrm_host").is_some());
+    let vm = at(StageName::AgentInstall)
+        .or_else(|| at(StageName::VmCreate))
         .cloned()
         .unwrap_or(Value::Null);
     let host = vm
@@ -196,8 +198,21 @@ pub async fn run_ps_logged(
     script: &str,
     timeout: Duration,
 ) -> Result<CommandOutput, StageError> {
+    Ok(run_ps_answer(ctx, shell, script, timeout)
+        .await?
+        .map_err(ShellError::from)?)
+}
+
+/// As [`run_ps_logged`], but what went wrong on the guest's side (a lost
+/// connection…) is the caller's to judge; `Err` is the job log failing.
+pub async fn run_ps_answer(
+    ctx: &StageCtx,
+    shell: &dyn RemoteShell,
+    script: &str,
+    timeout: Duration,
+) -> Result<Result<CommandOutput, RemoteError>, StageError> {
     let shown: Vec<String> = script.lines().map(|l| format!("PS> {l}")).collect();
-    run_shown(
+    run_answer(
         ctx,
         shell,
         &powershell_command(script),
@@ -214,6 +229,18 @@ async fn run_shown(
     shown: &str,
     timeout: Duration,
 ) -> Result<CommandOutput, StageError> {
+    Ok(run_answer(ctx, shell, command, shown, timeout)
+        .await?
+        .map_err(ShellError::from)?)
+}
+
+async fn run_answer(
+    ctx: &StageCtx,
+    shell: &dyn RemoteShell,
+    command: &str,
+    shown: &str,
+    timeout: Duration,
+) -> Result<Result<CommandOutput, RemoteError>, StageError> {
     ctx.info(shown.to_string()).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<(Stream, String)>();
     let run = async move {
@@ -235,5 +262,5 @@ async fn run_shown(
     };
     let (out, drained) = tokio::join!(run, drain);
     drained?;
-    Ok(out.map_err(ShellError::from)?)
+    Ok(out)
 }
