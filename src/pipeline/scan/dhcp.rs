@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::shell::{run_ps_answer, run_ps_logged, winrm_options, ShellError};
+use super::shell::{run_ps_answer, run_ps_logged, winrm_not_ready, winrm_options, ShellError};
 use super::ScanEnv;
 use crate::cluster::{ClusterVm, Deadlines};
 use crate::config::AgentProfile;
@@ -180,13 +180,7 @@ pub async fn relocate(ctx: &StageCtx, env: &ScanEnv) -> Result<WinRmShell, Stage
                         .await?;
                         return Ok(shell);
                     }
-                    Err(
-                        e @ (RemoteError::Auth { .. }
-                        | RemoteError::Connect { .. }
-                        | RemoteError::Timeout { .. }
-                        | RemoteError::Protocol(_)
-                        | RemoteError::Fault { .. }),
-                    ) => last = e.to_string(),
+                    Err(e) if winrm_not_ready(&e) => last = e.to_string(),
                     Err(e) => return Err(ShellError::from(e).into()),
                 }
             }

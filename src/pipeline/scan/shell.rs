@@ -147,6 +147,19 @@ pub fn winrm_options(
     Ok(o)
 }
 
+/// What a WinRM login meets while Windows is still booting (or its address
+/// is moving): worth trying again until the deadline.
+pub fn winrm_not_ready(e: &RemoteError) -> bool {
+    matches!(
+        e,
+        RemoteError::Auth { .. }
+            | RemoteError::Connect { .. }
+            | RemoteError::Timeout { .. }
+            | RemoteError::Protocol(_)
+            | RemoteError::Fault { .. }
+    )
+}
+
 /// Reconnects over WinRM to the job's Windows VM, where vm-create found it
 /// or, after agent-install's DHCP switch moved it, where that found it.
 pub async fn connect_winrm(ctx: &StageCtx, env: &ScanEnv) -> Result<WinRmShell, StageError> {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::shell::{job_key, run_ps_logged, ssh_options, winrm_options, ShellError};
+use super::shell::{
+    job_key, run_ps_logged, ssh_options, winrm_not_ready, winrm_options, ShellError,
+};
 use super::ScanEnv;
 use crate::cluster::{
     guest_hostname, vm_name, ClusterError, ClusterImage, ClusterVm, Deadlines, VmSpec,
@@ -152,13 +154,7 @@ impl VmCreateStage {
             }
             match WinRmShell::connect(&opts).await {
                 Ok(shell) => return Ok(shell),
-                Err(
-                    e @ (RemoteError::Auth { .. }
-                    | RemoteError::Connect { .. }
-                    | RemoteError::Timeout { .. }
-                    | RemoteError::Protocol(_)
-                    | RemoteError::Fault { .. }),
-                ) => last = e.to_string(),
+                Err(e) if winrm_not_ready(&e) => last = e.to_string(),
                 Err(e) => return Err(ShellError::from(e).into()),
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
