@@ -341,6 +341,80 @@ async fn speaks_https_with_a_ca_bundle_or_without_verification() {
     assert!(matches!(err, RemoteError::Connect { .. }), "{err:?}");
 }
 
+#[tokio::test]
+async fn ntlm_over_https_binds_to_the_tls_channel_for_strict_extended_protection() {
+    let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let fake = FakeWinRm::start(FakeConfig {
+        tls: Some((ca.cert.pem(), ca.signing_key.serialize_pem())),
+        strict_channel_binding: true,
+        basic: false,
+        ..FakeConfig::default()
+    })
+    .await;
+    let mut o = options(&fake, WinRmAuth::Ntlm);
+    o.scheme = WinRmScheme::Https;
+    o.verify_tls = false;
+    let shell = WinRmShell::connect(&o).await.unwrap();
+    let out = shell.run("hostname", T, &|_, _| {}).await.unwrap();
+    assert_eq!(out.stdout.trim(), "WIN-VMSCAN01");
+    shell.close().await;
+    let stats = fake.stats();
+    assert_eq!((stats.ntlm_logins, stats.unauthorized), (1, 0), "{stats:?}");
+
+    // Through a TLS-terminating relay the client sees another certificate:
+    // its bindings name that channel, and the server refuses the login.
+    let relay = tls_relay(fake.port(), &ca.cert.pem()).await;
+    let mut o = options(&fake, WinRmAuth::Ntlm);
+    o.scheme = WinRmScheme::Https;
+    o.verify_tls = false;
+    o.port = relay;
+    let err = WinRmShell::connect(&o).await.err().unwrap();
+    assert!(matches!(err, RemoteError::Auth { .. }), "{err:?}");
+    assert_eq!(fake.stats().ntlm_logins, 1, "no second login got through");
+}
+
+/// Accepts TLS with a certificate of its own and relays the bytes over a
+/// second TLS connection to `port`: a man in the middle.
+async fn tls_relay(port: u16, upstream_ca_pem: &str) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let own = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let acceptor = fake_winrm::tls_acceptor(&own.cert.pem(), &own.signing_key.serialize_pem());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(upstream_ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let (acceptor, connector) = (acceptor.clone(), connector.clone());
+            tokio::spawn(async move {
+                let Ok(mut down) = acceptor.accept(sock).await else {
+                    return;
+                };
+                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                let name = ServerName::try_from("localhost").unwrap();
+                let Ok(mut up) = connector.connect(name, tcp).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            });
+        }
+    });
+    relay_port
+}
+
 // ---------------------------------------------------------------- end to end
 
 use std::path::Path;

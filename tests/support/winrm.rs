@@ -42,6 +42,9 @@ pub struct FakeConfig {
     pub ntlm: bool,
     /// Serve HTTPS with this (certificate chain PEM, private key PEM).
     pub tls: Option<(String, String)>,
+    /// Over HTTPS, NTLM logins must carry the TLS channel bindings
+    /// (`CbtHardeningLevel = Strict`); wrong ones are refused at any level.
+    pub strict_channel_binding: bool,
 }
 
 impl Default for FakeConfig {
@@ -52,6 +55,7 @@ impl Default for FakeConfig {
             basic: true,
             ntlm: true,
             tls: None,
+            strict_channel_binding: false,
         }
     }
 }
@@ -174,6 +178,8 @@ struct Cmd {
 
 struct Inner {
     cfg: FakeConfig,
+    /// The bindings of our TLS certificate, as a client must send them.
+    channel_bindings: Option<[u8; 16]>,
     guest: Mutex<Guest>,
     knobs: Mutex<Knobs>,
     stats: Mutex<Stats>,
@@ -198,7 +204,9 @@ impl FakeWinRm {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let tls = cfg.tls.as_ref().map(|(cert, key)| tls_acceptor(cert, key));
+        let channel_bindings = cfg.tls.as_ref().map(|(cert, _)| channel_bindings(cert));
         let inner = Arc::new(Inner {
+            channel_bindings,
             cfg,
             guest: Mutex::new(Guest::default()),
             knobs: Mutex::new(Knobs {
@@ -277,7 +285,21 @@ impl FakeWinRm {
     }
 }
 
-fn tls_acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
+/// RFC 5929 tls-server-end-point (the test certificates sign with SHA-256)
+/// in a GSS channel-bindings struct, MD5-hashed as NTLM carries it.
+fn channel_bindings(cert_pem: &str) -> [u8; 16] {
+    use rustls::pki_types::pem::PemObject;
+    use sha2::Sha256;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+    let mut app = b"tls-server-end-point:".to_vec();
+    app.extend_from_slice(&Sha256::digest(der.as_ref()));
+    let mut gss = vec![0u8; 16];
+    gss.extend_from_slice(&(app.len() as u32).to_le_bytes());
+    gss.extend_from_slice(&app);
+    Md5::digest(&gss).into()
+}
+
+pub fn tls_acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
@@ -592,8 +614,10 @@ fn build_challenge(negotiate: &[u8]) -> (Vec<u8>, [u8; 8]) {
 }
 
 /// Verifies an AUTHENTICATE message; returns the exported session key.
+/// `bindings`: over HTTPS, what the client's channel bindings must be.
 fn verify_authenticate(
     cfg: &FakeConfig,
+    bindings: Option<[u8; 16]>,
     negotiate: &[u8],
     challenge: &[u8],
     sc: &[u8; 8],
@@ -626,6 +650,7 @@ fn verify_authenticate(
     // A client that says it sent a MIC must have sent a right one.
     let mut i = 28; // AV pairs in the blob start after its 28-byte header
     let mut mic_flag = false;
+    let mut sent_bindings = None;
     while i + 4 <= blob.len() {
         let id = u16::from_le_bytes([blob[i], blob[i + 1]]);
         let len = u16::from_le_bytes([blob[i + 2], blob[i + 3]]) as usize;
@@ -635,7 +660,19 @@ fn verify_authenticate(
         if id == 6 && len == 4 {
             mic_flag = u32::from_le_bytes(blob[i + 4..i + 8].try_into().unwrap()) & 2 != 0;
         }
+        if id == 0x0a {
+            sent_bindings = blob.get(i + 4..i + 4 + len).map(<[u8]>::to_vec);
+        }
         i += 4 + len;
+    }
+    match (bindings, sent_bindings) {
+        (Some(want), Some(got)) if got != want => {
+            return Err("channel bindings do not match this TLS channel".into())
+        }
+        (Some(_), None) if cfg.strict_channel_binding => {
+            return Err("no channel bindings (Extended Protection is strict)".into())
+        }
+        _ => {}
     }
     if mic_flag {
         let mut zeroed = auth.to_vec();
@@ -754,6 +791,7 @@ impl Inner {
                         };
                         match verify_authenticate(
                             &self.cfg,
+                            self.channel_bindings.filter(|_| https),
                             negotiate,
                             challenge,
                             server_challenge,

@@ -2,6 +2,7 @@
 //! connection, commands and PowerShell scripts with streamed output, files
 //! uploaded in chunks over stdin and read back as base64.
 
+mod cbt;
 mod ntlm;
 pub mod soap;
 mod transport;

@@ -20,6 +20,7 @@ const SIGNATURE: &[u8; 8] = b"NTLMSSP\0";
 const AV_EOL: u16 = 0;
 const AV_FLAGS: u16 = 6;
 const AV_TIMESTAMP: u16 = 7;
+const AV_CHANNEL_BINDINGS: u16 = 0x0a;
 /// MsvAvFlags bit: the AUTHENTICATE message carries a MIC.
 const AV_FLAG_MIC: u32 = 0x2;
 
@@ -333,10 +334,21 @@ impl Client {
         m
     }
 
-    pub fn authenticate(&self, challenge: &[u8]) -> Result<Authenticated, NtlmError> {
+    /// `channel_bindings`: over HTTPS, the TLS channel's (see `cbt`).
+    pub fn authenticate(
+        &self,
+        challenge: &[u8],
+        channel_bindings: Option<[u8; 16]>,
+    ) -> Result<Authenticated, NtlmError> {
         let random_key: [u8; 16] = rand::random();
         let client_challenge: [u8; 8] = rand::random();
-        self.authenticate_with(challenge, random_key, client_challenge, None)
+        self.authenticate_with(
+            challenge,
+            random_key,
+            client_challenge,
+            None,
+            channel_bindings,
+        )
     }
 
     /// The AUTHENTICATE message with a MIC over all three messages; `time`
@@ -347,6 +359,7 @@ impl Client {
         exported_session_key: [u8; 16],
         client_challenge: [u8; 8],
         time: Option<u64>,
+        channel_bindings: Option<[u8; 16]>,
     ) -> Result<Authenticated, NtlmError> {
         let ch = parse_challenge(challenge_msg)?;
         if ch.flags & NEGOTIATE_KEY_EXCH == 0 || ch.flags & NEGOTIATE_SEAL == 0 {
@@ -371,6 +384,10 @@ impl Client {
                 }
                 _ => pairs.push((AV_FLAGS, AV_FLAG_MIC.to_le_bytes().to_vec())),
             }
+        }
+        if let Some(cb) = channel_bindings {
+            pairs.retain(|(id, _)| *id != AV_CHANNEL_BINDINGS);
+            pairs.push((AV_CHANNEL_BINDINGS, cb.to_vec()));
         }
         let info = encode_av_pairs(&pairs);
         // encode_av_pairs appends EOL; ntlmv2_response appends the trailing zero.
@@ -494,7 +511,7 @@ mod tests {
         ch.extend_from_slice(&VERSION);
         ch.extend_from_slice(&info);
         let a = c
-            .authenticate_with(&ch, [0x55; 16], [0xaa; 8], None)
+            .authenticate_with(&ch, [0x55; 16], [0xaa; 8], None, None)
             .unwrap();
         let user = field(&a.message, 36, "x").unwrap();
         assert_eq!(user, utf16le("User"));
@@ -508,6 +525,23 @@ mod tests {
         assert_eq!(
             a.message[72..88].to_vec(),
             hmac_md5(&[0x55; 16], &[&neg, &ch, &zeroed]).to_vec()
+        );
+        assert!(!av_pairs(&nt[44..])
+            .unwrap()
+            .iter()
+            .any(|(id, _)| *id == AV_CHANNEL_BINDINGS));
+
+        // Over HTTPS the proof also covers the channel bindings.
+        let a = c
+            .authenticate_with(&ch, [0x55; 16], [0xaa; 8], None, Some([0xcb; 16]))
+            .unwrap();
+        let nt = field(&a.message, 20, "x").unwrap();
+        let proof = hmac_md5(&key, &[&[1, 2, 3, 4, 5, 6, 7, 8], &nt[16..]]);
+        assert_eq!(&nt[..16], &proof);
+        let sent = av_pairs(&nt[44..]).unwrap();
+        assert!(
+            sent.contains(&(AV_CHANNEL_BINDINGS, vec![0xcb; 16])),
+            "{sent:?}"
         );
     }
 }

@@ -17,8 +17,8 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
 
-use super::ntlm;
 use super::soap;
+use super::{cbt, ntlm};
 use super::{WinRmAuth, WinRmOptions, WinRmScheme};
 use crate::remote::RemoteError;
 
@@ -38,6 +38,8 @@ struct Conn {
     task: tokio::task::JoinHandle<()>,
     /// The NTLM context of this connection, once authenticated.
     ntlm: Option<ntlm::Session>,
+    /// Over HTTPS: the TLS channel's bindings, which NTLM's proof covers.
+    channel_bindings: Option<[u8; 16]>,
 }
 
 impl Drop for Conn {
@@ -118,16 +120,22 @@ impl Transport {
                 .await
                 .map_err(|e| self.connect_error(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
-            let io: Box<dyn Io> = match &self.tls {
-                None => Box::new(tcp),
+            let (io, channel_bindings): (Box<dyn Io>, _) = match &self.tls {
+                None => (Box::new(tcp), None),
                 Some(tls) => {
                     let name = rustls::pki_types::ServerName::try_from(self.host.clone())
                         .map_err(|e| self.connect_error(format!("TLS server name: {e}")))?;
-                    Box::new(
-                        tls.connect(name, tcp)
-                            .await
-                            .map_err(|e| self.connect_error(format!("TLS: {e}")))?,
-                    )
+                    let stream = tls
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| self.connect_error(format!("TLS: {e}")))?;
+                    let bindings = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| cbt::tls_channel_bindings(c));
+                    (Box::new(stream), bindings)
                 }
             };
             let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
@@ -140,6 +148,7 @@ impl Transport {
                 sender,
                 task,
                 ntlm: None,
+                channel_bindings,
             })
         };
         tokio::time::timeout(self.connect_timeout, dial)
@@ -335,7 +344,7 @@ impl Transport {
                 self.unauthorized(" without an NTLM challenge (is Negotiate auth enabled?)")
             })?;
         let auth = client
-            .authenticate(&challenge)
+            .authenticate(&challenge, conn.channel_bindings)
             .map_err(|e| RemoteError::Protocol(format!("NTLM with {}: {e}", self.endpoint)))?;
         let a = self
             .post(
