@@ -135,10 +135,28 @@ pub enum Owned {
 
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
 
+/// A configured URL as the job page may show it: without any user or
+/// password written into it.
+pub fn shown_url(u: &str) -> String {
+    match url::Url::parse(u) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string().trim_end_matches('/').to_string()
+        }
+        Err(_) => "(invalid URL)".to_string(),
+    }
+}
+
 #[async_trait]
 pub trait ClusterProvider: Send + Sync {
     /// "qemu-local", "nutanix:pc1", … shown on the job page.
     fn name(&self) -> String;
+    /// Which endpoint it talks to, for the job page ("Prism Central
+    /// https://pc1:9440"); never credentials.
+    fn endpoint(&self) -> Option<String> {
+        None
+    }
     /// Uploads (or reuses) the job's image; `progress(done, total)` while it runs.
     async fn upload_image(
         &self,
@@ -173,5 +191,17 @@ pub async fn delete_object(
         provider.delete_vm(id).await
     } else {
         provider.delete_image(id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shown_urls_carry_no_credentials() {
+        assert_eq!(
+            super::shown_url("https://admin:hunter2@pc1.example.com:9440/"),
+            "https://pc1.example.com:9440"
+        );
+        assert_eq!(super::shown_url("not a url"), "(invalid URL)");
     }
 }

@@ -355,6 +355,20 @@ async fn a_scan_runs_end_to_end_on_nutanix_with_a_real_guest() {
     );
     let upload = &stage(&done, "cluster-upload")["detail"];
     assert_eq!(upload["cluster"], "nutanix:pc1");
+    // Which Prism Central, and how big the image is.
+    let at = format!("Prism Central {}", fake.url());
+    assert_eq!(upload["endpoint"], at.as_str());
+    let log = app.log_text(id).await;
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("uploading ")
+                && l.ends_with(&format!(") to nutanix:pc1 at {at}"))),
+        "{log}"
+    );
+    assert!(
+        upload["size_human"].as_str().unwrap().ends_with("MiB"),
+        "{upload}"
+    );
     let vm = &stage(&done, "vm-create")["detail"];
     assert_eq!(vm["cluster"], "nutanix:pc1");
     assert_eq!(vm["ssh_host"], "127.0.0.1");

@@ -313,6 +313,13 @@ impl ClusterProvider for NutanixProvider {
         self.name.clone()
     }
 
+    fn endpoint(&self) -> Option<String> {
+        Some(format!(
+            "Prism Central {}",
+            super::shown_url(&self.client.cfg.url)
+        ))
+    }
+
     async fn upload_image(
         &self,
         job: JobId,

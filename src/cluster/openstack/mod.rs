@@ -237,6 +237,16 @@ impl ClusterProvider for OpenStackProvider {
         provider_name(&self.name)
     }
 
+    fn endpoint(&self) -> Option<String> {
+        Some(match &self.cfg.region {
+            Some(r) => format!(
+                "Keystone {} (region {r})",
+                super::shown_url(&self.cfg.auth_url)
+            ),
+            None => format!("Keystone {}", super::shown_url(&self.cfg.auth_url)),
+        })
+    }
+
     async fn upload_image(
         &self,
         job: JobId,

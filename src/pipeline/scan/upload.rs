@@ -54,12 +54,14 @@ impl Stage for ClusterUploadStage {
             .await
             .map(|m| m.len())
             .unwrap_or(0);
-        ctx.set_detail(json!({"cluster": cluster, "source": path.display().to_string(), "size": size, "size_human": fmt_bytes(size), "progress": 0.0}), true)
+        let endpoint = provider.endpoint();
+        ctx.set_detail(json!({"cluster": cluster, "endpoint": endpoint, "source": path.display().to_string(), "size": size, "size_human": fmt_bytes(size), "progress": 0.0}), true)
             .await?;
         ctx.info(format!(
-            "uploading {} ({}) to {cluster}",
+            "uploading {} ({}) to {cluster}{}",
             path.display(),
-            fmt_bytes(size)
+            fmt_bytes(size),
+            endpoint.map(|e| format!(" at {e}")).unwrap_or_default()
         ))
         .await?;
 
