@@ -289,15 +289,15 @@ async fn uploads_a_multi_chunk_file_and_reads_it_back() {
 
 #[tokio::test]
 async fn speaks_https_with_a_ca_bundle_or_without_verification() {
-    let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = support::tls::self_signed();
     let fake = FakeWinRm::start(FakeConfig {
-        tls: Some((ca.cert.pem(), ca.signing_key.serialize_pem())),
+        tls: Some((cert.clone(), key)),
         ..FakeConfig::default()
     })
     .await;
     let tmp = tempfile::tempdir().unwrap();
     let bundle = tmp.path().join("ca.pem");
-    std::fs::write(&bundle, ca.cert.pem()).unwrap();
+    std::fs::write(&bundle, cert).unwrap();
     let quiet = |_: Stream, _: &str| {};
 
     let mut o = options(&fake, WinRmAuth::Basic);
