@@ -289,15 +289,15 @@ async fn uploads_a_multi_chunk_file_and_reads_it_back() {
 
 #[tokio::test]
 async fn speaks_https_with_a_ca_bundle_or_without_verification() {
-    let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = support::tls::self_signed();
     let fake = FakeWinRm::start(FakeConfig {
-        tls: Some((ca.cert.pem(), ca.signing_key.serialize_pem())),
+        tls: Some((cert.clone(), key)),
         ..FakeConfig::default()
     })
     .await;
     let tmp = tempfile::tempdir().unwrap();
     let bundle = tmp.path().join("ca.pem");
-    std::fs::write(&bundle, ca.cert.pem()).unwrap();
+    std::fs::write(&bundle, cert).unwrap();
     let quiet = |_: Stream, _: &str| {};
 
     let mut o = options(&fake, WinRmAuth::Basic);
@@ -343,9 +343,9 @@ async fn speaks_https_with_a_ca_bundle_or_without_verification() {
 
 #[tokio::test]
 async fn ntlm_over_https_binds_to_the_tls_channel_for_strict_extended_protection() {
-    let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = support::tls::self_signed();
     let fake = FakeWinRm::start(FakeConfig {
-        tls: Some((ca.cert.pem(), ca.signing_key.serialize_pem())),
+        tls: Some((cert.clone(), key)),
         strict_channel_binding: true,
         basic: false,
         ..FakeConfig::default()
@@ -363,7 +363,7 @@ async fn ntlm_over_https_binds_to_the_tls_channel_for_strict_extended_protection
 
     // Through a TLS-terminating relay the client sees another certificate:
     // its bindings name that channel, and the server refuses the login.
-    let relay = tls_relay(fake.port(), &ca.cert.pem()).await;
+    let relay = tls_relay(fake.port(), &cert).await;
     let mut o = options(&fake, WinRmAuth::Ntlm);
     o.scheme = WinRmScheme::Https;
     o.verify_tls = false;
@@ -378,8 +378,8 @@ async fn ntlm_over_https_binds_to_the_tls_channel_for_strict_extended_protection
 async fn tls_relay(port: u16, upstream_ca_pem: &str) -> u16 {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
-    let own = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let acceptor = fake_winrm::tls_acceptor(&own.cert.pem(), &own.signing_key.serialize_pem());
+    let (own_cert, own_key) = support::tls::self_signed();
+    let acceptor = support::tls::tls_acceptor(&own_cert, &own_key);
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(upstream_ca_pem.as_bytes()).unwrap())

@@ -7,6 +7,7 @@ pub mod openstack;
 pub mod probe;
 pub mod qemu;
 mod registry;
+mod tls;
 
 pub use registry::{ClusterInfo, Clusters};
 

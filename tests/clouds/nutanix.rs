@@ -1,5 +1,5 @@
 //! The Nutanix provider against the fake Prism Central: the conformance
-//! suite, then the failures Prism really produces.
+//! suite, then the failures Prism really produces, and HTTPS.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use vmscan::domain::JobId;
 use crate::conformance;
 use crate::support::guest::banner_port;
 use crate::support::nutanix::{FakeNutanix, CLUSTER, PASSWORD, SUBNET, USER};
+use crate::support::tls;
 
 pub fn config(fake: &FakeNutanix, ssh_port: u16) -> NutanixConfig {
     NutanixConfig {
@@ -308,6 +309,134 @@ async fn a_task_that_never_ends_times_out_with_its_state() {
 
 /// A whole scan on the fake Prism Central, with a real QEMU guest booted
 /// from the bytes vmscan uploaded and the cloud-init user-data it sent.
+/// Prism Central over HTTPS with a fresh self-signed certificate (as most
+/// sites run it), and that certificate in a PEM file to use as `ca_bundle`.
+async fn https_prism() -> (FakeNutanix, tempfile::TempDir, PathBuf) {
+    let (cert, key) = tls::self_signed();
+    let fake = FakeNutanix::start_https(&cert, &key).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("prism-ca.pem");
+    std::fs::write(&bundle, cert).unwrap();
+    (fake, dir, bundle)
+}
+
+#[tokio::test]
+async fn https_with_the_certificate_as_ca_bundle_passes_the_conformance_suite() {
+    let (fake, _dir, bundle) = https_prism().await;
+    assert!(fake.url().starts_with("https://127.0.0.1:"));
+    let mut cfg = config(&fake, banner_port().await);
+    cfg.verify_tls = true;
+    cfg.ca_bundle = Some(bundle);
+    let p = NutanixProvider::new("pc1", cfg).unwrap();
+    let (_d, img) = image();
+    conformance::lifecycle(&p, &img).await;
+    no_leftovers(&fake);
+    assert!(fake.tls_handshakes() >= 1);
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_fails_at_once_and_says_so() {
+    let (fake, _dir, _bundle) = https_prism().await;
+    let mut cfg = config(&fake, 22);
+    cfg.verify_tls = true;
+    cfg.ca_bundle = None;
+    let p = NutanixProvider::new("pc1", cfg).unwrap();
+    let (_d, img) = image();
+    let err = p
+        .upload_image(JobId::new(), &img, &|_, _| {})
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    // The cause from reqwest's source chain, and what to do about it.
+    assert!(
+        msg.contains("invalid peer certificate") && msg.contains("ca_bundle"),
+        "{msg}"
+    );
+    assert!(
+        !err.is_retryable(),
+        "a refused certificate never heals: {msg}"
+    );
+    assert_eq!(fake.tls_handshakes(), 1, "not retried with back-off");
+    assert!(fake.seen().is_empty(), "no request got through");
+}
+
+#[tokio::test]
+async fn https_without_verification_accepts_the_self_signed_certificate() {
+    let (fake, _dir, _bundle) = https_prism().await;
+    let mut cfg = config(&fake, 22);
+    cfg.verify_tls = false;
+    cfg.ca_bundle = None;
+    let p = NutanixProvider::new("pc1", cfg).unwrap();
+    let (_d, img) = image();
+    let image = p
+        .upload_image(JobId::new(), &img, &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.image_bytes(&image.name).unwrap(),
+        std::fs::read(&img).unwrap()
+    );
+    p.delete_image(&image.id).await.unwrap();
+    no_leftovers(&fake);
+    assert!(fake.tls_handshakes() >= 1);
+}
+
+#[tokio::test]
+async fn a_missing_or_non_pem_ca_bundle_is_a_config_error_naming_the_path() {
+    let fake = FakeNutanix::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let build = |bundle: &std::path::Path| {
+        let mut cfg = config(&fake, 22);
+        cfg.ca_bundle = Some(bundle.to_path_buf());
+        match NutanixProvider::new("pc1", cfg) {
+            Ok(_) => panic!("{} was accepted as a CA bundle", bundle.display()),
+            Err(ClusterError::Local(msg)) => msg,
+            Err(other) => panic!("not a configuration error: {other}"),
+        }
+    };
+    let missing = dir.path().join("missing.pem");
+    let msg = build(&missing);
+    assert!(
+        msg.contains(&format!("ca_bundle {}: cannot read it", missing.display())),
+        "{msg}"
+    );
+    let der = dir.path().join("prism-ca.der");
+    std::fs::write(&der, b"\x30\x82\x01\x0a not PEM at all").unwrap();
+    let msg = build(&der);
+    assert!(
+        msg.contains(&format!(
+            "ca_bundle {}: holds no PEM certificate",
+            der.display()
+        )),
+        "{msg}"
+    );
+    let broken = dir.path().join("broken.pem");
+    std::fs::write(
+        &broken,
+        "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let msg = build(&broken);
+    assert!(
+        msg.contains(&format!("ca_bundle {}: not a PEM file", broken.display())),
+        "{msg}"
+    );
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nAAAAAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let msg = build(&garbage);
+    assert!(
+        msg.contains(&format!(
+            "ca_bundle {}: a certificate in it cannot be used",
+            garbage.display()
+        )),
+        "{msg}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scan_runs_end_to_end_on_nutanix_with_a_real_guest() {
     use crate::support::fileserver::FileServer;

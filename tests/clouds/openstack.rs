@@ -1,8 +1,8 @@
 //! OpenStack (Keystone, Glance, Nova, Neutron) against the fake cloud: the
-//! conformance suite, the failures those APIs really produce, and a whole
-//! scan over HTTP with a real guest behind the fake.
+//! conformance suite, the failures those APIs really produce, HTTPS, and a
+//! whole scan over HTTP with a real guest behind the fake.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::http::Method;
@@ -14,6 +14,7 @@ use vmscan::domain::JobId;
 use crate::conformance::{self, deadlines, spec};
 use crate::support::guest::{banner_port, fixture_dir, GuestBackend};
 use crate::support::openstack::{self as os, FakeOpenStack};
+use crate::support::tls;
 
 fn config(fake: &FakeOpenStack, ssh_port: u16) -> OpenStackConfig {
     OpenStackConfig {
@@ -519,5 +520,103 @@ async fn openstack_renews_a_token_before_it_expires() {
         fake.rejected(),
         0,
         "no request was sent with an expired token"
+    );
+}
+
+/// Every API over HTTPS with a fresh self-signed certificate, and that
+/// certificate in a PEM file to use as `ca_bundle`.
+async fn https_cloud() -> (FakeOpenStack, tempfile::TempDir, PathBuf) {
+    let (cert, key) = tls::self_signed();
+    let fake = FakeOpenStack::start_https(&cert, &key).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("cloud-ca.pem");
+    std::fs::write(&bundle, cert).unwrap();
+    (fake, dir, bundle)
+}
+
+#[tokio::test]
+async fn openstack_over_https_with_the_certificate_as_ca_bundle_passes_the_conformance_lifecycle() {
+    let (fake, _dir, bundle) = https_cloud().await;
+    assert!(fake.auth_url().starts_with("https://127.0.0.1:"));
+    let mut cfg = config(&fake, banner_port().await);
+    cfg.verify_tls = true;
+    cfg.ca_bundle = Some(bundle);
+    let p = OpenStackProvider::new("t", cfg).unwrap();
+    let file = image_file();
+    conformance::lifecycle(&p, file.path()).await;
+    assert!(fake.images().is_empty() && fake.servers().is_empty());
+    assert!(fake.tls_handshakes() >= 1);
+}
+
+#[tokio::test]
+async fn openstack_an_untrusted_certificate_fails_at_once_and_says_so() {
+    let (fake, _dir, _bundle) = https_cloud().await;
+    let mut cfg = config(&fake, 22);
+    cfg.verify_tls = true;
+    cfg.ca_bundle = None;
+    let p = OpenStackProvider::new("t", cfg).unwrap();
+    let file = image_file();
+    let err = p
+        .upload_image(JobId::new(), file.path(), &|_, _| {})
+        .await
+        .expect_err("untrusted certificate");
+    let (msg, retryable) = api_error(&err);
+    // The cause from reqwest's source chain, and what to do about it.
+    assert!(
+        msg.contains("Keystone POST /v3/auth/tokens")
+            && msg.contains("invalid peer certificate")
+            && msg.contains("ca_bundle"),
+        "{msg}"
+    );
+    assert!(!retryable, "a refused certificate never heals: {msg}");
+    assert_eq!(fake.tls_handshakes(), 1, "not retried with back-off");
+    assert_eq!(fake.count(Method::POST, "/v3/auth/tokens"), 0);
+    assert_eq!(fake.tokens_issued(), 0);
+}
+
+#[tokio::test]
+async fn openstack_over_https_without_verification_accepts_the_self_signed_certificate() {
+    let (fake, _dir, _bundle) = https_cloud().await;
+    let mut cfg = config(&fake, 22);
+    cfg.verify_tls = false;
+    cfg.ca_bundle = None;
+    let p = OpenStackProvider::new("t", cfg).unwrap();
+    let file = image_file();
+    let image = upload(&p, JobId::new(), file.path()).await;
+    assert_eq!(fake.images().len(), 1);
+    p.delete_image(&image.id).await.unwrap();
+    assert!(fake.images().is_empty());
+    assert!(fake.tls_handshakes() >= 1);
+}
+
+#[tokio::test]
+async fn openstack_a_missing_or_non_pem_ca_bundle_is_a_config_error_naming_the_path() {
+    let fake = FakeOpenStack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let build = |bundle: &Path| {
+        let mut cfg = config(&fake, 22);
+        cfg.ca_bundle = Some(bundle.to_path_buf());
+        match OpenStackProvider::new("t", cfg) {
+            Ok(_) => panic!("{} was accepted as a CA bundle", bundle.display()),
+            Err(ClusterError::Local(msg)) => msg,
+            Err(other) => panic!("not a configuration error: {other}"),
+        }
+    };
+    let missing = dir.path().join("missing.pem");
+    let msg = build(&missing);
+    assert!(
+        msg.starts_with("cluster.openstack.t: ")
+            && msg.contains(&format!("ca_bundle {}: cannot read it", missing.display())),
+        "{msg}"
+    );
+    let text = dir.path().join("ca.txt");
+    std::fs::write(&text, "ask the cloud team for the CA\n").unwrap();
+    let msg = build(&text);
+    assert!(
+        msg.contains(&format!(
+            "ca_bundle {}: holds no PEM certificate",
+            text.display()
+        )),
+        "{msg}"
     );
 }

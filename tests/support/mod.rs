@@ -13,6 +13,7 @@ pub mod nutanix;
 pub mod openstack;
 pub mod smtp;
 pub mod sshd;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -11,11 +11,13 @@
 //! an upload, failing upload or VM tasks with an error detail, 409 on the
 //! next deletes, a VM that never gets an IP. With a [`GuestBackend`] a
 //! powered-on VM is a real QEMU guest booted from the uploaded bytes with
-//! the base64-decoded cloud-init user-data.
+//! the base64-decoded cloud-init user-data. Plain HTTP, or HTTPS with a
+//! given certificate (real Prism Central is HTTPS only).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 use super::guest::GuestBackend;
+use super::tls::{serve_https, tls_acceptor};
 
 pub const USER: &str = "admin";
 pub const PASSWORD: &str = "nutanix/4u";
@@ -110,6 +113,8 @@ pub struct FakeNutanix {
     pub addr: SocketAddr,
     inner: Arc<Mutex<Inner>>,
     _dir: Arc<tempfile::TempDir>,
+    https: bool,
+    handshakes: Arc<AtomicUsize>,
 }
 
 fn v3_error(status: u16, kind: &str, message: &str, reason: &str) -> Response {
@@ -334,8 +339,21 @@ impl FakeNutanix {
         Self::start_with(None).await
     }
 
+    /// Serves HTTPS with this certificate and key (PEM), as Prism Central
+    /// does on port 9440.
+    pub async fn start_https(cert: &str, key: &str) -> FakeNutanix {
+        Self::serve(None, Some(tls_acceptor(cert, key))).await
+    }
+
     /// With a guest backend, powered-on VMs are real QEMU guests.
     pub async fn start_with(guest: Option<Arc<GuestBackend>>) -> FakeNutanix {
+        Self::serve(guest, None).await
+    }
+
+    async fn serve(
+        guest: Option<Arc<GuestBackend>>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> FakeNutanix {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let inner = Arc::new_cyclic(|me| {
             Mutex::new(Inner {
@@ -370,18 +388,35 @@ impl FakeNutanix {
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let https = tls.is_some();
+        match tls {
+            Some(acceptor) => {
+                tokio::spawn(serve_https(listener, app, acceptor, handshakes.clone()));
+            }
+            None => {
+                tokio::spawn(async move {
+                    axum::serve(listener, app).await.unwrap();
+                });
+            }
+        }
         FakeNutanix {
             addr,
             inner,
             _dir: dir,
+            https,
+            handshakes,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// TLS handshakes begun (HTTPS only), accepted certificate or not.
+    pub fn tls_handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
     }
 
     pub fn fail_next_requests(&self, n: u32) {

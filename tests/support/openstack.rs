@@ -8,11 +8,13 @@
 //! Neutron (networks by name, ports, floating IPs). Failures on demand:
 //! expired tokens, killed uploads, wrong hashes, failed builds, servers
 //! without an address, 409 conflicts and 5xx answers. With a
-//! [`GuestBackend`], a server boots the uploaded image for real.
+//! [`GuestBackend`], a server boots the uploaded image for real. Plain
+//! HTTP, or HTTPS with a given certificate.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -29,6 +31,7 @@ use sha2::Digest;
 use tokio::io::AsyncWriteExt;
 
 use super::guest::GuestBackend;
+use super::tls::{serve_https, tls_acceptor};
 
 pub const USER: &str = "scanner";
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -131,6 +134,9 @@ pub struct FakeOpenStack {
     pub addr: SocketAddr,
     inner: Arc<Mutex<Inner>>,
     _dir: Arc<tempfile::TempDir>,
+    /// `http://127.0.0.1:PORT` or `https://…`: Keystone and every endpoint.
+    base: String,
+    handshakes: Arc<AtomicUsize>,
 }
 
 #[derive(Clone)]
@@ -153,8 +159,20 @@ impl FakeOpenStack {
         Self::start_with(None).await
     }
 
+    /// Every API over HTTPS with this certificate and key (PEM).
+    pub async fn start_https(cert: &str, key: &str) -> FakeOpenStack {
+        Self::serve(None, Some(tls_acceptor(cert, key))).await
+    }
+
     /// With a guest backend, an ACTIVE server runs the image it was given.
     pub async fn start_with(guest: Option<Arc<GuestBackend>>) -> FakeOpenStack {
+        Self::serve(guest, None).await
+    }
+
+    async fn serve(
+        guest: Option<Arc<GuestBackend>>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> FakeOpenStack {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let inner = Arc::new(Mutex::new(Inner {
             tokens: HashMap::new(),
@@ -182,9 +200,10 @@ impl FakeOpenStack {
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let st = St {
             inner: inner.clone(),
-            base: format!("http://{addr}"),
+            base: format!("{scheme}://{addr}"),
             dir: dir.path().to_path_buf(),
         };
         let compute = "/v2.1/{project}";
@@ -206,14 +225,24 @@ impl FakeOpenStack {
             .route("/v2.0/floatingips", get(list_fips).post(create_fip))
             .route("/v2.0/floatingips/{id}", axum::routing::delete(delete_fip))
             .layer(middleware::from_fn_with_state(st.clone(), gate))
-            .with_state(st);
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+            .with_state(st.clone());
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        match tls {
+            Some(acceptor) => {
+                tokio::spawn(serve_https(listener, app, acceptor, handshakes.clone()));
+            }
+            None => {
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).await;
+                });
+            }
+        }
         FakeOpenStack {
             addr,
             inner,
             _dir: dir,
+            base: st.base,
+            handshakes,
         }
     }
 
@@ -223,7 +252,12 @@ impl FakeOpenStack {
 
     /// Keystone's URL as a client is configured with it.
     pub fn auth_url(&self) -> String {
-        format!("http://{}/v3", self.addr)
+        format!("{}/v3", self.base)
+    }
+
+    /// TLS handshakes begun (HTTPS only), accepted certificate or not.
+    pub fn tls_handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
     }
 
     /// Every token issued so far now answers 401 (as when it expired mid-job).

@@ -21,6 +21,8 @@ use md5::{Digest, Md5};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
+use crate::support::tls::tls_acceptor;
+
 const NS_ENV: &str = "http://www.w3.org/2003/05/soap-envelope";
 const NS_ADDR: &str = "http://schemas.xmlsoap.org/ws/2004/08/addressing";
 const NS_WSMAN: &str = "http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd";
@@ -297,24 +299,6 @@ fn channel_bindings(cert_pem: &str) -> [u8; 16] {
     gss.extend_from_slice(&(app.len() as u32).to_le_bytes());
     gss.extend_from_slice(&app);
     Md5::digest(&gss).into()
-}
-
-pub fn tls_acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
 }
 
 // ---------------------------------------------------------------- HTTP/1.1

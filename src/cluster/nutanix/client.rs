@@ -1,6 +1,6 @@
 //! The Prism Central v3 HTTP client: Basic auth, retries with back-off for
-//! 5xx and dropped connections (never for 401/403), v3 error bodies, task
-//! polling and list paging.
+//! 5xx and dropped connections (never for 401/403 or a refused
+//! certificate), v3 error bodies, task polling and list paging.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +10,7 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use super::config::NutanixConfig;
+use crate::cluster::tls::{self, CaBundleError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrismError {
@@ -22,6 +23,13 @@ pub enum PrismError {
     },
     #[error("{method} {path}: {reason}")]
     Transport {
+        method: Method,
+        path: String,
+        reason: String,
+    },
+    /// Prism's TLS certificate was refused: not retried, it never heals.
+    #[error("{method} {path}: {reason} ({})", tls::CERTIFICATE_HINT)]
+    Certificate {
         method: Method,
         path: String,
         reason: String,
@@ -43,11 +51,14 @@ pub enum PrismError {
     Protocol(String),
     #[error("configuration: {0}")]
     Config(String),
+    #[error("configuration: {0}")]
+    CaBundle(#[from] CaBundleError),
 }
 
 impl PrismError {
     /// 5xx, 409 (a concurrent update), 429, dropped connections and slow
-    /// tasks may succeed later; 401/403 and other 4xx never do.
+    /// tasks may succeed later; 401/403, other 4xx and a refused
+    /// certificate never do.
     pub fn is_retryable(&self) -> bool {
         match self {
             PrismError::Http { status, .. } => {
@@ -62,6 +73,25 @@ impl PrismError {
 
     pub fn is_not_found(&self) -> bool {
         matches!(self, PrismError::Http { status, .. } if *status == StatusCode::NOT_FOUND)
+    }
+
+    /// A request that got no answer: a refused certificate, or a transport
+    /// failure worth retrying.
+    pub fn unanswered(method: Method, path: &str, e: &reqwest::Error) -> PrismError {
+        let (path, reason) = (path.to_string(), describe(e));
+        if tls::certificate_rejected(e) {
+            PrismError::Certificate {
+                method,
+                path,
+                reason,
+            }
+        } else {
+            PrismError::Transport {
+                method,
+                path,
+                reason,
+            }
+        }
     }
 }
 
@@ -146,13 +176,7 @@ impl PrismClient {
             .connect_timeout(Duration::from_secs(15))
             .danger_accept_invalid_certs(!cfg.verify_tls);
         if let Some(ca) = &cfg.ca_bundle {
-            let pem = std::fs::read(ca)
-                .map_err(|e| PrismError::Config(format!("ca_bundle {}: {e}", ca.display())))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| PrismError::Config(format!("ca_bundle {}: {e}", ca.display())))?
-            {
-                builder = builder.add_root_certificate(cert);
-            }
+            builder = tls::add_ca_bundle(builder, ca)?;
         }
         let http = builder
             .build()
@@ -205,11 +229,7 @@ impl PrismClient {
         if let Some(b) = body {
             req = req.header(CONTENT_TYPE, "application/json").json(b);
         }
-        let transport = |e: reqwest::Error| PrismError::Transport {
-            method: method.clone(),
-            path: path.to_string(),
-            reason: describe(&e),
-        };
+        let transport = |e: reqwest::Error| PrismError::unanswered(method.clone(), path, &e);
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
         let text = resp.text().await.map_err(transport)?;

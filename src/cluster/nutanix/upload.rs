@@ -13,7 +13,7 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::client::{describe, error_message, task_uuids, PrismError};
+use super::client::{error_message, task_uuids, PrismError};
 use super::{job_image_name, tag, ImageSource, NutanixConfig, NutanixProvider};
 use crate::cluster::{ClusterError, ClusterImage, Progress};
 use crate::domain::JobId;
@@ -207,18 +207,23 @@ async fn put_file(
         .body(reqwest::Body::wrap_stream(stream))
         .send();
     tokio::pin!(request);
-    let transport = |reason: String| PrismError::Transport {
-        method: Method::PUT,
-        path: url_path.clone(),
-        reason,
+    let failed = |e: reqwest::Error| {
+        if e.is_timeout() {
+            PrismError::Transport {
+                method: Method::PUT,
+                path: url_path.clone(),
+                reason: format!(
+                    "timed out after {} s (upload_base_secs + size / upload_min_bytes_per_sec)",
+                    timeout.as_secs()
+                ),
+            }
+        } else {
+            PrismError::unanswered(Method::PUT, &url_path, &e)
+        }
     };
     let resp = loop {
         tokio::select! {
-            r = &mut request => break r.map_err(|e| transport(if e.is_timeout() {
-                format!("timed out after {} s (upload_base_secs + size / upload_min_bytes_per_sec)", timeout.as_secs())
-            } else {
-                describe(&e)
-            }))?,
+            r = &mut request => break r.map_err(failed)?,
             _ = tokio::time::sleep(Duration::from_millis(500)) => progress(sent.load(Ordering::Relaxed).min(size), size),
         }
     };

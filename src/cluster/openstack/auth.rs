@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::error::{error_message, OsError};
 use super::OpenStackConfig;
+use crate::cluster::tls::certificate_rejected;
 
 /// Renew the token when it has less than this left (or a quarter of its
 /// lifetime, for short-lived tokens).
@@ -147,12 +148,8 @@ impl Keystone {
         let url = self.tokens_url();
         let body = self.body()?;
         let max = self.cfg.max_attempts.max(1);
-        let transport = |message: String| OsError::Transport {
-            service: "Keystone",
-            method: "POST".into(),
-            path: "/v3/auth/tokens".into(),
-            message,
-        };
+        let transport =
+            |e: &reqwest::Error| OsError::unanswered("Keystone", "POST", "/v3/auth/tokens", e);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -165,12 +162,12 @@ impl Keystone {
                 .await;
             let r = match sent {
                 Ok(r) => r,
-                Err(e) if attempt < max => {
+                Err(e) if attempt < max && !certificate_rejected(&e) => {
                     tracing::warn!(cloud = %self.who(), "Keystone unreachable (try {attempt}/{max}): {e}");
                     super::http::backoff(&self.cfg, attempt).await;
                     continue;
                 }
-                Err(e) => return Err(transport(super::http::describe(&e))),
+                Err(e) => return Err(transport(&e)),
             };
             let status = r.status().as_u16();
             let token = r
@@ -185,7 +182,7 @@ impl Keystone {
                     super::http::backoff(&self.cfg, attempt).await;
                     continue;
                 }
-                Err(e) => return Err(transport(super::http::describe(&e))),
+                Err(e) => return Err(transport(&e)),
             };
             match status {
                 200..=299 => {

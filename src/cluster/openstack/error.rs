@@ -21,6 +21,17 @@ pub enum OsError {
         path: String,
         message: String,
     },
+    /// The API's TLS certificate was refused (never retried: it never heals).
+    #[error(
+        "{service} {method} {path}: {message} ({})",
+        crate::cluster::tls::CERTIFICATE_HINT
+    )]
+    Certificate {
+        service: &'static str,
+        method: String,
+        path: String,
+        message: String,
+    },
     /// Keystone refused the credentials (never retried).
     #[error("Keystone refused to authenticate {who}: {message}")]
     Auth { who: String, message: String },
@@ -34,6 +45,32 @@ impl OsError {
         OsError::Other {
             message: message.into(),
             retryable: false,
+        }
+    }
+
+    /// A request that got no answer: a refused certificate, or a transport
+    /// failure worth retrying.
+    pub fn unanswered(
+        service: &'static str,
+        method: impl Into<String>,
+        path: impl Into<String>,
+        e: &reqwest::Error,
+    ) -> OsError {
+        let (method, path, message) = (method.into(), path.into(), super::http::describe(e));
+        if crate::cluster::tls::certificate_rejected(e) {
+            OsError::Certificate {
+                service,
+                method,
+                path,
+                message,
+            }
+        } else {
+            OsError::Transport {
+                service,
+                method,
+                path,
+                message,
+            }
         }
     }
 
@@ -55,7 +92,7 @@ impl OsError {
             // (Nova's busy servers); the others (ambiguous network…) stay.
             OsError::Http { status, .. } => *status >= 500 || *status == 429,
             OsError::Transport { .. } => true,
-            OsError::Auth { .. } => false,
+            OsError::Certificate { .. } | OsError::Auth { .. } => false,
             OsError::Other { retryable, .. } => *retryable,
         }
     }

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
 use super::error::{error_message, OsError};
-use super::http::{backoff, describe, Api, Service};
+use super::http::{backoff, Api, Service};
 use super::JOB_KEY;
 use crate::domain::{ChecksumAlgo, JobId};
 
@@ -211,20 +211,19 @@ pub async fn upload_file(
                 }
             }
         };
-        let lost = |message: String| OsError::Transport {
-            service: "Glance",
-            method: "PUT".into(),
-            path: url_path.clone(),
-            message,
-        };
         let r = answer.map_err(|e| {
             if e.is_timeout() {
-                lost(format!(
-                    "upload of {size} bytes not done within {} s",
-                    limit.as_secs()
-                ))
+                OsError::Transport {
+                    service: "Glance",
+                    method: "PUT".into(),
+                    path: url_path.clone(),
+                    message: format!(
+                        "upload of {size} bytes not done within {} s",
+                        limit.as_secs()
+                    ),
+                }
             } else {
-                lost(describe(&e))
+                OsError::unanswered("Glance", "PUT", &url_path, &e)
             }
         })?;
         let status = r.status();

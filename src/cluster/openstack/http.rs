@@ -1,6 +1,6 @@
 //! One authenticated request to Nova, Glance or Neutron: timeouts, retries
-//! with back-off for 5xx, 429 and lost connections, one re-authentication on
-//! 401, and the API's own error message.
+//! with back-off for 5xx, 429 and lost connections (not for a refused
+//! certificate), one re-authentication on 401, and the API's own error message.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::auth::{Keystone, Session};
 use super::error::{error_message, OsError};
 use super::OpenStackConfig;
+use crate::cluster::tls::{add_ca_bundle, certificate_rejected};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Service {
@@ -88,13 +89,7 @@ impl Api {
             b = b.danger_accept_invalid_certs(true);
         }
         if let Some(path) = &cfg.ca_bundle {
-            let pem =
-                std::fs::read(path).map_err(|e| format!("ca_bundle {}: {e}", path.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("ca_bundle {}: {e}", path.display()))?;
-            for c in certs {
-                b = b.add_root_certificate(c);
-            }
+            b = add_ca_bundle(b, path).map_err(|e| e.to_string())?;
         }
         let http = b.build().map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Api {
@@ -167,16 +162,11 @@ impl Api {
             if let Some(j) = json {
                 rb = rb.json(j);
             }
-            let lost = |e: &reqwest::Error| OsError::Transport {
-                service: label,
-                method: method.to_string(),
-                path: shown.clone(),
-                message: describe(e),
-            };
+            let lost = |e: &reqwest::Error| OsError::unanswered(label, method.as_str(), &shown, e);
             let r = match rb.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    if attempt < max {
+                    if attempt < max && !certificate_rejected(&e) {
                         tracing::warn!(
                             "{label} {method} {shown}: {} (try {attempt}/{max})",
                             describe(&e)
