@@ -307,8 +307,6 @@ async fn a_task_that_never_ends_times_out_with_its_state() {
     );
 }
 
-/// A whole scan on the fake Prism Central, with a real QEMU guest booted
-/// from the bytes vmscan uploaded and the cloud-init user-data it sent.
 /// Prism Central over HTTPS with a fresh self-signed certificate (as most
 /// sites run it), and that certificate in a PEM file to use as `ca_bundle`.
 async fn https_prism() -> (FakeNutanix, tempfile::TempDir, PathBuf) {
@@ -437,6 +435,8 @@ async fn a_missing_or_non_pem_ca_bundle_is_a_config_error_naming_the_path() {
     );
 }
 
+/// A whole scan on the fake Prism Central, with a real QEMU guest booted
+/// from the bytes vmscan uploaded and the cloud-init user-data it sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scan_runs_end_to_end_on_nutanix_with_a_real_guest() {
     use crate::support::fileserver::FileServer;
