@@ -729,6 +729,14 @@ async fn scans_a_windows_template_over_winrm_end_to_end() {
     let (status, page) = w.app.get_text(&format!("/jobs/{id}")).await;
     assert_eq!(status, 200);
     assert!(page.contains("10.20.30.40") && page.contains("MainEngineThread is returning 0"));
+    assert!(
+        page.contains("windows <span class=\"muted\" id=\"job-os-source\">(chosen)</span>"),
+        "{page}"
+    );
+    assert_eq!(
+        (done["os"].as_str(), done["os_source"].as_str()),
+        (Some("windows"), Some("chosen"))
+    );
 }
 
 /// A disk laid out as Windows Setup does on UEFI: GPT with an EFI system
