@@ -188,11 +188,13 @@ mod tests {
                 name: "qemu-local".into(),
                 kind: "qemu",
                 default: true,
+                endpoint: None,
             },
             ClusterInfo {
                 name: "nutanix:pc1".into(),
                 kind: "nutanix",
                 default: false,
+                endpoint: None,
             },
         ]
     }

@@ -16,6 +16,10 @@ pub struct ClusterInfo {
     /// "qemu", "nutanix" or "openstack".
     pub kind: &'static str,
     pub default: bool,
+    /// The API it talks to ("Prism Central https://pc1:9440"), for telling
+    /// several of one kind apart; never credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 pub struct Clusters {
@@ -54,22 +58,24 @@ impl Clusters {
     /// The clusters the configuration names, without building providers
     /// (the CLI checks a submission with it). Names match [`ClusterProvider::name`].
     pub fn configured(cfg: &Config) -> Vec<ClusterInfo> {
-        let mut all: Vec<(String, &'static str)> = Vec::new();
+        let mut all: Vec<(String, &'static str, Option<String>)> = Vec::new();
         if cfg.cluster.qemu.enabled {
-            all.push((qemu::PROVIDER_NAME.to_string(), "qemu"));
+            all.push((qemu::PROVIDER_NAME.to_string(), "qemu", None));
         }
-        all.extend(
-            cfg.cluster
-                .nutanix
-                .keys()
-                .map(|n| (nutanix::provider_name(n), "nutanix")),
-        );
-        all.extend(
-            cfg.cluster
-                .openstack
-                .keys()
-                .map(|n| (openstack::provider_name(n), "openstack")),
-        );
+        all.extend(cfg.cluster.nutanix.iter().map(|(n, c)| {
+            (
+                nutanix::provider_name(n),
+                "nutanix",
+                Some(nutanix::endpoint(c)),
+            )
+        }));
+        all.extend(cfg.cluster.openstack.iter().map(|(n, c)| {
+            (
+                openstack::provider_name(n),
+                "openstack",
+                Some(openstack::endpoint(c)),
+            )
+        }));
         let default = cfg
             .cluster
             .default
@@ -77,12 +83,13 @@ impl Clusters {
             .map(str::trim)
             .filter(|d| !d.is_empty())
             .map(str::to_string)
-            .or_else(|| all.first().map(|(n, _)| n.clone()));
+            .or_else(|| all.first().map(|(n, _, _)| n.clone()));
         all.into_iter()
-            .map(|(name, kind)| ClusterInfo {
+            .map(|(name, kind, endpoint)| ClusterInfo {
                 default: Some(&name) == default.as_ref(),
                 name,
                 kind,
+                endpoint,
             })
             .collect()
     }
@@ -171,10 +178,11 @@ impl Clusters {
     pub fn info(&self) -> Vec<ClusterInfo> {
         self.by_name
             .iter()
-            .map(|(name, (_, kind))| ClusterInfo {
+            .map(|(name, (p, kind))| ClusterInfo {
                 name: name.clone(),
                 kind,
                 default: *name == self.default,
+                endpoint: p.endpoint(),
             })
             .collect()
     }

@@ -461,9 +461,19 @@ async fn a_scan_runs_end_to_end_on_nutanix_with_a_real_guest() {
     assert_eq!(
         clusters["clusters"],
         json!([
-            {"name": "nutanix:pc1", "kind": "nutanix", "default": false},
+            {"name": "nutanix:pc1", "kind": "nutanix", "default": false,
+             "endpoint": format!("Prism Central {}", fake.url())},
             {"name": "qemu-local", "kind": "qemu", "default": true},
         ])
+    );
+    // The form tells several Prism Centrals apart.
+    let (_, index) = app.get_text("/").await;
+    assert!(
+        index.contains(&format!(
+            ">nutanix:pc1 (Prism Central {})</option>",
+            fake.url()
+        )),
+        "{index}"
     );
     let job = app
         .submit(json!({"url": images.url("disk.raw.tar.gz"), "cluster": "nutanix:pc1"}))

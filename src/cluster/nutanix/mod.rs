@@ -307,6 +307,11 @@ fn first_ip(vm: &Value) -> Option<String> {
         .find_map(|ep| ep.get("ip").and_then(Value::as_str).map(str::to_string))
 }
 
+/// Which Prism Central a configuration talks to, as the pages show it.
+pub fn endpoint(cfg: &NutanixConfig) -> String {
+    format!("Prism Central {}", super::shown_url(&cfg.url))
+}
+
 #[async_trait]
 impl ClusterProvider for NutanixProvider {
     fn name(&self) -> String {
@@ -314,10 +319,7 @@ impl ClusterProvider for NutanixProvider {
     }
 
     fn endpoint(&self) -> Option<String> {
-        Some(format!(
-            "Prism Central {}",
-            super::shown_url(&self.client.cfg.url)
-        ))
+        Some(endpoint(&self.client.cfg))
     }
 
     async fn upload_image(

@@ -231,6 +231,15 @@ impl OpenStackProvider {
     }
 }
 
+/// Which cloud a configuration talks to, as the pages show it.
+pub fn endpoint(cfg: &OpenStackConfig) -> String {
+    let url = super::shown_url(&cfg.auth_url);
+    match &cfg.region {
+        Some(r) => format!("Keystone {url} (region {r})"),
+        None => format!("Keystone {url}"),
+    }
+}
+
 #[async_trait]
 impl ClusterProvider for OpenStackProvider {
     fn name(&self) -> String {
@@ -238,13 +247,7 @@ impl ClusterProvider for OpenStackProvider {
     }
 
     fn endpoint(&self) -> Option<String> {
-        Some(match &self.cfg.region {
-            Some(r) => format!(
-                "Keystone {} (region {r})",
-                super::shown_url(&self.cfg.auth_url)
-            ),
-            None => format!("Keystone {}", super::shown_url(&self.cfg.auth_url)),
-        })
+        Some(endpoint(&self.cfg))
     }
 
     async fn upload_image(
