@@ -21,6 +21,7 @@ async fn fetches_over_sftp_with_a_key_and_reports_a_missing_file() {
     let sshd = Sshd::start(SshdSetup {
         sftp: true,
         authorized: vec![key.public_line()],
+        ..SshdSetup::default()
     });
     let files = sshd.dir.path().join("files");
     std::fs::create_dir_all(&files).unwrap();

@@ -23,6 +23,7 @@ async fn server_and_shell(sftp: bool) -> (Sshd, SshKey, SshShell) {
     let sshd = Sshd::start(SshdSetup {
         sftp,
         authorized: vec![key.public_line()],
+        ..SshdSetup::default()
     });
     let shell = SshShell::connect(&sshd.options(&key)).await.unwrap();
     (sshd, key, shell)
@@ -112,6 +113,7 @@ async fn refuses_a_host_key_that_changed_within_the_job() {
     let sshd = Sshd::start(SshdSetup {
         sftp: true,
         authorized: vec![key.public_line()],
+        ..SshdSetup::default()
     });
     let recorded = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".to_string();
     let mut opts = sshd.options(&key);
@@ -295,6 +297,73 @@ async fn uploads_20_mib_over_sftp() {
     shell.close().await;
 }
 
+/// A `wc` that answers nothing on its first `n` calls (status 0, no
+/// output), as a busy guest's dropbear once did, then the real one.
+fn flaky_wc(dir: &Path, n: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let count = dir.join("wc-calls");
+    let script = format!(
+        "#!/bin/sh\necho x >> '{c}'\nif [ $(/usr/bin/wc -l < '{c}') -le {n} ]; then exit 0; fi\nexec /usr/bin/wc \"$@\"\n",
+        c = count.display()
+    );
+    let wc = bin.join("wc");
+    std::fs::write(&wc, script).unwrap();
+    std::fs::set_permissions(&wc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+#[tokio::test]
+async fn an_upload_whose_answer_is_lost_is_sent_again() {
+    let key = SshKey::generate("vmscan-test-job").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(SshdSetup {
+        sftp: false,
+        authorized: vec![key.public_line()],
+        path_prefix: Some(flaky_wc(tmp.path(), 1)),
+    });
+    let shell = SshShell::connect(&sshd.options(&key)).await.unwrap();
+    let local = sshd.dir.path().join("response.ini");
+    std::fs::write(
+        &local,
+        "[Bootstrap]\nMGSFT_BOOTSTRAP_UPLOAD=http://beacon/\n",
+    )
+    .unwrap();
+    let remote = sshd.scratch().join("mgsft_rollout_response");
+    shell
+        .upload(&local, remote.to_str().unwrap(), T)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&remote).unwrap(),
+        std::fs::read(&local).unwrap()
+    );
+    let calls = std::fs::read_to_string(tmp.path().join("wc-calls")).unwrap();
+    assert_eq!(calls.lines().count(), 2, "one lost answer, one good one");
+
+    // Lost every time: give up after three tries and say so.
+    let tmp = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(SshdSetup {
+        sftp: false,
+        authorized: vec![key.public_line()],
+        path_prefix: Some(flaky_wc(tmp.path(), 100)),
+    });
+    let shell = SshShell::connect(&sshd.options(&key)).await.unwrap();
+    let err = shell
+        .upload(&local, sshd.scratch().join("x").to_str().unwrap(), T)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("upload incomplete: sent 50 bytes, the file has an unknown size (3 tries)"),
+        "{err}"
+    );
+    let calls = std::fs::read_to_string(tmp.path().join("wc-calls")).unwrap();
+    assert_eq!(calls.lines().count(), 3);
+    shell.close().await;
+}
+
 #[tokio::test]
 async fn uploads_through_cat_when_the_server_has_no_sftp() {
     let (sshd, _key, shell) = server_and_shell(false).await;
@@ -369,6 +438,7 @@ async fn a_key_the_server_does_not_know_is_an_auth_error() {
     let sshd = Sshd::start(SshdSetup {
         sftp: true,
         authorized: vec![known.public_line()],
+        ..SshdSetup::default()
     });
     let stranger = SshKey::generate("vmscan-stranger").unwrap();
     let mut opts = sshd.options(&stranger);
@@ -411,6 +481,7 @@ async fn a_key_stored_as_pem_logs_in_again() {
     let sshd = Sshd::start(SshdSetup {
         sftp: true,
         authorized: vec![key.public_line()],
+        ..SshdSetup::default()
     });
     let loaded = SshKey::from_openssh(pem.expose_secret()).unwrap();
     let shell = SshShell::connect(&sshd.options(&loaded)).await.unwrap();

@@ -419,6 +419,7 @@ impl SshShell {
         Ok(())
     }
 
+    /// One try of an upload through `cat`, checked with `wc -c`.
     async fn upload_exec(
         &self,
         local: tokio::fs::File,
@@ -427,7 +428,7 @@ impl SshShell {
         deadline: Instant,
         what: &str,
         started: Instant,
-    ) -> Result<(), RemoteError> {
+    ) -> Result<(), ExecUpload> {
         let limits = ExecLimits {
             deadline,
             started,
@@ -441,6 +442,9 @@ impl SshShell {
             .await?;
         match (out.status, &out.feed_error) {
             (Some(0), None) => {}
+            (None, None) if out.signal.is_none() => {
+                return Err(ExecUpload::Lost(format!("`cat` {}", out.ended(None))));
+            }
             (status, feed) => {
                 let mut reason = format!("`cat` {}", out.ended(status));
                 if let Some(e) = feed {
@@ -449,7 +453,8 @@ impl SshShell {
                 return Err(RemoteError::File {
                     path: remote.to_string(),
                     reason,
-                });
+                }
+                .into());
             }
         }
         let limits = ExecLimits {
@@ -467,16 +472,25 @@ impl SshShell {
             .trim()
             .parse::<u64>()
             .ok();
-        if out.status != Some(0) || size != Some(len) {
-            return Err(RemoteError::File {
+        let incomplete = || {
+            format!(
+                "upload incomplete: sent {len} bytes, the file has {}",
+                show_size(size)
+            )
+        };
+        match (out.status, size) {
+            (Some(0), Some(n)) if n == len => Ok(()),
+            // No exit status, or no number from a `wc` that succeeded: the
+            // answer was lost (seen from a busy guest's dropbear), not the file.
+            (None, _) | (Some(0), None) if out.signal.is_none() => {
+                Err(ExecUpload::Lost(incomplete()))
+            }
+            _ => Err(RemoteError::File {
                 path: remote.to_string(),
-                reason: format!(
-                    "upload incomplete: sent {len} bytes, the file has {}",
-                    show_size(size)
-                ),
-            });
+                reason: incomplete(),
+            }
+            .into()),
         }
-        Ok(())
     }
 }
 
@@ -646,8 +660,31 @@ impl RemoteShell for SshShell {
             return r.map_err(|_| timed_out())?;
         }
         tracing::debug!(addr = %self.addr, remote, "ssh: no SFTP, uploading through `cat`");
-        self.upload_exec(file, len, remote, deadline, &what, started)
-            .await
+        let mut file = Some(file);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let local = match file.take() {
+                Some(f) => f,
+                None => open_local().await?.0,
+            };
+            match self
+                .upload_exec(local, len, remote, deadline, &what, started)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(ExecUpload::Failed(e)) => return Err(e),
+                Err(ExecUpload::Lost(reason)) if attempt < EXEC_UPLOAD_TRIES => {
+                    tracing::warn!(addr = %self.addr, remote, attempt, %reason, "ssh: upload answer lost; uploading again");
+                }
+                Err(ExecUpload::Lost(reason)) => {
+                    return Err(RemoteError::File {
+                        path: remote.to_string(),
+                        reason: format!("{reason} ({EXEC_UPLOAD_TRIES} tries)"),
+                    })
+                }
+            }
+        }
     }
 
     async fn read_file(
@@ -921,6 +958,23 @@ fn io_error(path: &str, doing: &str, e: &std::io::Error) -> RemoteError {
     RemoteError::File {
         path: path.to_string(),
         reason: format!("{doing} failed: {e}"),
+    }
+}
+
+/// Uploads through `cat` whose answer was lost are tried this often; the
+/// write truncates, so a repeat is harmless.
+const EXEC_UPLOAD_TRIES: u32 = 3;
+
+/// How one upload through `cat` went wrong.
+enum ExecUpload {
+    /// The command's answer never came: try again.
+    Lost(String),
+    Failed(RemoteError),
+}
+
+impl From<RemoteError> for ExecUpload {
+    fn from(e: RemoteError) -> Self {
+        ExecUpload::Failed(e)
     }
 }
 

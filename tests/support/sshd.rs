@@ -18,9 +18,13 @@ pub struct Sshd {
     pub user: String,
 }
 
+#[derive(Default)]
 pub struct SshdSetup {
     pub sftp: bool,
     pub authorized: Vec<String>,
+    /// Put first on the sessions' PATH (`SetEnv`): commands to stand in for
+    /// the system's.
+    pub path_prefix: Option<PathBuf>,
 }
 
 impl Sshd {
@@ -61,6 +65,12 @@ impl Sshd {
         );
         if setup.sftp {
             config.push_str(&format!("Subsystem sftp {SFTP_SERVER}\n"));
+        }
+        if let Some(dir) = &setup.path_prefix {
+            config.push_str(&format!(
+                "SetEnv PATH={}:/usr/local/bin:/usr/bin:/bin\n",
+                dir.display()
+            ));
         }
         let config_path = d.join("sshd_config");
         std::fs::write(&config_path, config).unwrap();
