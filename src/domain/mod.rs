@@ -26,6 +26,21 @@ pub fn fmt_millis(ms: Millis) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// `head`, then each cause of `e` whose text it does not hold yet, joined by
+/// ": " (reqwest's and lettre's Display hide the cause that says why).
+pub fn with_causes(mut head: String, e: &dyn std::error::Error) -> String {
+    let mut src = e.source();
+    while let Some(c) = src {
+        let m = c.to_string();
+        if !head.contains(&m) {
+            head.push_str(": ");
+            head.push_str(&m);
+        }
+        src = c.source();
+    }
+    head
+}
+
 /// Formats a byte count with binary units ("1.5 GiB").
 pub fn fmt_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

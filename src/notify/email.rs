@@ -87,17 +87,7 @@ impl Mailer for SmtpMailer {
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        src = c.source();
-    }
-    s
+    crate::domain::with_causes(e.to_string(), e)
 }
 
 /// Minimal HTML escaping for text put into the HTML part.

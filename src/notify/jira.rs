@@ -123,16 +123,7 @@ fn without_url(e: &reqwest::Error) -> String {
             .replace(&format!(" ({u})"), "")
             .replace(u.as_str(), "<jira>");
     }
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        src = c.source();
-    }
-    s
+    crate::domain::with_causes(s, e)
 }
 
 /// Jira's error body: `{"errorMessages":[…],"errors":{field: msg}}`, sometimes

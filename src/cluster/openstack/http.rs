@@ -54,21 +54,12 @@ pub struct Api {
 
 /// The text of a reqwest error with its causes ("error sending request: connection refused").
 pub fn describe(e: &reqwest::Error) -> String {
-    let mut msg = if e.is_timeout() {
+    let head = if e.is_timeout() {
         "timed out".to_string()
     } else {
         e.to_string()
     };
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !msg.contains(&t) {
-            msg.push_str(": ");
-            msg.push_str(&t);
-        }
-        src = s.source();
-    }
-    msg
+    crate::domain::with_causes(head, e)
 }
 
 /// Waits before try `attempt + 1`: `retry_backoff_ms` doubling, at most 30 s.

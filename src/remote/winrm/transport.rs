@@ -555,17 +555,7 @@ pub fn parse_encrypted(body: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = c.source();
-    }
-    s
+    crate::domain::with_causes(e.to_string(), e)
 }
 
 #[cfg(test)]
