@@ -102,8 +102,41 @@ impl VmCreateStage {
 
     async fn login(&self, ctx: &StageCtx, vm: &ClusterVm) -> Result<SshShell, StageError> {
         let host = vm.host.clone().unwrap_or_else(|| "127.0.0.1".into());
-        let port = vm.port.unwrap_or(22);
-        let key = job_key(ctx).await?;
+        let opts = ssh_options(
+            &self.env,
+            &host,
+            vm.port.unwrap_or(22),
+            job_key(ctx).await?,
+            None,
+        );
+        // Keys may not be applied yet, or sshd not fully up: try again.
+        let not_ready = |e: &RemoteError| {
+            matches!(
+                e,
+                RemoteError::Auth { .. }
+                    | RemoteError::Connect { .. }
+                    | RemoteError::Timeout { .. }
+                    | RemoteError::Protocol(_)
+            )
+        };
+        self.login_until(ctx, vm, "an SSH", not_ready, || SshShell::connect(&opts))
+            .await
+    }
+
+    /// Tries `connect` every 2 s for `vm.login_secs` while its errors are
+    /// `not_ready`; then fails naming the last error, with the console tail.
+    async fn login_until<S, F, Fut>(
+        &self,
+        ctx: &StageCtx,
+        vm: &ClusterVm,
+        proto: &'static str,
+        not_ready: impl Fn(&RemoteError) -> bool,
+        connect: F,
+    ) -> Result<S, StageError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<S, RemoteError>>,
+    {
         let secs = self.env.vm.login_secs;
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut last = String::from("no attempt");
@@ -111,23 +144,15 @@ impl VmCreateStage {
             if ctx.cancel.is_cancelled() {
                 return Err(StageError::Cancelled);
             }
-            match SshShell::connect(&ssh_options(&self.env, &host, port, key.clone(), None)).await {
+            match connect().await {
                 Ok(shell) => return Ok(shell),
-                // Keys may not be applied yet, or sshd not fully up: try again.
-                Err(
-                    e @ (RemoteError::Auth { .. }
-                    | RemoteError::Connect { .. }
-                    | RemoteError::Timeout { .. }
-                    | RemoteError::Protocol(_)),
-                ) => {
-                    last = e.to_string();
-                }
+                Err(e) if not_ready(&e) => last = e.to_string(),
                 Err(e) => return Err(ShellError::from(e).into()),
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         Err(VmError::Login {
-            proto: "an SSH",
+            proto,
             secs,
             last,
             console: self.console(ctx, vm).await,
@@ -145,27 +170,10 @@ impl VmCreateStage {
     async fn login_winrm(&self, ctx: &StageCtx, vm: &ClusterVm) -> Result<WinRmShell, StageError> {
         let host = vm.host.clone().unwrap_or_else(|| "127.0.0.1".into());
         let opts = winrm_options(&self.env, &host, vm.port)?;
-        let secs = self.env.vm.login_secs;
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        let mut last = String::from("no attempt");
-        while Instant::now() < deadline {
-            if ctx.cancel.is_cancelled() {
-                return Err(StageError::Cancelled);
-            }
-            match WinRmShell::connect(&opts).await {
-                Ok(shell) => return Ok(shell),
-                Err(e) if winrm_not_ready(&e) => last = e.to_string(),
-                Err(e) => return Err(ShellError::from(e).into()),
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-        Err(VmError::Login {
-            proto: "a WinRM",
-            secs,
-            last,
-            console: self.console(ctx, vm).await,
-        }
-        .into())
+        self.login_until(ctx, vm, "a WinRM", winrm_not_ready, || {
+            WinRmShell::connect(&opts)
+        })
+        .await
     }
 
     /// The Windows half of vm-create: log in over WinRM, record the guest's
