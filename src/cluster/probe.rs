@@ -47,3 +47,29 @@ pub async fn port_answers(host: &str, port: u16) -> bool {
         Ok(Ok(_))
     )
 }
+
+/// Waits for the guest's remote shell on `port`: an SSH banner (returned), or
+/// for Windows a WinRM port that accepts a connection (`None`, WinRM has no
+/// banner). `Err` names the port that was still silent after `limit`.
+pub async fn wait_for_shell(
+    host: &str,
+    port: u16,
+    windows: bool,
+    limit: Duration,
+    poll: Duration,
+) -> Result<Option<String>, &'static str> {
+    let start = Instant::now();
+    loop {
+        if windows {
+            if port_answers(host, port).await {
+                return Ok(None);
+            }
+        } else if let Some(b) = ssh_banner(host, port).await {
+            return Ok(Some(b));
+        }
+        if start.elapsed() >= limit {
+            return Err(if windows { "winrm port" } else { "ssh port" });
+        }
+        tokio::time::sleep(poll).await;
+    }
+}

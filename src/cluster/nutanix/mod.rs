@@ -420,21 +420,10 @@ impl ClusterProvider for NutanixProvider {
         // The remote shell answers: an SSH banner, or WinRM's port accepts.
         let port = self.shell_port(vm);
         let windows = vm.detail.get("os").and_then(Value::as_str) == Some("windows");
-        let start = Instant::now();
-        let banner = loop {
-            if windows {
-                if probe::port_answers(&ip, port).await {
-                    break None;
-                }
-            } else if let Some(b) = probe::ssh_banner(&ip, port).await {
-                break Some(b);
-            }
-            if start.elapsed() >= deadlines.port_open {
-                let what = if windows { "winrm port" } else { "ssh port" };
-                return Err(deadline(what, deadlines.port_open));
-            }
-            tokio::time::sleep(poll.min(Duration::from_secs(2))).await;
-        };
+        let poll = poll.min(Duration::from_secs(2));
+        let banner = probe::wait_for_shell(&ip, port, windows, deadlines.port_open, poll)
+            .await
+            .map_err(|what| deadline(what, deadlines.port_open))?;
         let mut ready = vm.clone();
         ready.detail["address"] = json!(ip);
         ready.detail["ssh_banner"] = json!(banner);

@@ -394,20 +394,10 @@ impl ClusterProvider for OpenStackProvider {
             self.cfg.ssh_port
         });
         let limit = deadlines.port_open;
-        let start = Instant::now();
-        let banner = loop {
-            if windows {
-                if probe::port_answers(&host, port).await {
-                    break None;
-                }
-            } else if let Some(b) = probe::ssh_banner(&host, port).await {
-                break Some(b);
-            }
-            if start.elapsed() > limit {
-                let what = if windows { "winrm port" } else { "ssh port" };
-                return Err(self.deadline(&vm.id, what, limit).await);
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        let poll = Duration::from_millis(250);
+        let banner = match probe::wait_for_shell(&host, port, windows, limit, poll).await {
+            Ok(b) => b,
+            Err(what) => return Err(self.deadline(&vm.id, what, limit).await),
         };
         let mut ready = vm.clone();
         ready.host = Some(host.clone());
