@@ -89,7 +89,8 @@ pub fn msi_meaning(status: i32) -> &'static str {
     }
 }
 
-fn tail(s: &str) -> String {
+/// The last lines of a command's stderr, for an error message.
+pub(super) fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().rev().take(5).collect();
     if lines.is_empty() {
         String::new()

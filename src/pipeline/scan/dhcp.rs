@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::agent::tail;
 use super::shell::{run_ps_answer, run_ps_logged, winrm_not_ready, winrm_options, ShellError};
 use super::ScanEnv;
 use crate::cluster::{ClusterVm, Deadlines};
@@ -40,15 +41,6 @@ pub enum DhcpError {
 impl StageFailure for DhcpError {
     fn is_retryable(&self) -> bool {
         matches!(self, DhcpError::Lost { .. })
-    }
-}
-
-fn tail(s: &str) -> String {
-    let s = s.trim();
-    if s.is_empty() {
-        String::new()
-    } else {
-        format!(": {}", s.lines().last().unwrap_or_default())
     }
 }
 
