@@ -118,6 +118,29 @@ deps_dropbear() {
     apt_install dropbear-bin
 }
 
+# --- OpenLDAP server and client tools for tests/ldap.rs, which runs its own
+# slapd on 127.0.0.1 from a temp dir. As for sshd, a temporary policy-rc.d
+# (exit 101) keeps the package from starting a system slapd, and debconf is
+# told not to build a database of its own (the tests never use it).
+deps_slapd() {
+    if [ -x /usr/sbin/slapd ] && command -v ldapadd >/dev/null 2>&1 &&
+       command -v ldapsearch >/dev/null 2>&1; then
+        log "slapd: already installed"; return
+    fi
+    log "slapd: installing (service start suppressed)"
+    echo "slapd slapd/no_configuration boolean true" | $SUDO debconf-set-selections
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+        $SUDO chmod 755 "$policy"
+        made_policy=1
+    fi
+    local rc=0
+    apt_install slapd ldap-utils || rc=$?
+    [ "$made_policy" -eq 0 ] || $SUDO rm -f "$policy"
+    return "$rc"
+}
+
 # `--runtime`: only what the daemon itself needs (scripts/run.sh).
 if [ "${1:-}" = "--runtime" ]; then
     timed "qemu-system-x86" deps_qemu
@@ -130,6 +153,7 @@ timed "qemu-system-x86" deps_qemu
 timed "aiosmtpd" deps_aiosmtpd
 timed "openssh-server" deps_sshd
 timed "dropbear-bin" deps_dropbear
+timed "slapd" deps_slapd
 
 # --- the bootable test VM image (cached in target/test-image; ~1 s when warm).
 timed "test image" "$(dirname "$0")/build-test-image.sh"

@@ -30,6 +30,12 @@ pub struct Application {
     pub clusters: Arc<Clusters>,
     /// Followers of job life (notifiers), called by the runner.
     pub events: Arc<Vec<Arc<dyn JobEvents>>>,
+    /// Checks user names and passwords for the web layer.
+    pub login: Arc<dyn crate::identity::LoginBackend>,
+    /// The secret image pull keys derive from (shared through the database).
+    image_key_secret: secrecy::SecretString,
+    /// Set when this start created the first admin: print it once.
+    pub first_admin_password: Option<String>,
     listener: Option<tokio::net::TcpListener>,
     addr: Option<SocketAddr>,
 }
@@ -61,7 +67,32 @@ impl Application {
         pipeline: Option<Pipeline>,
     ) -> anyhow::Result<Self> {
         config.validate()?;
+        let mut config = config;
         let store = open_store(&config).await?;
+        // Every replica reads the same secret: the first start writes it.
+        let image_key_secret = store
+            .server_secret("image_key", &crate::identity::secret::random_id())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read the server secret: {e}"))?;
+        for n in config.cluster.nutanix.values_mut() {
+            n.image_key_secret = Some(image_key_secret.clone().into());
+        }
+        let login: Arc<dyn crate::identity::LoginBackend> = match config.auth.backend {
+            crate::config::AuthBackendKind::Local => {
+                Arc::new(crate::identity::LocalBackend::new(store.clone()))
+            }
+            crate::config::AuthBackendKind::Ldap => Arc::new(
+                crate::identity::LdapBackend::new(&config.auth.ldap)
+                    .map_err(|e| anyhow::anyhow!("auth.ldap: {e}"))?,
+            ),
+        };
+        let first_admin_password = if role == Role::Serve {
+            crate::identity::accounts::create_first_admin(&store)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?
+        } else {
+            None
+        };
         let clusters = Arc::new(Clusters::from_config(&config)?);
         let pipeline = pipeline.unwrap_or_else(|| pipeline::build_on(&config, clusters.clone()));
         // Notifiers only record what to send; the delivery loop sends it.
@@ -87,6 +118,9 @@ impl Application {
             pipeline,
             clusters,
             events: Arc::new(events),
+            login,
+            image_key_secret: image_key_secret.into(),
+            first_admin_password,
             listener,
             addr,
         })
@@ -140,6 +174,8 @@ impl Application {
         };
         let server = self.listener.take().map(|listener| {
             let state = AppState {
+                login: self.login.clone(),
+                image_keys: Arc::new(web::ImageKeys::new(self.image_key_secret.clone())),
                 clusters: Arc::new(self.clusters.info()),
                 store: self.store.clone(),
                 config: self.config.clone(),
@@ -155,9 +191,12 @@ impl Application {
             let router = web::router(state);
             let stop = shutdown.clone();
             tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
             })
         });
         shutdown.cancelled().await;

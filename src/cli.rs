@@ -14,6 +14,7 @@ use crate::cluster::Clusters;
 use crate::config::Config;
 use crate::domain::{fmt_bytes, fmt_millis, JobId, JobState};
 use crate::pipeline::inspect_file;
+use crate::store::auth::AuditAction;
 use crate::store::{CancelOutcome, JobFilter};
 use crate::submit::{validate, SubmitRequest};
 use crate::web::views;
@@ -95,6 +96,72 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Local users (on the configured database; no daemon needed).
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// API tokens (on the configured database; no daemon needed).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserAction {
+    /// Add a local user. Without --password-stdin the account has no
+    /// password (tokens only), unless a terminal asks for one.
+    Add {
+        name: String,
+        /// viewer, requester, operator or admin.
+        #[arg(long)]
+        role: String,
+        /// Read the password from standard input (one line).
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    /// Set a local user's password (read from the terminal, or one line of stdin).
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users.
+    List,
+    /// Change a user's role.
+    Role { name: String, role: String },
+    /// Disable a user: no login, no token works, sessions end.
+    Disable { name: String },
+    /// Enable a disabled user.
+    Enable { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenAction {
+    /// Create an API token and print it (only it) on stdout. A user that
+    /// does not exist yet is added as a token-only local user with ROLE.
+    Create {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        expires_days: Option<u32>,
+    },
+    /// List tokens (of one user, or everyone's).
+    List {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a token by its id.
+    Revoke { id: i64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -153,6 +220,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let app = Application::build(cfg, Role::Serve).await?;
             let url = format!("http://{}/", app.addr().context("no listen address")?);
             println!("vmscan dashboard: {url}");
+            if let Some(pw) = &app.first_admin_password {
+                // Shown once, like Jenkins and Grafana do; only its hash is kept.
+                println!("first start: created user \"admin\" with password: {pw}");
+                println!("  (log in and make your own accounts; change it with `vmscan user passwd admin`)");
+            }
             use std::io::Write as _;
             let _ = std::io::stdout().flush();
             println!(
@@ -194,6 +266,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("configuration OK");
             Ok(ExitCode::SUCCESS)
         }
+        Command::User { action } => {
+            let cfg = load(&cli.config, None)?;
+            let store = open_store(&cfg).await?;
+            crate::cli_accounts::user(&store, action).await
+        }
+        Command::Token { action } => {
+            let cfg = load(&cli.config, None)?;
+            let store = open_store(&cfg).await?;
+            crate::cli_accounts::token(&store, &cfg, action).await
+        }
         Command::Submit {
             url,
             checksum,
@@ -222,6 +304,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &Clusters::configured(&cfg),
             )?;
             let job = store.create_job(new).await?;
+            crate::cli_accounts::audit(&store, AuditAction::Submit, Some(job.id.to_string()), None)
+                .await;
             println!("{}", job.id);
             if !wait {
                 return Ok(ExitCode::SUCCESS);
@@ -277,6 +361,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = load(&cli.config, None)?;
             let store = open_store(&cfg).await?;
             let id: JobId = id.parse()?;
+            crate::cli_accounts::audit(&store, AuditAction::Cancel, Some(id.to_string()), None)
+                .await;
             match store.request_cancel(id).await? {
                 CancelOutcome::Cancelled => println!("job {id} cancelled"),
                 CancelOutcome::Requested => {
@@ -292,6 +378,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = load(&cli.config, None)?;
             let store = open_store(&cfg).await?;
             let job = store.retry_job(id.parse()?).await?;
+            crate::cli_accounts::audit(&store, AuditAction::Retry, Some(job.id.to_string()), None)
+                .await;
             println!("job {} queued again", job.id);
             Ok(ExitCode::SUCCESS)
         }

@@ -15,9 +15,11 @@ use crate::cluster::nutanix::NutanixConfig;
 use crate::cluster::openstack::OpenStackConfig;
 use crate::domain::StageName;
 
+mod auth;
 mod notify;
 mod publish;
 mod scan;
+pub use auth::{AuthBackendKind, AuthConfig, CookieSecure, LdapConfig, LdapTls, NewNames};
 pub use notify::{EmailConfig, JiraConfig, JiraDeployment, NotifyConfig, SmtpSecurity};
 pub use publish::{
     ArtifactStoreKind, ArtifactoryConfig, LocalStoreConfig, NameRule, PublishConfig,
@@ -39,6 +41,7 @@ pub enum ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    pub auth: AuthConfig,
     pub storage: StorageConfig,
     pub worker: WorkerConfig,
     pub pipeline: PipelineConfig,
@@ -456,6 +459,7 @@ impl Config {
             self.publish.check().map_err(ConfigError::Invalid)?;
         }
         self.notify.validate()?;
+        self.auth.validate()?;
         for name in self
             .cluster
             .nutanix

@@ -5,9 +5,11 @@
 pub mod app;
 pub mod artifacts;
 pub mod cli;
+mod cli_accounts;
 pub mod cluster;
 pub mod config;
 pub mod domain;
+pub mod identity;
 pub mod inventory;
 pub mod notify;
 pub mod pipeline;

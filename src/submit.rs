@@ -57,6 +57,43 @@ fn check_email(e: &str) -> Result<(), SubmitError> {
     }
 }
 
+/// The "also tell" addresses of a submission: `email` may be the
+/// requester's own address (nothing extra), or a comma-separated list of
+/// addresses in `domains`. Scan email never goes to an arbitrary address.
+pub fn also_notify(
+    email: Option<String>,
+    own: Option<&str>,
+    domains: &[String],
+) -> Result<Vec<String>, SubmitError> {
+    let mut out = Vec::new();
+    for addr in email.iter().flat_map(|e| e.split(',')).map(str::trim) {
+        if addr.is_empty() || own.is_some_and(|o| o.eq_ignore_ascii_case(addr)) {
+            continue;
+        }
+        check_email(addr)?;
+        let domain = addr.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        if !domains.iter().any(|d| d.eq_ignore_ascii_case(domain)) {
+            return Err(SubmitError(if domains.is_empty() {
+                format!(
+                    "email: scan email goes to your own address and the configured admins; {addr} cannot be added (no auth.notify_domains are configured)"
+                )
+            } else {
+                format!(
+                    "email: {addr} is not in a domain scan email may go to ({})",
+                    domains.join(", ")
+                )
+            }));
+        }
+        if !out.iter().any(|o: &String| o.eq_ignore_ascii_case(addr)) {
+            out.push(addr.to_string());
+        }
+    }
+    if out.len() > 10 {
+        return Err(SubmitError("email: at most 10 extra addresses".into()));
+    }
+    Ok(out)
+}
+
 /// Parses and validates a submission against the configured clusters;
 /// every problem gets a specific message.
 pub fn validate(req: SubmitRequest, clusters: &[ClusterInfo]) -> Result<NewJob, SubmitError> {
@@ -91,6 +128,10 @@ pub fn validate(req: SubmitRequest, clusters: &[ClusterInfo]) -> Result<NewJob, 
         Some(o @ serde_json::Value::Object(_)) => o,
         Some(_) => return Err(SubmitError("options: must be a JSON object".into())),
     };
+    // Set by vmscan from the login, never by the body.
+    if let Some(o) = options.as_object_mut() {
+        o.remove("also_notify");
+    }
     for (field, value) in [("name", req.name), ("version", req.version)] {
         if let Some(v) = blank_to_none(value) {
             crate::artifacts::check_label(field, &v).map_err(SubmitError)?;
@@ -265,6 +306,25 @@ mod tests {
         let mut r = req("https://h.example/a.qcow2");
         r.email = Some("not-an-email".into());
         assert!(validate(r).unwrap_err().0.starts_with("email:"));
+    }
+
+    #[test]
+    fn extra_addresses_only_in_configured_domains() {
+        let d = vec!["example.com".to_string()];
+        assert_eq!(
+            also_notify(Some("ann@example.com".into()), Some("ann@example.com"), &[]).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            also_notify(Some("x@example.com, y@EXAMPLE.com".into()), None, &d).unwrap(),
+            vec!["x@example.com", "y@EXAMPLE.com"]
+        );
+        let e = also_notify(Some("evil@attacker.test".into()), None, &d).unwrap_err();
+        assert!(e.0.contains("not in a domain"), "{e}");
+        assert!(also_notify(Some("evil@attacker.test".into()), None, &[]).is_err());
+        let mut r = req("https://h.example/a.qcow2");
+        r.options = Some(json!({"also_notify": ["evil@attacker.test"]}));
+        assert!(validate(r).unwrap().options.get("also_notify").is_none());
     }
 
     #[test]

@@ -1,3 +1,9 @@
+// The session's CSRF token: state-changing API calls send it as a header.
+function csrfToken() {
+  const m = document.querySelector('meta[name="csrf-token"]');
+  return m ? m.content : "";
+}
+
 // vmscan dashboard: submit through the JSON API, toast the result, refresh
 // the job list, and follow a job page live over Server-Sent Events.
 "use strict";
@@ -50,7 +56,7 @@ function setupSubmit() {
     try {
       const resp = await fetch("/api/v1/jobs", {
         method: "POST",
-        headers: {"Content-Type": "application/json"},
+        headers: {"Content-Type": "application/json", "X-CSRF-Token": csrfToken()},
         body: JSON.stringify(body),
       });
       if (resp.ok) {
@@ -101,7 +107,7 @@ function setupJobPage() {
     if (!btn) return;
     const action = btn.dataset.action;
     btn.disabled = true;
-    const resp = await fetch(`/api/v1/jobs/${id}/${action}`, {method: "POST"});
+    const resp = await fetch(`/api/v1/jobs/${id}/${action}`, {method: "POST", headers: {"X-CSRF-Token": csrfToken()}});
     if (resp.ok) {
       const body = await resp.json();
       toast("success", esc(body.message));

@@ -343,8 +343,8 @@ async fn a_daemon_killed_mid_scan_resumes_and_still_tears_down() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let client = reqwest::Client::new();
     let first = Daemon::start(&["serve"], &env);
+    let client = first.admin_client();
     let job: Value = client
         .post(format!("{}/api/v1/jobs", first.base()))
         .json(&json!({"url": images.url("disk.qcow2")}))

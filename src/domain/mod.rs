@@ -3,12 +3,14 @@
 mod checksum;
 mod ids;
 mod os;
+mod role;
 mod source;
 mod state;
 
 pub use checksum::{Checksum, ChecksumAlgo, ChecksumError, ChecksumSpec};
 pub use ids::JobId;
 pub use os::{detected_os, OsChoice, OsFamily, OsFamilyError};
+pub use role::{Role, RoleError};
 pub use source::{SourceUrl, SourceUrlError};
 pub use state::{JobState, StageName, StageState};
 

@@ -303,7 +303,16 @@ impl Deliverer {
         if let Some(addr) = f.job.email.as_deref().and_then(|e| e.parse().ok()) {
             to.push(Mailbox::new(f.name.clone(), addr));
         }
-        for a in &self.cfg.notify.email.admins {
+        // Extra addresses were checked against auth.notify_domains at submit.
+        let also = f
+            .job
+            .options
+            .get("also_notify")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string));
+        for a in self.cfg.notify.email.admins.iter().cloned().chain(also) {
             if let Ok(m) = a.parse::<Mailbox>() {
                 if !to.iter().any(|t| t.email == m.email) {
                     to.push(m);

@@ -10,10 +10,10 @@ use crate::artifacts::{
     self, check_label, name_from_file, render_path, split_version, ArtifactError, Checksums,
     DeployRequest, DynArtifactStore, Properties, STATE_PROPERTY,
 };
-use crate::config::{NameRule, PublishConfig};
-use crate::domain::{fmt_bytes, StageName};
+use crate::config::{NameRule, NewNames, PublishConfig};
+use crate::domain::{fmt_bytes, Role, StageName};
 use crate::pipeline::{current_image, Stage, StageCtx, StageError, StageFailure, StageOutcome};
-use crate::store::catalog::{Image, ImageFilter, ImageState, NewImage};
+use crate::store::catalog::{Image, ImageFilter, ImageName, ImageState, NewImage, Reservation};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -28,6 +28,16 @@ pub enum PublishError {
     },
     #[error("{0}")]
     Label(String),
+    #[error("not publishing: {0}")]
+    NotAllowed(String),
+    #[error("not publishing: {name} {version} is already published (record {id}, by {by}, job {job}); published versions never change, so choose another version")]
+    Immutable {
+        name: String,
+        version: String,
+        id: i64,
+        by: String,
+        job: String,
+    },
     #[error("publish: {0}")]
     Store(#[from] ArtifactError),
 }
@@ -58,6 +68,70 @@ impl PublishStage {
             store: Ok(store),
         }
     }
+}
+
+/// Who is publishing: the job's requester, as vmscan knows them now.
+#[derive(Clone, Copy, Debug)]
+pub struct Publisher<'a> {
+    pub user: &'a str,
+    pub role: Role,
+    pub groups: &'a [String],
+}
+
+/// Group DNs compared the way directories do: case-insensitive, no spaces after commas.
+fn same_dn(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        s.split(',')
+            .map(|p| p.trim().to_ascii_lowercase())
+            .collect::<Vec<_>>()
+    };
+    norm(a) == norm(b)
+}
+
+/// The catalog's name rule. A name belongs to whoever first published it
+/// (or to a group an admin assigned); only they and admins publish further
+/// versions. New names: any requester, or only admins (`auth.new_image_names`).
+pub fn may_publish(
+    p: &Publisher,
+    name: &str,
+    owner: Option<&ImageName>,
+    new_names: NewNames,
+) -> Result<(), String> {
+    if p.role < Role::Requester {
+        return Err(format!(
+            "{} has the {} role; publishing needs requester or above",
+            p.user, p.role
+        ));
+    }
+    if p.role >= Role::Admin {
+        return Ok(());
+    }
+    let Some(owner) = owner else {
+        return match new_names {
+            NewNames::Requesters => Ok(()),
+            NewNames::Admins => Err(format!(
+                "{name:?} is a new image name, and only admins may publish new names"
+            )),
+        };
+    };
+    if owner.owner_user.as_deref() == Some(p.user) {
+        return Ok(());
+    }
+    if let Some(g) = &owner.owner_group {
+        if p.groups.iter().any(|m| same_dn(m, g)) {
+            return Ok(());
+        }
+    }
+    let whose = match (&owner.owner_user, &owner.owner_group) {
+        (Some(u), Some(g)) => format!("belongs to {u} and group {g}"),
+        (Some(u), None) => format!("belongs to {u}"),
+        (None, Some(g)) => format!("belongs to group {g}"),
+        (None, None) => "has no owner yet (an admin can assign one)".into(),
+    };
+    Err(format!(
+        "the image name {name:?} {whose}; only its owner or an admin may publish versions of it ({} may not)",
+        p.user
+    ))
 }
 
 fn text<'a>(v: Option<&'a Value>, key: &str) -> Option<&'a str> {
@@ -104,7 +178,7 @@ pub fn name_and_version(ctx: &StageCtx, rule: NameRule) -> Result<(String, Strin
 /// What the earlier stages proved, as item properties.
 fn properties(
     ctx: &StageCtx,
-    cfg: &PublishConfig,
+    deployed_by: &str,
     name: &str,
     version: &str,
     sums: &Checksums,
@@ -166,7 +240,7 @@ fn properties(
         None => "not checked",
     };
     put("inventory", inventory.into());
-    put("deployed_by", cfg.deployed_by.clone());
+    put("deployed_by", deployed_by.to_string());
     put(
         "deployed_at",
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -306,6 +380,93 @@ impl Stage for PublishStage {
         )
         .ok_or(PublishError::NoImage)?;
         let (name, version) = name_and_version(ctx, self.cfg.name_rule)?;
+        let publisher = self.publisher(ctx).await?;
+        let (user, role, groups) = &publisher;
+        let who = Publisher {
+            user,
+            role: *role,
+            groups,
+        };
+        let rule = ctx.config.auth.new_image_names;
+        let owner = ctx.store().image_name(&name).await?;
+        may_publish(&who, &name, owner.as_ref(), rule).map_err(PublishError::NotAllowed)?;
+        let reserved = match ctx
+            .store()
+            .reserve_image(&name, &version, ctx.job.id, Some(user))
+            .await?
+        {
+            Reservation::Reserved(id) => id,
+            Reservation::Taken(img) => {
+                return Err(PublishError::Immutable {
+                    name,
+                    version,
+                    id: img.id,
+                    by: img.published_by.clone().unwrap_or_else(|| "unknown".into()),
+                    job: img
+                        .job_id
+                        .map(|j| j.to_string())
+                        .unwrap_or_else(|| "unknown".into()),
+                }
+                .into())
+            }
+        };
+        // The first publish of a name makes it the requester's; re-check in
+        // case someone else claimed it since the check above.
+        let owner = ctx
+            .store()
+            .claim_image_name(&name, Some(user), None)
+            .await?;
+        if let Err(e) = may_publish(&who, &name, Some(&owner), rule) {
+            ctx.store().release_image(reserved).await?;
+            return Err(PublishError::NotAllowed(e).into());
+        }
+        match self
+            .deploy(ctx, store, &file, &name, &version, user, reserved)
+            .await
+        {
+            Ok(()) => Ok(StageOutcome::Done),
+            Err(e) => {
+                // Nothing was recorded as published: free the version for a retry.
+                ctx.store().release_image(reserved).await?;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl PublishStage {
+    /// The job's requester with their role and groups as stored now. A job
+    /// with no requester was queued from the server's own shell (`vmscan
+    /// submit`), whose user holds the database itself.
+    async fn publisher(&self, ctx: &StageCtx) -> Result<(String, Role, Vec<String>), StageError> {
+        let Some(name) = ctx.job.requested_by.clone() else {
+            return Ok(("server shell".into(), Role::Admin, Vec::new()));
+        };
+        match ctx.store().get_user(&name).await? {
+            Some(u) if !u.disabled => Ok((u.name, u.role, u.groups)),
+            Some(_) => {
+                Err(PublishError::NotAllowed(format!("the requester {name} is disabled")).into())
+            }
+            None => Err(PublishError::NotAllowed(format!(
+                "the requester {name:?} is not a vmscan user"
+            ))
+            .into()),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn deploy(
+        &self,
+        ctx: &StageCtx,
+        store: &DynArtifactStore,
+        file: &std::path::Path,
+        name: &str,
+        version: &str,
+        user: &str,
+        reserved: i64,
+    ) -> Result<(), StageError> {
+        let (name, version) = (name.to_string(), version.to_string());
+        let file = file.to_path_buf();
         let format = image_format(ctx, &file);
         let path = render_path(&self.cfg.path_template, &name, &version, &format);
         ctx.set_detail(
@@ -320,7 +481,7 @@ impl Stage for PublishStage {
                     path: file.display().to_string(),
                     source,
                 })?;
-        let props = properties(ctx, &self.cfg, &name, &version, &sums);
+        let props = properties(ctx, user, &name, &version, &sums);
         ctx.set_detail(
             json!({"step": "deploying", "size": size, "size_human": fmt_bytes(size), "checksums": sums}),
             true,
@@ -357,22 +518,25 @@ impl Stage for PublishStage {
         .await?;
         let image = ctx
             .store()
-            .upsert_image(&NewImage {
-                name: name.clone(),
-                version: version.clone(),
-                description: text(Some(&ctx.job.options), "description").map(str::to_string),
-                format,
-                size_bytes: size as i64,
-                sha256: sums.sha256.clone(),
-                sha1: sums.sha1.clone(),
-                md5: sums.md5.clone(),
-                store: store.kind().into(),
-                repo: deployed.repo.clone(),
-                path: deployed.path.clone(),
-                url: deployed.url.clone(),
-                properties: serde_json::to_value(&props).unwrap_or_default(),
-                job_id: ctx.job.id,
-            })
+            .complete_image(
+                reserved,
+                &NewImage {
+                    name: name.clone(),
+                    version: version.clone(),
+                    description: text(Some(&ctx.job.options), "description").map(str::to_string),
+                    format,
+                    size_bytes: size as i64,
+                    sha256: sums.sha256.clone(),
+                    sha1: sums.sha1.clone(),
+                    md5: sums.md5.clone(),
+                    store: store.kind().into(),
+                    repo: deployed.repo.clone(),
+                    path: deployed.path.clone(),
+                    url: deployed.url.clone(),
+                    properties: serde_json::to_value(&props).unwrap_or_default(),
+                    job_id: ctx.job.id,
+                },
+            )
             .await?;
         ctx.set_detail(
             json!({"step": "demoting", "url": deployed.url, "reused": deployed.reused, "image_id": image.id, "properties": props}),
@@ -382,6 +546,6 @@ impl Stage for PublishStage {
         let demoted = self.demote(ctx, store, &image).await?;
         ctx.set_detail(json!({"step": "done", "demoted": demoted}), true)
             .await?;
-        Ok(StageOutcome::Done)
+        Ok(())
     }
 }

@@ -16,6 +16,8 @@ use crate::domain::{now_millis, JobId, Millis};
 pub enum ImageState {
     Current,
     Deprecated,
+    /// Reserved by a publish that is still deploying; hidden from lists.
+    Pending,
 }
 
 impl ImageState {
@@ -23,6 +25,7 @@ impl ImageState {
         match self {
             ImageState::Current => "current",
             ImageState::Deprecated => "deprecated",
+            ImageState::Pending => "pending",
         }
     }
 }
@@ -39,6 +42,7 @@ impl FromStr for ImageState {
         match s {
             "current" => Ok(ImageState::Current),
             "deprecated" => Ok(ImageState::Deprecated),
+            "pending" => Ok(ImageState::Pending),
             other => Err(format!(
                 "unknown image state {other:?} (current or deprecated)"
             )),
@@ -75,6 +79,8 @@ pub struct Image {
     /// Hidden by a person (soft delete); the artifact stays.
     pub deleted_at: Option<Millis>,
     pub deleted: bool,
+    /// The user whose job published it.
+    pub published_by: Option<String>,
 }
 
 /// What the publish stage records.
@@ -96,6 +102,26 @@ pub struct NewImage {
     pub job_id: JobId,
 }
 
+/// Who owns an image name: only they (a user, or members of a group) and
+/// admins may publish versions of it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ImageName {
+    pub name: String,
+    pub owner_user: Option<String>,
+    pub owner_group: Option<String>,
+    pub created_by: Option<String>,
+    pub created_at: Millis,
+}
+
+/// The outcome of reserving a `name/version` before deploying it.
+#[derive(Clone, Debug)]
+pub enum Reservation {
+    /// This job holds the version now (or already did, on a retried publish).
+    Reserved(i64),
+    /// Another record has it: published versions are immutable.
+    Taken(Box<Image>),
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct ImageFilter {
     /// Exact image name.
@@ -110,8 +136,35 @@ pub struct ImageFilter {
 /// Published-image records.
 #[async_trait]
 pub trait CatalogStore: Send + Sync {
-    /// Records a version as current; publishing the same name and version again replaces it.
-    async fn upsert_image(&self, image: &NewImage) -> StoreResult<Image>;
+    /// Reserves `name/version` for a job before anything is deployed; a
+    /// version published (or being published) by another job is `Taken`.
+    async fn reserve_image(
+        &self,
+        name: &str,
+        version: &str,
+        job: JobId,
+        published_by: Option<&str>,
+    ) -> StoreResult<Reservation>;
+    /// Fills in a reserved record once deployed; it becomes current.
+    async fn complete_image(&self, id: i64, image: &NewImage) -> StoreResult<Image>;
+    /// Drops a reservation whose deploy failed (only while still pending).
+    async fn release_image(&self, id: i64) -> StoreResult<()>;
+    /// Makes a version current again (an admin's promote).
+    async fn promote_image(&self, id: i64) -> StoreResult<Option<Image>>;
+    async fn image_name(&self, name: &str) -> StoreResult<Option<ImageName>>;
+    /// Records the owner of a name on its first publish; returns whoever owns it.
+    async fn claim_image_name(
+        &self,
+        name: &str,
+        owner_user: Option<&str>,
+        owner_group: Option<&str>,
+    ) -> StoreResult<ImageName>;
+    async fn set_image_name_owner(
+        &self,
+        name: &str,
+        owner_user: Option<&str>,
+        owner_group: Option<&str>,
+    ) -> StoreResult<Option<ImageName>>;
     async fn get_image(&self, id: i64) -> StoreResult<Option<Image>>;
     /// Newest first.
     async fn list_images(&self, filter: &ImageFilter) -> StoreResult<Vec<Image>>;
@@ -125,27 +178,48 @@ pub trait CatalogStore: Send + Sync {
 }
 
 const IMAGE_COLS: &str = "id, name, version, description, format, size_bytes, sha256, sha1, md5, store, repo, path, url, \
-     properties, job_id, state, published_at, deprecated_at, archived_at, purged_at, deleted_at";
+     properties, job_id, state, published_at, deprecated_at, archived_at, purged_at, deleted_at, published_by";
 
 macro_rules! image_cols {
     () => {
         "id, name, version, description, format, size_bytes, sha256, sha1, md5, store, repo, path, url, \
-         properties, job_id, state, published_at, deprecated_at, archived_at, purged_at, deleted_at"
+         properties, job_id, state, published_at, deprecated_at, archived_at, purged_at, deleted_at, published_by"
     };
 }
 
-const UPSERT_IMAGE: &str = concat!(
-    "INSERT INTO images (name, version, description, format, size_bytes, sha256, sha1, md5, store, repo, path, url, \
-     properties, job_id, state, published_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'current', $15) \
-     ON CONFLICT (name, version) DO UPDATE SET description = excluded.description, format = excluded.format, \
-     size_bytes = excluded.size_bytes, sha256 = excluded.sha256, sha1 = excluded.sha1, md5 = excluded.md5, \
-     store = excluded.store, repo = excluded.repo, path = excluded.path, url = excluded.url, \
-     properties = excluded.properties, job_id = excluded.job_id, state = 'current', \
-     published_at = excluded.published_at, deprecated_at = NULL, archived_at = NULL, purged_at = NULL, \
-     deleted_at = NULL RETURNING ",
+const RESERVE_IMAGE: &str =
+    "INSERT INTO images (name, version, format, size_bytes, sha256, sha1, md5, store, repo, \
+     path, url, job_id, state, published_at, published_by) \
+     VALUES ($1, $2, '', 0, '', '', '', '', '', '', '', $3, 'pending', $4, $5) \
+     ON CONFLICT (name, version) DO NOTHING RETURNING id";
+
+const IMAGE_BY_NAME_VERSION: &str = concat!(
+    "SELECT ",
+    image_cols!(),
+    " FROM images WHERE name = $1 AND version = $2"
+);
+
+const COMPLETE_IMAGE: &str = concat!(
+    "UPDATE images SET description = $2, format = $3, size_bytes = $4, sha256 = $5, sha1 = $6, md5 = $7, \
+     store = $8, repo = $9, path = $10, url = $11, properties = $12, state = 'current', published_at = $13 \
+     WHERE id = $1 AND state = 'pending' RETURNING ",
     image_cols!()
 );
+
+const RELEASE_IMAGE: &str = "DELETE FROM images WHERE id = $1 AND state = 'pending'";
+
+const PROMOTE_IMAGE: &str = "UPDATE images SET state = 'current', deprecated_at = NULL \
+     WHERE id = $1 AND state = 'deprecated'";
+
+const IMAGE_NAME: &str =
+    "SELECT name, owner_user, owner_group, created_by, created_at FROM image_names WHERE name = $1";
+
+const CLAIM_IMAGE_NAME: &str =
+    "INSERT INTO image_names (name, owner_user, owner_group, created_by, created_at) \
+     VALUES ($1, $2, $3, $2, $4) ON CONFLICT (name) DO NOTHING";
+
+const SET_IMAGE_NAME_OWNER: &str =
+    "UPDATE image_names SET owner_user = $2, owner_group = $3 WHERE name = $1";
 
 const GET_IMAGE: &str = concat!("SELECT ", image_cols!(), " FROM images WHERE id = $1");
 
@@ -181,6 +255,28 @@ struct ImageRow {
     archived_at: Option<i64>,
     purged_at: Option<i64>,
     deleted_at: Option<i64>,
+    published_by: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ImageNameRow {
+    name: String,
+    owner_user: Option<String>,
+    owner_group: Option<String>,
+    created_by: Option<String>,
+    created_at: i64,
+}
+
+impl From<ImageNameRow> for ImageName {
+    fn from(r: ImageNameRow) -> ImageName {
+        ImageName {
+            name: r.name,
+            owner_user: r.owner_user,
+            owner_group: r.owner_group,
+            created_by: r.created_by,
+            created_at: r.created_at,
+        }
+    }
 }
 
 impl TryFrom<ImageRow> for Image {
@@ -209,6 +305,7 @@ impl TryFrom<ImageRow> for Image {
             purged_at: r.purged_at,
             deleted_at: r.deleted_at,
             deleted: r.deleted_at.is_some(),
+            published_by: r.published_by,
         })
     }
 }
@@ -217,10 +314,40 @@ macro_rules! catalog_impl {
     ($store:ty, $db:ty) => {
         #[async_trait]
         impl CatalogStore for $store {
-            async fn upsert_image(&self, i: &NewImage) -> StoreResult<Image> {
-                let row: ImageRow = sqlx::query_as(UPSERT_IMAGE)
-                    .bind(&i.name)
-                    .bind(&i.version)
+            async fn reserve_image(
+                &self,
+                name: &str,
+                version: &str,
+                job: JobId,
+                published_by: Option<&str>,
+            ) -> StoreResult<Reservation> {
+                let id: Option<(i64,)> = sqlx::query_as(RESERVE_IMAGE)
+                    .bind(name)
+                    .bind(version)
+                    .bind(job.to_string())
+                    .bind(now_millis())
+                    .bind(published_by)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                if let Some((id,)) = id {
+                    return Ok(Reservation::Reserved(id));
+                }
+                let row: ImageRow = sqlx::query_as(IMAGE_BY_NAME_VERSION)
+                    .bind(name)
+                    .bind(version)
+                    .fetch_one(&self.pool)
+                    .await?;
+                let image = Image::try_from(row)?;
+                // A retried publish of the same job finds its own reservation.
+                if image.state == ImageState::Pending && image.job_id == Some(job) {
+                    return Ok(Reservation::Reserved(image.id));
+                }
+                Ok(Reservation::Taken(Box::new(image)))
+            }
+
+            async fn complete_image(&self, id: i64, i: &NewImage) -> StoreResult<Image> {
+                let row: Option<ImageRow> = sqlx::query_as(COMPLETE_IMAGE)
+                    .bind(id)
                     .bind(&i.description)
                     .bind(&i.format)
                     .bind(i.size_bytes)
@@ -232,11 +359,71 @@ macro_rules! catalog_impl {
                     .bind(&i.path)
                     .bind(&i.url)
                     .bind(i.properties.to_string())
-                    .bind(i.job_id.to_string())
                     .bind(now_millis())
-                    .fetch_one(&self.pool)
+                    .fetch_optional(&self.pool)
                     .await?;
-                Image::try_from(row)
+                row.map(Image::try_from).transpose()?.ok_or_else(|| {
+                    StoreError::Conflict(format!(
+                        "image record {id} is no longer reserved for this publish"
+                    ))
+                })
+            }
+
+            async fn release_image(&self, id: i64) -> StoreResult<()> {
+                sqlx::query(RELEASE_IMAGE)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn promote_image(&self, id: i64) -> StoreResult<Option<Image>> {
+                sqlx::query(PROMOTE_IMAGE)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                self.get_image(id).await
+            }
+
+            async fn image_name(&self, name: &str) -> StoreResult<Option<ImageName>> {
+                let row: Option<ImageNameRow> = sqlx::query_as(IMAGE_NAME)
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(ImageName::from))
+            }
+
+            async fn claim_image_name(
+                &self,
+                name: &str,
+                owner_user: Option<&str>,
+                owner_group: Option<&str>,
+            ) -> StoreResult<ImageName> {
+                sqlx::query(CLAIM_IMAGE_NAME)
+                    .bind(name)
+                    .bind(owner_user)
+                    .bind(owner_group)
+                    .bind(now_millis())
+                    .execute(&self.pool)
+                    .await?;
+                self.image_name(name)
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt(format!("image name {name:?} vanished")))
+            }
+
+            async fn set_image_name_owner(
+                &self,
+                name: &str,
+                owner_user: Option<&str>,
+                owner_group: Option<&str>,
+            ) -> StoreResult<Option<ImageName>> {
+                sqlx::query(SET_IMAGE_NAME_OWNER)
+                    .bind(name)
+                    .bind(owner_user)
+                    .bind(owner_group)
+                    .execute(&self.pool)
+                    .await?;
+                self.image_name(name).await
             }
 
             async fn get_image(&self, id: i64) -> StoreResult<Option<Image>> {
@@ -250,6 +437,8 @@ macro_rules! catalog_impl {
             async fn list_images(&self, f: &ImageFilter) -> StoreResult<Vec<Image>> {
                 let mut q = sqlx::QueryBuilder::<$db>::new("SELECT ");
                 q.push(IMAGE_COLS).push(" FROM images WHERE 1 = 1");
+                // A reservation is not a published image yet.
+                q.push(" AND state <> 'pending'");
                 if !f.include_deleted {
                     q.push(" AND deleted_at IS NULL");
                 }

@@ -1,6 +1,7 @@
 //! Durable state: jobs (which are also the queue), stage runs, the job log and
 //! the external resources each job created. SQL lives in `sql.rs` only.
 
+pub mod auth;
 pub mod catalog;
 mod common;
 pub mod notify;
@@ -189,7 +190,9 @@ pub struct StageStat {
 
 /// Storage for jobs and everything hanging off them.
 #[async_trait]
-pub trait Store: catalog::CatalogStore + notify::NotifyStore + Send + Sync + 'static {
+pub trait Store:
+    auth::AuthStore + catalog::CatalogStore + notify::NotifyStore + Send + Sync + 'static
+{
     /// Which backend this is ("sqlite" / "postgres"), for logs and metrics.
     fn backend(&self) -> &'static str;
     async fn migrate(&self) -> StoreResult<()>;

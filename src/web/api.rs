@@ -9,34 +9,46 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json};
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::audit::record;
+use super::auth::{Access, Denied, Identity};
+use super::routes::Routes;
 use super::views::{self, JobView, LogView};
 use super::{ApiError, ApiResult, AppState};
-use crate::domain::{JobId, JobState};
+use crate::domain::{JobId, JobState, Role};
+use crate::store::auth::{AuditAction, Outcome};
+use crate::store::Job;
 use crate::store::{CancelOutcome, JobFilter, LogLevel};
 use crate::submit::blank_to_none;
 use crate::submit::{validate, SubmitRequest};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/jobs", post(create_job).get(list_jobs))
-        .route("/api/v1/clusters", get(list_clusters))
-        .route("/api/v1/jobs/{id}", get(get_job))
-        .route("/api/v1/jobs/{id}/log", get(get_log))
-        .route("/api/v1/jobs/{id}/events", get(events))
-        .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
-        .route("/api/v1/jobs/{id}/retry", post(retry_job))
-        .fallback(|| async { ApiError::NotFound("no such page or API route".into()) })
+pub fn routes(r: Routes) -> Routes {
+    use Role::*;
+    r.post("/api/v1/jobs", Access::Role(Requester), create_job)
+        .get("/api/v1/jobs", Access::Role(Viewer), list_jobs)
+        .get("/api/v1/clusters", Access::Role(Viewer), list_clusters)
+        .get("/api/v1/jobs/{id}", Access::Role(Viewer), get_job)
+        .get("/api/v1/jobs/{id}/log", Access::Role(Viewer), get_log)
+        .get("/api/v1/jobs/{id}/events", Access::Role(Viewer), events)
+        .post(
+            "/api/v1/jobs/{id}/cancel",
+            Access::Role(Requester),
+            cancel_job,
+        )
+        .post(
+            "/api/v1/jobs/{id}/retry",
+            Access::Role(Requester),
+            retry_job,
+        )
 }
 
-/// Reads a JSON body with errors that say what is wrong.
-/// Content-Type is not enforced (curl -d sends form encoding); the body must be JSON.
-fn parse_json<T: serde::de::DeserializeOwned>(
+/// Reads a JSON body with errors that say what is wrong. The gate already
+/// refused bodies that are not `Content-Type: application/json`.
+pub fn parse_json<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     limit: usize,
 ) -> ApiResult<T> {
@@ -63,32 +75,46 @@ async fn list_clusters(State(st): State<AppState>) -> axum::Json<serde_json::Val
 
 async fn create_job(
     State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let raw = body.as_ref().ok().cloned();
     let req: SubmitRequest = parse_json(body, st.config.server.max_body_bytes)?;
-    let new = validate(req, &st.clusters).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    // The requester's name (optional) is kept beside `requested_by`.
-    let name = raw
-        .and_then(|b| serde_json::from_slice::<RequesterName>(&b).ok())
-        .and_then(|r| blank_to_none(r.requester_name));
-    if name.as_ref().is_some_and(|n| n.chars().count() > 200) {
-        return Err(ApiError::Unprocessable(
-            "requester_name: longer than 200 characters".into(),
-        ));
-    }
+    let new = match submit_as(&st, &me, req).await {
+        Ok(n) => n,
+        Err(e) => {
+            record(
+                &st,
+                &me,
+                AuditAction::Submit,
+                None,
+                Outcome::Refused,
+                Some(e.to_string()),
+            )
+            .await;
+            return Err(e);
+        }
+    };
     let job = st.store.create_job(new).await?;
+    let name = me.display_name.clone();
     if let Some(n) = &name {
         st.store.set_requester_name(job.id, n).await?;
     }
-    let who = job.requested_by.as_deref().unwrap_or("anonymous");
     st.store
         .append_system_log(
             job.id,
             LogLevel::Info,
-            &format!("submitted by {who}: {}", views::summary(&job).url),
+            &format!("submitted by {}: {}", me.user, views::summary(&job).url),
         )
         .await?;
+    record(
+        &st,
+        &me,
+        AuditAction::Submit,
+        Some(job.id.to_string()),
+        Outcome::Ok,
+        Some(views::summary(&job).url),
+    )
+    .await;
     let mut view = views::job_view(&job, &st.stages, &[], vec![]);
     view.notes = st.notes.to_vec();
     view.requester_name = name;
@@ -99,9 +125,69 @@ async fn create_job(
     ))
 }
 
-#[derive(Deserialize)]
-struct RequesterName {
-    requester_name: Option<String>,
+/// Validates a submission as `me`: the requester is the login, the email is
+/// theirs, extra addresses only in the configured domains, and the catalog
+/// name must be one they may publish to.
+pub async fn submit_as(
+    st: &AppState,
+    me: &Identity,
+    mut req: SubmitRequest,
+) -> ApiResult<crate::store::NewJob> {
+    let unprocessable = |m: String| ApiError::Unprocessable(m);
+    if let Some(r) = blank_to_none(req.requested_by.take()) {
+        if r != me.user {
+            return Err(unprocessable(format!(
+                "requested_by: is taken from your login ({}); a scan cannot be filed as {r:?}",
+                me.user
+            )));
+        }
+    }
+    let also = crate::submit::also_notify(
+        blank_to_none(req.email.take()),
+        me.email.as_deref(),
+        &st.config.auth.notify_domains,
+    )
+    .map_err(|e| unprocessable(e.to_string()))?;
+    let mut new = validate(req, &st.clusters).map_err(|e| unprocessable(e.to_string()))?;
+    new.requested_by = Some(me.user.clone());
+    new.email = me.email.clone();
+    if !also.is_empty() {
+        new.options["also_notify"] = json!(also);
+    }
+    if let Some(name) = new.options.get("name").and_then(|v| v.as_str()) {
+        let owner = st.store.image_name(name).await?;
+        let publisher = crate::pipeline::publish::Publisher {
+            user: &me.user,
+            role: me.user_role,
+            groups: &me.groups,
+        };
+        crate::pipeline::publish::may_publish(
+            &publisher,
+            name,
+            owner.as_ref(),
+            st.config.auth.new_image_names,
+        )
+        .map_err(|e| unprocessable(format!("name: {e}")))?;
+        if let Some(v) = new.options.get("version").and_then(|v| v.as_str()) {
+            let taken = st
+                .store
+                .list_images(&crate::store::catalog::ImageFilter {
+                    name: Some(name.to_string()),
+                    include_deleted: true,
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await?
+                .into_iter()
+                .any(|i| i.version == v);
+            if taken {
+                return Err(unprocessable(format!(
+                    "version: {name} {v} is already published, and published versions never change; choose another version"
+                )));
+            }
+        }
+    }
+    Ok(new)
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,17 +295,55 @@ async fn get_log(
     Ok(Json(json!({"lines": views, "next_after": next})))
 }
 
+/// A requester acts on their own jobs only; operators on anyone's.
+async fn own_job(st: &AppState, me: &Identity, id: JobId, what: &str) -> ApiResult<Job> {
+    let job = st
+        .store
+        .get_job(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
+    let mine = job.requested_by.as_deref() == Some(me.user.as_str());
+    if !mine && !me.may(Role::Operator) {
+        let owner = job.requested_by.as_deref().unwrap_or("nobody");
+        return Err(ApiError::Denied(Denied {
+            required_role: Some(Role::Operator),
+            ..Denied::forbidden(format!(
+                "job {id} was requested by {owner}; to {what} someone else's job you need the operator role ({} has {})",
+                me.user, me.role
+            ))
+        }));
+    }
+    Ok(job)
+}
+
 async fn cancel_job(
     State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id)?;
+    if let Err(e) = own_job(&st, &me, id, "cancel").await {
+        record(
+            &st,
+            &me,
+            AuditAction::Cancel,
+            Some(id.to_string()),
+            Outcome::Refused,
+            Some(e.to_string()),
+        )
+        .await;
+        return Err(e);
+    }
     let outcome = st.store.request_cancel(id).await?;
     let (status, msg) = match outcome {
         CancelOutcome::Cancelled => (StatusCode::OK, "cancelled before it started".to_string()),
         CancelOutcome::Requested => {
             st.store
-                .append_system_log(id, LogLevel::Warn, "cancel requested by user")
+                .append_system_log(
+                    id,
+                    LogLevel::Warn,
+                    &format!("cancel requested by {}", me.user),
+                )
                 .await?;
             (
                 StatusCode::ACCEPTED,
@@ -232,23 +356,57 @@ async fn cancel_job(
             )))
         }
     };
+    record(
+        &st,
+        &me,
+        AuditAction::Cancel,
+        Some(id.to_string()),
+        Outcome::Ok,
+        Some(msg.clone()),
+    )
+    .await;
     let view = load_view(&st, id).await?;
     Ok((status, Json(json!({"message": msg, "job": view}))))
 }
 
 async fn retry_job(
     State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id)?;
+    if let Err(e) = own_job(&st, &me, id, "retry").await {
+        record(
+            &st,
+            &me,
+            AuditAction::Retry,
+            Some(id.to_string()),
+            Outcome::Refused,
+            Some(e.to_string()),
+        )
+        .await;
+        return Err(e);
+    }
     st.store.retry_job(id).await?;
     st.store
         .append_system_log(
             id,
             LogLevel::Info,
-            "retry requested: the job runs again from the first stage",
+            &format!(
+                "retry requested by {}: the job runs again from the first stage",
+                me.user
+            ),
         )
         .await?;
+    record(
+        &st,
+        &me,
+        AuditAction::Retry,
+        Some(id.to_string()),
+        Outcome::Ok,
+        None,
+    )
+    .await;
     let view = load_view(&st, id).await?;
     Ok((
         StatusCode::ACCEPTED,

@@ -3,29 +3,43 @@
 
 use askama::Template;
 use askama_web::WebTemplate;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::audit::record;
+use super::auth::{Access, Identity};
+use super::routes::Routes;
+use super::views::Viewer;
 use super::{ApiError, ApiResult, AppState};
-use crate::domain::{fmt_bytes, fmt_millis};
-use crate::store::catalog::{Image, ImageFilter, ImageState};
+use crate::domain::{fmt_bytes, fmt_millis, Role};
+use crate::store::auth::{AuditAction, Outcome};
+use crate::store::catalog::{Image, ImageFilter, ImageName, ImageState};
 use crate::submit::blank_to_none;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/images", get(list_images))
+pub fn routes(r: Routes) -> Routes {
+    use Role::*;
+    r.get("/api/v1/images", Access::Role(Viewer), list_images)
         // GET takes an image name (its history), DELETE a record id.
-        .route(
-            "/api/v1/images/{key}",
-            get(image_history).delete(delete_image),
+        .get("/api/v1/images/{key}", Access::Role(Viewer), image_history)
+        .delete("/api/v1/images/{key}", Access::Role(Admin), delete_image)
+        .post(
+            "/api/v1/images/{key}/restore",
+            Access::Role(Admin),
+            restore_image,
         )
-        .route("/api/v1/images/{key}/restore", post(restore_image))
-        .route("/images", get(images_page))
-        .route("/images/{name}", get(history_page))
+        .post(
+            "/api/v1/images/{key}/promote",
+            Access::Role(Admin),
+            promote_image,
+        )
+        .put("/api/v1/images/{key}/owner", Access::Role(Admin), set_owner)
+        .get("/images", Access::Role(Viewer), images_page)
+        .get("/images/{name}", Access::Role(Viewer), history_page)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,8 +139,9 @@ async fn image_history(
         .iter()
         .find(|v| v.image.state == ImageState::Current && !v.image.deleted)
         .map(|v| v.image.version.clone());
+    let owner = st.store.image_name(&name).await?;
     Ok(Json(
-        json!({"name": name, "current": current, "versions": versions}),
+        json!({"name": name, "current": current, "owner": owner, "versions": versions}),
     ))
 }
 
@@ -135,7 +150,12 @@ fn parse_image_id(s: &str) -> ApiResult<i64> {
         .map_err(|_| ApiError::NotFound(format!("image record {s:?} not found (ids are numbers)")))
 }
 
-async fn set_deleted(st: &AppState, key: &str, deleted: bool) -> ApiResult<Json<ImageView>> {
+async fn set_deleted(
+    st: &AppState,
+    me: &Identity,
+    key: &str,
+    deleted: bool,
+) -> ApiResult<Json<ImageView>> {
     let id = parse_image_id(key)?;
     let image = st
         .store
@@ -152,31 +172,177 @@ async fn set_deleted(st: &AppState, key: &str, deleted: bool) -> ApiResult<Json<
             .append_system_log(
                 job,
                 crate::store::LogLevel::Info,
-                &format!("catalog: {} {} {what}", image.name, image.version),
+                &format!(
+                    "catalog: {} {} {what} by {}",
+                    image.name, image.version, me.user
+                ),
             )
             .await?;
     }
+    let action = if deleted {
+        AuditAction::ImageDeleted
+    } else {
+        AuditAction::ImageRestored
+    };
+    record(
+        st,
+        me,
+        action,
+        Some(format!("image:{id}")),
+        Outcome::Ok,
+        Some(format!("{} {}", image.name, image.version)),
+    )
+    .await;
     Ok(Json(view(image)))
 }
 
 /// Soft delete: the record is hidden from lists, the artifact stays.
 async fn delete_image(
     State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
     Path(key): Path<String>,
 ) -> ApiResult<Json<ImageView>> {
-    set_deleted(&st, &key, true).await
+    set_deleted(&st, &me, &key, true).await
 }
 
 async fn restore_image(
     State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
     Path(key): Path<String>,
 ) -> ApiResult<Json<ImageView>> {
-    set_deleted(&st, &key, false).await
+    set_deleted(&st, &me, &key, false).await
+}
+
+/// Makes a deprecated version current again; the other current versions of
+/// the name become deprecated (in the catalog; the artifact store's `state`
+/// property follows at the next publish of the name).
+async fn promote_image(
+    State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
+    Path(key): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = parse_image_id(&key)?;
+    let image = st
+        .store
+        .get_image(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("image record {id} not found")))?;
+    if image.purged_at.is_some() || image.deleted || image.state == ImageState::Pending {
+        return Err(ApiError::Conflict(format!(
+            "{} {} cannot become current: it is {}",
+            image.name,
+            image.version,
+            if image.purged_at.is_some() {
+                "purged (its artifact was deleted)"
+            } else if image.deleted {
+                "deleted (restore it first)"
+            } else {
+                "still being published"
+            }
+        )));
+    }
+    let mut demoted = Vec::new();
+    for other in st
+        .store
+        .list_images(&ImageFilter {
+            name: Some(image.name.clone()),
+            state: Some(ImageState::Current),
+            include_deleted: true,
+            limit: 1000,
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .filter(|o| o.id != id)
+    {
+        st.store.deprecate_image(other.id).await?;
+        demoted.push(other.version);
+    }
+    let image = st
+        .store
+        .promote_image(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("image record {id} not found")))?;
+    let what = format!(
+        "{} {} is current{}",
+        image.name,
+        image.version,
+        if demoted.is_empty() {
+            String::new()
+        } else {
+            format!("; deprecated {}", demoted.join(", "))
+        }
+    );
+    record(
+        &st,
+        &me,
+        AuditAction::ImagePromoted,
+        Some(format!("image:{id}")),
+        Outcome::Ok,
+        Some(what.clone()),
+    )
+    .await;
+    Ok(Json(
+        json!({"message": what, "image": view(image), "deprecated": demoted}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct OwnerBody {
+    user: Option<String>,
+    group: Option<String>,
+}
+
+/// Assigns who owns an image name (a user, a directory group DN, or both).
+async fn set_owner(
+    State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<ImageName>> {
+    let b: OwnerBody = super::api::parse_json(body, st.config.server.max_body_bytes)?;
+    let user = blank_to_none(b.user);
+    let group = blank_to_none(b.group);
+    if user.is_none() && group.is_none() {
+        return Err(ApiError::Unprocessable(
+            "owner: name a user, a group, or both".into(),
+        ));
+    }
+    if let Some(u) = &user {
+        if st.store.get_user(u).await?.is_none() {
+            return Err(ApiError::Unprocessable(format!(
+                "user: no user named {u:?}"
+            )));
+        }
+    }
+    crate::artifacts::check_label("name", &name).map_err(ApiError::Unprocessable)?;
+    st.store
+        .claim_image_name(&name, user.as_deref(), group.as_deref())
+        .await?;
+    let owner = st
+        .store
+        .set_image_name_owner(&name, user.as_deref(), group.as_deref())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no image name {name:?}")))?;
+    record(
+        &st,
+        &me,
+        AuditAction::ImageOwnerChanged,
+        Some(format!("image-name:{name}")),
+        Outcome::Ok,
+        Some(format!(
+            "user {:?}, group {:?}",
+            owner.owner_user, owner.owner_group
+        )),
+    )
+    .await;
+    Ok(Json(owner))
 }
 
 #[derive(Template, WebTemplate)]
 #[template(path = "images.html")]
 struct ImagesPage {
+    me: Viewer,
     images: Vec<ImageView>,
     q: String,
     state: String,
@@ -185,17 +351,21 @@ struct ImagesPage {
 #[derive(Template, WebTemplate)]
 #[template(path = "image.html")]
 struct HistoryPage {
+    me: Viewer,
+    owner: Option<ImageName>,
     name: String,
     versions: Vec<ImageView>,
 }
 
 async fn images_page(
     State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
     Query(q): Query<ImageQuery>,
 ) -> ApiResult<Response> {
     let filter = parse_query(q)?;
     let images = st.store.list_images(&filter).await?;
     Ok(ImagesPage {
+        me: Viewer::of(&me),
         images: images.into_iter().map(view).collect(),
         q: filter.q.unwrap_or_default(),
         state: filter.state.map(|s| s.to_string()).unwrap_or_default(),
@@ -203,7 +373,18 @@ async fn images_page(
     .into_response())
 }
 
-async fn history_page(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn history_page(
+    State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     let versions = history(&st, &name).await?;
-    Ok(HistoryPage { name, versions }.into_response())
+    let owner = st.store.image_name(&name).await?;
+    Ok(HistoryPage {
+        me: Viewer::of(&me),
+        owner,
+        name,
+        versions,
+    }
+    .into_response())
 }

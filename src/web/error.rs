@@ -20,8 +20,16 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body too large (limit {0} bytes)")]
     TooLarge(usize),
+    #[error("{}", .0.message)]
+    Denied(super::auth::Denied),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+}
+
+impl From<super::auth::Denied> for ApiError {
+    fn from(d: super::auth::Denied) -> Self {
+        ApiError::Denied(d)
+    }
 }
 
 impl ApiError {
@@ -32,6 +40,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Denied(d) => d.status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -50,6 +59,9 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        if let ApiError::Denied(d) = self {
+            return d.into_response();
+        }
         if let ApiError::Internal(e) = &self {
             tracing::error!(error = ?e, "internal error");
         }

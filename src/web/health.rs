@@ -2,20 +2,22 @@
 
 use std::fmt::Write;
 
+use super::auth::Access;
+use super::routes::Routes;
+use super::{ApiResult, AppState};
+use crate::domain::JobState;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 
-use super::{ApiResult, AppState};
-use crate::domain::JobState;
+pub fn routes(r: Routes) -> Routes {
+    r.get("/healthz", Access::Public, healthz)
+        .get("/readyz", Access::Public, readyz)
+        .get("/metrics", Access::Metrics, metrics)
+}
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+async fn healthz() -> &'static str {
+    "ok\n"
 }
 
 async fn readyz(State(st): State<AppState>) -> impl IntoResponse {

@@ -1,20 +1,38 @@
 //! `GET /api/v1/jobs/{id}/image`: the job's image, for clusters that pull
 //! it from a URL (Nutanix `image_source = "url"`) instead of being sent it.
-//! Served only while the job runs its cluster-upload stage.
+//! Served only while the job runs its cluster-upload stage, and only with
+//! the job's key (`?key=`): the cluster sends no login.
 
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use secrecy::{ExposeSecret, SecretString};
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
 use super::api::parse_id;
+use super::auth::{Access, Denied};
+use super::routes::Routes;
 use super::{ApiError, ApiResult, AppState};
 use crate::domain::{JobState, StageName, StageState};
+use crate::identity::secret;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/jobs/{id}/image", get(image))
+pub fn routes(r: Routes) -> Routes {
+    r.get("/api/v1/jobs/{id}/image", Access::ImageKey, image)
+}
+
+/// Image pull keys: derived from one secret every replica shares.
+pub struct ImageKeys {
+    secret: SecretString,
+}
+
+impl ImageKeys {
+    pub fn new(secret: SecretString) -> Self {
+        ImageKeys { secret }
+    }
+
+    pub fn key(&self, job: &str) -> String {
+        secret::image_key(self.secret.expose_secret(), job)
+    }
 }
 
 async fn image(
@@ -23,6 +41,19 @@ async fn image(
     req: Request,
 ) -> ApiResult<Response> {
     let id = parse_id(&id)?;
+    let sent = req
+        .uri()
+        .query()
+        .and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "key"))
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let want = st.image_keys.key(&id.to_string());
+    if !secret::constant_time_eq(sent.as_bytes(), want.as_bytes()) {
+        return Err(Denied::forbidden(format!(
+            "job {id}'s image is served only to the cluster it is uploaded to (a wrong or missing key)"
+        ))
+        .into());
+    }
     let job = st
         .store
         .get_job(id)

@@ -1,17 +1,24 @@
 //! The web layer: JSON API under `/api/v1`, the dashboard pages, health and
-//! metrics. It talks to the store only; it never runs a stage.
+//! metrics. It talks to the store only; it never runs a stage. Every route
+//! is added with its access rule (`routes.rs`); `auth.rs` says who is asking.
 
+mod accounts;
 mod api;
+mod audit;
+pub mod auth;
 mod catalog;
 mod error;
 mod health;
-mod image;
+pub mod image;
+mod login;
 mod pages;
+pub mod routes;
 pub mod views;
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::services::ServeDir;
@@ -19,9 +26,12 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
 use crate::domain::StageName;
+use crate::identity::LoginBackend;
 use crate::store::DynStore;
 
 pub use error::{ApiError, ApiResult};
+pub use image::ImageKeys;
+pub use routes::Rule;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -33,19 +43,39 @@ pub struct AppState {
     pub notes: Arc<Vec<String>>,
     /// The configured clusters (submit form, validation).
     pub clusters: Arc<Vec<crate::cluster::ClusterInfo>>,
+    /// Checks user names and passwords (local users or the directory).
+    pub login: Arc<dyn LoginBackend>,
+    /// Derives the key a cluster needs to pull a job's image.
+    pub image_keys: Arc<image::ImageKeys>,
+}
+
+fn all_routes(state: AppState) -> routes::Routes {
+    let r = routes::Routes::new(state);
+    let r = api::routes(r);
+    let r = catalog::routes(r);
+    let r = image::routes(r);
+    let r = pages::routes(r);
+    let r = login::routes(r);
+    let r = accounts::routes(r);
+    let r = audit::routes(r);
+    health::routes(r)
+}
+
+/// Every route with its rule, in the order they were added.
+pub fn rules(state: AppState) -> Vec<Rule> {
+    all_routes(state).finish().1
 }
 
 pub fn router(state: AppState) -> Router {
     let static_dir = std::env::var("VMSCAN_STATIC_DIR")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/static").to_string());
     let limit = state.config.server.max_body_bytes;
-    Router::new()
-        .merge(catalog::router())
-        .merge(api::router())
-        .merge(image::router())
-        .merge(pages::router())
-        .merge(health::router())
+    let (routes, _) = all_routes(state.clone()).finish();
+    routes
+        .fallback(|| async { ApiError::NotFound("no such page or API route".into()) })
         .nest_service("/static", ServeDir::new(static_dir))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::gate))
+        .layer(middleware::from_fn(auth::security_headers))
         .layer(DefaultBodyLimit::max(limit))
         .layer(CatchPanicLayer::new())
         .layer(TraceLayer::new_for_http())

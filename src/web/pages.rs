@@ -5,21 +5,22 @@ use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::Extension;
 
 use super::api::{load_view, parse_filter, parse_id, ListQuery};
-use super::views::{self, JobSummary, JobView, LogView};
+use super::auth::{Access, Identity};
+use super::routes::Routes;
+use super::views::{self, JobSummary, JobView, LogView, Viewer};
 use super::{ApiResult, AppState};
-use crate::domain::JobState;
+use crate::domain::{JobState, Role};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(index))
-        .route("/jobs", get(index))
-        .route("/jobs/table", get(table))
-        .route("/jobs/{id}", get(job_page))
-        .route("/jobs/{id}/panel", get(job_panel))
+pub fn routes(r: Routes) -> Routes {
+    let viewer = Access::Role(Role::Viewer);
+    r.get("/", viewer, index)
+        .get("/jobs", viewer, index)
+        .get("/jobs/table", viewer, table)
+        .get("/jobs/{id}", viewer, job_page)
+        .get("/jobs/{id}/panel", viewer, job_panel)
 }
 
 pub struct StateCount {
@@ -30,6 +31,7 @@ pub struct StateCount {
 #[derive(Template, WebTemplate)]
 #[template(path = "index.html")]
 struct IndexPage {
+    me: Viewer,
     table: JobTable,
     counts: Vec<StateCount>,
     backend: &'static str,
@@ -50,6 +52,7 @@ struct JobTable {
 #[derive(Template, WebTemplate)]
 #[template(path = "job.html")]
 struct JobPage {
+    me: Viewer,
     panel: JobPanel,
     log: Vec<LogView>,
 }
@@ -58,6 +61,8 @@ struct JobPage {
 #[template(path = "job_panel.html")]
 struct JobPanel {
     job: JobView,
+    /// Whether the viewer may cancel or retry this job.
+    can_act: bool,
 }
 
 fn qs_escape(s: &str) -> String {
@@ -88,7 +93,11 @@ async fn load_table(st: &AppState, q: ListQuery) -> ApiResult<JobTable> {
     })
 }
 
-async fn index(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Response> {
+async fn index(
+    State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Response> {
     let table = load_table(&st, q).await?;
     let raw = st.store.count_by_state().await?;
     let counts = JobState::ALL
@@ -103,6 +112,7 @@ async fn index(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiRes
         })
         .collect();
     Ok(IndexPage {
+        me: Viewer::of(&me),
         table,
         counts,
         backend: st.store.backend(),
@@ -115,8 +125,13 @@ async fn table(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiRes
     Ok(load_table(&st, q).await?.into_response())
 }
 
-async fn job_page(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn job_page(
+    State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let id = parse_id(&id)?;
+    let viewer = Viewer::of(&me);
     let job = load_view(&st, id).await?;
     let log = st
         .store
@@ -126,13 +141,22 @@ async fn job_page(State(st): State<AppState>, Path(id): Path<String>) -> ApiResu
         .map(LogView::from)
         .collect();
     Ok(JobPage {
-        panel: JobPanel { job },
+        panel: JobPanel {
+            can_act: viewer.may_act_on(&job.requested_by),
+            job,
+        },
+        me: viewer,
         log,
     }
     .into_response())
 }
 
-async fn job_panel(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn job_panel(
+    State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let job = load_view(&st, parse_id(&id)?).await?;
-    Ok(JobPanel { job }.into_response())
+    let can_act = Viewer::of(&me).may_act_on(&job.requested_by);
+    Ok(JobPanel { job, can_act }.into_response())
 }

@@ -451,3 +451,38 @@ pub fn job_view(
         id,
     }
 }
+
+/// The signed-in person as pages show them: what to greet, which buttons to show.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Viewer {
+    pub signed_in: bool,
+    pub user: String,
+    pub name: String,
+    pub role: String,
+    #[serde(skip)]
+    pub csrf: String,
+    pub can_submit: bool,
+    pub can_operate: bool,
+    pub is_admin: bool,
+}
+
+impl Viewer {
+    pub fn of(me: &super::auth::Identity) -> Viewer {
+        use crate::domain::Role;
+        Viewer {
+            signed_in: true,
+            user: me.user.clone(),
+            name: me.name_for_people(),
+            role: me.role.to_string(),
+            csrf: me.csrf().to_string(),
+            can_submit: me.may(Role::Requester),
+            can_operate: me.may(Role::Operator),
+            is_admin: me.may(Role::Admin),
+        }
+    }
+
+    /// Cancel and retry: one's own jobs as a requester, anyone's as an operator.
+    pub fn may_act_on(&self, requested_by: &Option<String>) -> bool {
+        self.can_operate || (self.can_submit && requested_by.as_deref() == Some(self.user.as_str()))
+    }
+}

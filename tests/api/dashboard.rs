@@ -221,8 +221,45 @@ async fn pastes_a_url_sees_the_popup_and_follows_the_job_page() {
         c.pipeline.stages = vmscan::pipeline::BUILT_STAGES[..5].to_vec();
     })
     .await;
+    vmscan::identity::accounts::add_local_user(
+        &app.store,
+        "ann",
+        vmscan::domain::Role::Requester,
+        Some("ann-password-1234"),
+        Some("ann@example.com".into()),
+        Some("Ann Example".into()),
+    )
+    .await
+    .unwrap();
 
+    // Not logged in: the dashboard answers with the login form.
     driver.goto(&app.url("/")).await;
+    driver.type_into("#username", "ann").await;
+    driver.type_into("#password", "wrong-password-1").await;
+    driver.click("#login-btn").await;
+    let err = driver
+        .wait_text(
+            "(document.getElementById('login-error')||{}).innerText",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(err.contains("wrong user name or password"), "{err}");
+    driver
+        .js("document.getElementById('username').value = ''; return null;")
+        .await;
+    driver.type_into("#username", "ann").await;
+    driver.type_into("#password", "ann-password-1234").await;
+    driver.click("#login-btn").await;
+    let who = driver
+        .wait_text(
+            "(document.getElementById('whoami')||{}).innerText",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        who.contains("Ann Example") && who.contains("requester"),
+        "{who}"
+    );
     // A bad URL: the popup says exactly what is wrong.
     driver.type_into("#url", "ftp://files.example/x.img").await;
     driver.click("#submit-btn").await;
@@ -241,7 +278,6 @@ async fn pastes_a_url_sees_the_popup_and_follows_the_job_page() {
     driver
         .type_into("#url", &format!("file://{}", image.display()))
         .await;
-    driver.type_into("#email", "ann@example.com").await;
     driver.click("#submit-btn").await;
     let ok = driver
         .wait_text(
@@ -268,6 +304,13 @@ async fn pastes_a_url_sees_the_popup_and_follows_the_job_page() {
         )
         .await;
     assert!(stages.starts_with("fetch,"), "{stages}");
+    let facts = driver
+        .wait_text(
+            "(document.querySelector('.facts')||{}).innerText",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(facts.contains("Ann Example ann"), "{facts}");
     let state = driver
         .wait_text("(s => s === 'succeeded' ? s : '')((document.getElementById('job-state')||{}).innerText)", Duration::from_secs(30))
         .await;

@@ -61,9 +61,8 @@ async fn survives_kill_9_mid_download_and_resumes_without_running_a_stage_twice(
             Backend::Postgres => fresh_pg_database().await,
         };
         let env = env_for(&db, &tmp.path().join("data"), 3);
-        let client = reqwest::Client::new();
-
         let first = Daemon::start(&["serve"], &env);
+        let client = first.admin_client();
         let base = first.base.clone().unwrap();
         let job: Value = client
             .post(format!("{base}/api/v1/jobs"))

@@ -11,6 +11,7 @@ pub mod guest;
 pub mod jira;
 pub mod nutanix;
 pub mod openstack;
+pub mod slapd;
 pub mod smtp;
 pub mod sshd;
 pub mod tls;
@@ -83,12 +84,17 @@ pub async fn test_config(backend: Backend, data_dir: &std::path::Path) -> Config
     cfg.worker.lease_secs = 5;
     cfg.worker.shutdown_grace_secs = 5;
     cfg.pipeline.retry_backoff_secs = 1;
+    // Tests name requesters' colleagues at example.com as "also tell".
+    cfg.auth.notify_domains = vec!["example.com".into()];
     cfg
 }
 
 pub struct TestApp {
     pub base: String,
+    /// Sends the first admin's API token with every request.
     pub client: reqwest::Client,
+    /// The first admin's password, as `vmscan serve` prints it.
+    pub admin_password: Option<String>,
     pub store: DynStore,
     pub config: Config,
     pub data_dir: PathBuf,
@@ -117,11 +123,15 @@ impl TestApp {
             .expect("app starts");
         let base = format!("http://{}", app.addr().unwrap());
         let store = app.store.clone();
+        let admin_password = app.first_admin_password.clone();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run_until(shutdown.clone()));
+        // The suite drives the API as the first admin, through a real token.
+        let token = issue_token(&store, "admin", "admin").await;
         TestApp {
             base,
-            client: reqwest::Client::new(),
+            client: client_with_token(&token),
+            admin_password,
             store,
             config: cfg,
             data_dir,
@@ -129,6 +139,17 @@ impl TestApp {
             shutdown,
             task: Some(task),
         }
+    }
+
+    /// A token for `user` with `role`; the user is added (token-only,
+    /// with that role) if it does not exist.
+    pub async fn token_for(&self, user: &str, role: &str) -> String {
+        issue_token(&self.store, user, role).await
+    }
+
+    /// A client acting as `user` with `role`.
+    pub async fn client_as(&self, user: &str, role: &str) -> reqwest::Client {
+        client_with_token(&self.token_for(user, role).await)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -228,6 +249,52 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Issues an API token the way `vmscan token create` does.
+pub async fn issue_token(store: &DynStore, user: &str, role: &str) -> String {
+    use vmscan::domain::Role;
+    use vmscan::identity::accounts::{self, TokenRequest};
+    let role: Role = role.parse().expect("role");
+    if store.get_user(user).await.expect("user lookup").is_none() {
+        accounts::add_local_user(
+            store,
+            user,
+            role,
+            None,
+            Some(format!("{user}@example.com")),
+            None,
+        )
+        .await
+        .expect("add user");
+    }
+    let (token, _) = accounts::issue_token(
+        store,
+        &TokenRequest {
+            user,
+            role: Some(role),
+            name: "test",
+            expires_days: None,
+            created_by: "tests",
+            ceiling: Role::Admin,
+            max_days: 0,
+        },
+    )
+    .await
+    .expect("issue token");
+    token
+}
+
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .expect("client")
 }
 
 /// The stage named `name` in a job JSON.

@@ -37,6 +37,10 @@ pub struct NutanixConfig {
     /// With `image_source = "url"`: vmscan's address as Prism Central reaches
     /// it, e.g. `http://vmscan.example.com:8080`.
     pub image_url_base: String,
+    /// The secret the pull URL's `key` is derived from; set by vmscan at
+    /// start from its database (every replica agrees), never configured.
+    #[serde(skip)]
+    pub image_key_secret: Option<secrecy::SecretString>,
     /// Port of the guest's remote shell as vmscan reaches it (22 for SSH).
     pub ssh_port: u16,
     /// Port of WinRM on Windows guests.
@@ -80,6 +84,7 @@ impl Default for NutanixConfig {
             subnet_name: String::new(),
             image_source: ImageSource::Upload,
             image_url_base: String::new(),
+            image_key_secret: None,
             ssh_port: 22,
             winrm_port: 5985,
             category_key: String::new(),

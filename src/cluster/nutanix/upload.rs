@@ -95,8 +95,22 @@ async fn once(
     let pull = cfg.image_source == ImageSource::Url;
     if pull {
         let base = cfg.image_url_base.trim_end_matches('/');
-        body["spec"]["resources"]["source_uri"] =
-            json!(format!("{base}/api/v1/jobs/{}/image", job.as_uuid()));
+        // The key proves to vmscan that the pull is for this job (the route
+        // has no login: Prism Central sends no credentials).
+        let key = cfg
+            .image_key_secret
+            .as_ref()
+            .map(|s| {
+                crate::identity::secret::image_key(
+                    secrecy::ExposeSecret::expose_secret(s),
+                    &job.to_string(),
+                )
+            })
+            .unwrap_or_default();
+        body["spec"]["resources"]["source_uri"] = json!(format!(
+            "{base}/api/v1/jobs/{}/image?key={key}",
+            job.as_uuid()
+        ));
     }
     let answer = p.client.call(Method::POST, "/images", Some(&body)).await?;
     let uuid = answer
