@@ -106,8 +106,10 @@ async fn a_successful_scan_emails_people_and_logs_every_step_in_jira() {
             )
         })
         .await;
+        // Ann's name and mail come from her account, not from the request.
+        let ann = app.person("ann", "Ann Smith", "requester").await;
         let job = app
-            .submit(json!({"url": url, "email": "ann@example.com", "requester_name": "Ann Smith", "note": "nightly"}))
+            .submit_with(&ann, json!({"url": url, "note": "nightly"}))
             .await;
         let id = job["id"].as_str().unwrap().to_string();
         assert_eq!(job["requester_name"], "Ann Smith");

@@ -338,7 +338,8 @@ async fn publishes_to_artifactory_with_properties_and_archives_the_previous_vers
     assert!(prop(path, "vmscan.source_url")
         .unwrap()
         .starts_with("file://"));
-    assert_eq!(prop(path, "vmscan.deployed_by").as_deref(), Some("vmscan"));
+    // The real user whose scan published it (the suite's admin token).
+    assert_eq!(prop(path, "vmscan.deployed_by").as_deref(), Some("admin"));
     let d = &stage(&job, "publish")["detail"];
     assert_eq!(d["url"], format!("{}/{REPO}/{path}", fake.url()));
     assert_eq!(d["reused"], false);

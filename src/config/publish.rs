@@ -21,7 +21,8 @@ pub struct PublishConfig {
     pub retention: u32,
     /// Repository deprecated versions are moved to. Empty: they stay in place.
     pub archive_repo: Option<String>,
-    /// Recorded as the `vmscan.deployed_by` property.
+    /// `vmscan.deployed_by` of images from jobs queued on the server's shell
+    /// (`vmscan submit`); otherwise it is the requester.
     pub deployed_by: String,
     pub local: LocalStoreConfig,
     pub artifactory: ArtifactoryConfig,

@@ -248,7 +248,9 @@ impl LdapBackend {
                 },
             })?;
         Ok(Account {
-            username: username.to_string(),
+            // Directory names are case-insensitive (sAMAccountName, uid): one
+            // person is one vmscan user whatever case they typed.
+            username: username.to_lowercase(),
             display_name: attr(&entry, &self.cfg.display_name_attr).into_iter().next(),
             email: attr(&entry, &self.cfg.mail_attr).into_iter().next(),
             role,

@@ -452,9 +452,9 @@ impl Facts {
     fn requester(&self) -> String {
         let who = self
             .job
-            .requested_by
+            .email
             .clone()
-            .or_else(|| self.job.email.clone());
+            .or_else(|| self.job.requested_by.clone());
         match (&self.name, who) {
             (Some(n), Some(w)) if n != &w => format!("{n} <{w}>"),
             (Some(n), _) => n.clone(),

@@ -440,7 +440,7 @@ impl PublishStage {
     /// submit`), whose user holds the database itself.
     async fn publisher(&self, ctx: &StageCtx) -> Result<(String, Role, Vec<String>), StageError> {
         let Some(name) = ctx.job.requested_by.clone() else {
-            return Ok(("server shell".into(), Role::Admin, Vec::new()));
+            return Ok((self.cfg.deployed_by.clone(), Role::Admin, Vec::new()));
         };
         match ctx.store().get_user(&name).await? {
             Some(u) if !u.disabled => Ok((u.name, u.role, u.groups)),

@@ -604,8 +604,21 @@ async fn in_url_mode_prism_pulls_the_image_from_vmscan() {
         "Prism pulled exactly the converted image"
     );
     assert_eq!(fake.count("PUT", "/images/"), 0, "nothing was pushed");
-    // Outside its upload the image is not served.
+    // Without the job's key (what Prism was given) nothing is served.
     let (status, body) = app.get(&format!("/api/v1/jobs/{id}/image")).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = app
+        .get(&format!("/api/v1/jobs/{id}/image?key={}", "0".repeat(64)))
+        .await;
+    assert_eq!(status, 403);
+    // Outside its upload the image is not served, even with the key.
+    let secret = app
+        .store
+        .server_secret("image_key", "unused")
+        .await
+        .unwrap();
+    let key = vmscan::identity::secret::image_key(&secret, id);
+    let (status, body) = app.get(&format!("/api/v1/jobs/{id}/image?key={key}")).await;
     assert_eq!(status, 404);
     assert!(
         body.to_string()

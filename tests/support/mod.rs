@@ -147,6 +147,35 @@ impl TestApp {
         issue_token(&self.store, user, role).await
     }
 
+    /// A local user with a display name and mail, and a client acting as them.
+    pub async fn person(&self, user: &str, display: &str, role: &str) -> reqwest::Client {
+        vmscan::identity::accounts::add_local_user(
+            &self.store,
+            user,
+            role.parse().expect("role"),
+            None,
+            Some(format!("{user}@example.com")),
+            Some(display.to_string()),
+        )
+        .await
+        .expect("add user");
+        self.client_as(user, role).await
+    }
+
+    /// Submits as whoever `client` is; expects 201.
+    pub async fn submit_with(&self, client: &reqwest::Client, body: Value) -> Value {
+        let r = client
+            .post(self.url("/api/v1/jobs"))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        let status = r.status().as_u16();
+        let job: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 201, "submit {body} → {status} {job}");
+        job
+    }
+
     /// A client acting as `user` with `role`.
     pub async fn client_as(&self, user: &str, role: &str) -> reqwest::Client {
         client_with_token(&self.token_for(user, role).await)
