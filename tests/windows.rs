@@ -43,10 +43,10 @@ fn collector() -> (Lines, impl Fn(Stream, &str) + Send + Sync) {
 }
 
 #[tokio::test]
-async fn runs_a_command_over_basic_auth_and_streams_several_receive_rounds() {
+async fn runs_a_command_and_streams_several_receive_rounds() {
     let fake = FakeWinRm::start(FakeConfig::default()).await;
     fake.lines_per_receive(2);
-    let shell = WinRmShell::connect(&options(&fake, WinRmAuth::Basic))
+    let shell = WinRmShell::connect(&options(&fake, WinRmAuth::Ntlm))
         .await
         .unwrap();
     let (lines, on_line) = collector();
@@ -69,7 +69,7 @@ async fn runs_a_command_over_basic_auth_and_streams_several_receive_rounds() {
         receives >= 4,
         "7 lines at 2 per Receive take 4 rounds: {stats:?}"
     );
-    assert!(stats.basic_logins > 0 && stats.ntlm_logins == 0);
+    assert!(stats.ntlm_logins > 0 && stats.basic_logins == 0);
     assert!(stats.actions.contains(&"Signal".to_string()));
     shell.close().await;
     assert_eq!(fake.stats().shells_open, 0, "close deletes the shell");
@@ -78,7 +78,7 @@ async fn runs_a_command_over_basic_auth_and_streams_several_receive_rounds() {
 #[tokio::test]
 async fn reports_exit_codes_and_stderr_of_cmd_and_powershell() {
     let fake = FakeWinRm::start(FakeConfig::default()).await;
-    let shell = WinRmShell::connect(&options(&fake, WinRmAuth::Basic))
+    let shell = WinRmShell::connect(&options(&fake, WinRmAuth::Ntlm))
         .await
         .unwrap();
     let quiet = |_: Stream, _: &str| {};
@@ -163,9 +163,28 @@ async fn logs_in_again_when_the_server_recycles_the_connection() {
 }
 
 #[tokio::test]
+async fn basic_auth_is_refused_over_plain_http_before_anything_is_sent() {
+    let fake = FakeWinRm::start(FakeConfig::default()).await;
+    let err = WinRmShell::connect(&options(&fake, WinRmAuth::Basic))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("Basic authentication is used only over HTTPS"),
+        "{err}"
+    );
+    assert_eq!(
+        fake.stats().actions.len(),
+        0,
+        "no request reached the guest"
+    );
+}
+
+#[tokio::test]
 async fn a_wrong_password_is_a_clear_authentication_error() {
     let fake = FakeWinRm::start(FakeConfig::default()).await;
-    for auth in [WinRmAuth::Basic, WinRmAuth::Ntlm] {
+    for auth in [WinRmAuth::Ntlm] {
         let mut o = options(&fake, auth);
         o.password = SecretString::from("wrong".to_string());
         let err = WinRmShell::connect(&o).await.err().expect("login fails");
@@ -210,7 +229,7 @@ async fn a_soap_fault_shows_its_code_and_text() {
 #[tokio::test]
 async fn receive_timeouts_are_waited_out_and_a_hung_command_times_out() {
     let fake = FakeWinRm::start(FakeConfig::default()).await;
-    let shell = WinRmShell::connect(&options(&fake, WinRmAuth::Basic))
+    let shell = WinRmShell::connect(&options(&fake, WinRmAuth::Ntlm))
         .await
         .unwrap();
     fake.receive_timeouts(2);

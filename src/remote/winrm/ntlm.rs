@@ -20,6 +20,7 @@ const SIGNATURE: &[u8; 8] = b"NTLMSSP\0";
 const AV_EOL: u16 = 0;
 const AV_FLAGS: u16 = 6;
 const AV_TIMESTAMP: u16 = 7;
+const AV_TARGET_NAME: u16 = 0x09;
 const AV_CHANNEL_BINDINGS: u16 = 0x0a;
 /// MsvAvFlags bit: the AUTHENTICATE message carries a MIC.
 const AV_FLAG_MIC: u32 = 0x2;
@@ -190,6 +191,9 @@ pub struct Client {
     user: String,
     domain: String,
     password: String,
+    /// MsvAvTargetName: the SPN the proof is for (MS-NLMP 2.2.2.1), so a
+    /// relay to another service does not accept it.
+    target_name: Option<String>,
     negotiate: Vec<u8>,
 }
 
@@ -315,8 +319,15 @@ impl Client {
             user,
             domain,
             password: password.to_string(),
+            target_name: None,
             negotiate: Vec::new(),
         }
+    }
+
+    /// Names the service the proof is for, e.g. `HTTP/host` for WinRM.
+    pub fn with_target_name(mut self, spn: &str) -> Self {
+        self.target_name = Some(spn.to_string());
+        self
     }
 
     pub fn negotiate(&mut self) -> Vec<u8> {
@@ -384,6 +395,10 @@ impl Client {
                 }
                 _ => pairs.push((AV_FLAGS, AV_FLAG_MIC.to_le_bytes().to_vec())),
             }
+        }
+        if let Some(spn) = &self.target_name {
+            pairs.retain(|(id, _)| *id != AV_TARGET_NAME);
+            pairs.push((AV_TARGET_NAME, utf16le(spn)));
         }
         if let Some(cb) = channel_bindings {
             pairs.retain(|(id, _)| *id != AV_CHANNEL_BINDINGS);
@@ -543,5 +558,22 @@ mod tests {
             sent.contains(&(AV_CHANNEL_BINDINGS, vec![0xcb; 16])),
             "{sent:?}"
         );
+        assert!(
+            !sent.iter().any(|(id, _)| *id == AV_TARGET_NAME),
+            "no SPN unless asked"
+        );
+        let c = c.with_target_name("HTTP/win1.example.com");
+        let a = c
+            .authenticate_with(&ch, [0x55; 16], [0xaa; 8], None, None)
+            .unwrap();
+        let nt = field(&a.message, 20, "x").unwrap();
+        let sent = av_pairs(&nt[44..]).unwrap();
+        assert!(
+            sent.contains(&(AV_TARGET_NAME, utf16le("HTTP/win1.example.com"))),
+            "{sent:?}"
+        );
+        // The proof still covers the blob with the SPN in it.
+        let proof = hmac_md5(&key, &[&[1, 2, 3, 4, 5, 6, 7, 8], &nt[16..]]);
+        assert_eq!(&nt[..16], &proof);
     }
 }

@@ -74,6 +74,13 @@ pub struct Transport {
 impl Transport {
     pub fn new(o: &WinRmOptions) -> Result<Self, RemoteError> {
         let addr = format!("{}:{}", o.host, o.port);
+        // A hostile guest would simply read a Basic password sent in the clear.
+        if o.auth == WinRmAuth::Basic && o.scheme == WinRmScheme::Http {
+            return Err(RemoteError::Auth {
+                user: o.user.clone(),
+                reason: "Basic authentication is used only over HTTPS (it sends the password in the clear); use NTLM or https".into(),
+            });
+        }
         let host = if o.host.contains(':') {
             format!("[{}]", o.host)
         } else {
@@ -310,7 +317,8 @@ impl Transport {
     /// NEGOTIATE, CHALLENGE, AUTHENTICATE on empty POSTs, as pywinrm does
     /// before its first sealed message.
     async fn login_ntlm(&self, conn: &mut Conn, what: &str) -> Result<ntlm::Session, RemoteError> {
-        let mut client = ntlm::Client::new(&self.user, self.password.expose_secret());
+        let mut client = ntlm::Client::new(&self.user, self.password.expose_secret())
+            .with_target_name(&format!("HTTP/{}", self.host));
         let negotiate = client.negotiate();
         let a = self
             .post(
