@@ -6,7 +6,9 @@
 mod support;
 
 mod catalog;
+mod jobs;
 mod routes;
+mod tokens;
 
 use reqwest::header::{COOKIE, SET_COOKIE};
 use reqwest::{RequestBuilder, Response};
