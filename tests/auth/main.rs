@@ -6,8 +6,10 @@
 mod support;
 
 mod catalog;
+mod hardening;
 mod jobs;
 mod routes;
+mod sessions;
 mod tokens;
 
 use reqwest::header::{COOKIE, SET_COOKIE};
