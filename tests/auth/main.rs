@@ -8,6 +8,7 @@ mod support;
 mod catalog;
 mod hardening;
 mod jobs;
+mod ldap;
 mod routes;
 mod sessions;
 mod tokens;
