@@ -169,6 +169,10 @@ pub async fn resolve(
     if let Some(b) = bearer(headers) {
         let token =
             b.map_err(|()| Denied::unauthenticated("Authorization must be \"Bearer <token>\""))?;
+        // The metrics token is no one's identity: `/metrics` checks it itself.
+        if is_metrics_token(st, &token) {
+            return Ok(None);
+        }
         let Some(t) = st
             .store
             .token_by_hash(&secret::digest(&token))
@@ -241,6 +245,15 @@ pub async fn resolve(
         },
         address,
     }))
+}
+
+fn is_metrics_token(st: &AppState, token: &str) -> bool {
+    use secrecy::ExposeSecret;
+    st.config
+        .auth
+        .metrics_token
+        .as_ref()
+        .is_some_and(|m| secret::constant_time_eq(token.as_bytes(), m.expose_secret().as_bytes()))
 }
 
 async fn active_user(st: &AppState, name: &str) -> Result<crate::store::auth::User, Denied> {
