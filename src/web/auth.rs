@@ -471,7 +471,9 @@ pub async fn require(access: Access, st: AppState, req: Request, next: Next) -> 
         Ok(()) => next.run(req).await,
         Err(d) => {
             let page = req.method() == Method::GET && !req.uri().path().starts_with("/api/");
-            if page && d.status == StatusCode::UNAUTHORIZED {
+            // Only a login can help: not for /metrics (its own bearer token).
+            let login_helps = matches!(access, Access::Role(_));
+            if page && login_helps && d.status == StatusCode::UNAUTHORIZED {
                 // A browser gets the login form, coming back here afterwards.
                 let next = req
                     .uri()
