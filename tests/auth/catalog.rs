@@ -76,8 +76,13 @@ async fn scan_as(app: &TestApp, token: &str, body: Value) -> Value {
 async fn retry_as(app: &TestApp, token: &str, id: &str) -> Value {
     let runs = |j: &Value| j["runs"].as_array().map_or(0, |r| r.len());
     let before = runs(&app.job(id).await);
-    let (status, body) =
-        post_with(&app.base, token, &format!("/api/v1/jobs/{id}/retry"), json!({})).await;
+    let (status, body) = post_with(
+        &app.base,
+        token,
+        &format!("/api/v1/jobs/{id}/retry"),
+        json!({}),
+    )
+    .await;
     assert_eq!(status, 202, "retry {id}: {body}");
     // Queued again; wait for the new run to end.
     app.wait_for(id, WAIT, |j| {
@@ -116,28 +121,55 @@ async fn published_versions_are_immutable_names_are_owned_and_only_admins_promot
 
         // Two jobs pass the submit checks while "app" is unpublished; their
         // files are not there yet, so both fail at fetch.
-        let bob_dup = scan_as(&app, &bob, json!({"url": images.url("dup.qcow2"), "name": "app", "version": "1"})).await;
+        let bob_dup = scan_as(
+            &app,
+            &bob,
+            json!({"url": images.url("dup.qcow2"), "name": "app", "version": "1"}),
+        )
+        .await;
         assert_eq!(bob_dup["state"], "failed", "{bob_dup:#}");
-        let carols = scan_as(&app, &carol, json!({"url": images.url("carol.qcow2"), "name": "app", "version": "2"})).await;
+        let carols = scan_as(
+            &app,
+            &carol,
+            json!({"url": images.url("carol.qcow2"), "name": "app", "version": "2"}),
+        )
+        .await;
         assert_eq!(carols["state"], "failed", "{carols:#}");
 
         // bob publishes app 1: the name is now his.
         let (url, bytes) = images.write("app-1.qcow2", 1);
-        let first = scan_as(&app, &bob, json!({"url": url, "name": "app", "version": "1"})).await;
+        let first = scan_as(
+            &app,
+            &bob,
+            json!({"url": url, "name": "app", "version": "1"}),
+        )
+        .await;
         assert_eq!(first["state"], "succeeded", "{backend:?}: {first:#}");
         let first_id = first["id"].as_str().unwrap().to_string();
         let recorded = versions(&app, "app").await;
         assert_eq!(recorded.len(), 1);
         let (ref v1, ref s1, ref j1, ref sha1) = recorded[0];
-        assert_eq!((v1.as_str(), s1.as_str(), j1.as_str()), ("1", "current", first_id.as_str()));
+        assert_eq!(
+            (v1.as_str(), s1.as_str(), j1.as_str()),
+            ("1", "current", first_id.as_str())
+        );
         let (_, hist) = app.get("/api/v1/images/app").await;
         assert_eq!(hist["owner"]["owner_user"], "bob", "{hist}");
         assert_eq!(hist["versions"][0]["published_by"], "bob");
         let artifact = root.join("1/app-1.qcow2");
-        assert_eq!(sidecar(&artifact)["properties"]["vmscan.deployed_by"], "bob");
+        assert_eq!(
+            sidecar(&artifact)["properties"]["vmscan.deployed_by"],
+            "bob"
+        );
 
         // Submitting app 1 again is refused up front...
-        let (status, body) = post_with(&app.base, &bob, "/api/v1/jobs", json!({"url": url, "name": "app", "version": "1"})).await;
+        let (status, body) = post_with(
+            &app.base,
+            &bob,
+            "/api/v1/jobs",
+            json!({"url": url, "name": "app", "version": "1"}),
+        )
+        .await;
         assert_eq!(status, 422, "{body}");
         assert!(error_of(&body).contains("already published"), "{body}");
         // ...and the job that got past that check fails at publish.
@@ -148,68 +180,138 @@ async fn published_versions_are_immutable_names_are_owned_and_only_admins_promot
         assert_eq!(publish["state"], "failed", "{dup:#}");
         let err = dup["error"].as_str().unwrap_or("");
         assert!(
-            err.contains("app 1 is already published") && err.contains(&format!("job {first_id}")) && err.contains("published versions never change"),
+            err.contains("app 1 is already published")
+                && err.contains(&format!("job {first_id}"))
+                && err.contains("published versions never change"),
             "{err}"
         );
         // The first record is untouched and nothing was demoted.
         assert_eq!(versions(&app, "app").await, recorded, "{backend:?}");
         assert_eq!(std::fs::read(&artifact).unwrap(), bytes);
         assert_eq!(sidecar(&artifact)["properties"]["vmscan.state"], "current");
-        assert_eq!(sidecar(&artifact)["properties"]["vmscan.sha256"], sha1.as_str());
+        assert_eq!(
+            sidecar(&artifact)["properties"]["vmscan.sha256"],
+            sha1.as_str()
+        );
 
         // carol does not own "app": refused at submit, and at publish for
         // the job that was submitted before bob owned it.
         let (url2, _) = images.write("carol.qcow2", 2);
-        let (status, body) = post_with(&app.base, &carol, "/api/v1/jobs", json!({"url": url2, "name": "app", "version": "3"})).await;
+        let (status, body) = post_with(
+            &app.base,
+            &carol,
+            "/api/v1/jobs",
+            json!({"url": url2, "name": "app", "version": "3"}),
+        )
+        .await;
         assert_eq!(status, 422, "{body}");
         assert!(error_of(&body).contains("belongs to bob"), "{body}");
         let refused = retry_as(&app, &carol, carols["id"].as_str().unwrap()).await;
         assert_eq!(refused["state"], "failed", "{backend:?}: {refused:#}");
         let err = refused["error"].as_str().unwrap_or("");
         assert!(
-            err.contains("not publishing") && err.contains("belongs to bob") && err.contains("carol may not"),
+            err.contains("not publishing")
+                && err.contains("belongs to bob")
+                && err.contains("carol may not"),
             "{err}"
         );
-        assert_eq!(versions(&app, "app").await, recorded, "{backend:?}: nothing new, bob's 1 still current");
+        assert_eq!(
+            versions(&app, "app").await,
+            recorded,
+            "{backend:?}: nothing new, bob's 1 still current"
+        );
         assert!(!root.join("2").exists());
 
         // The owner publishes the next version; the old one is demoted.
         let (url3, _) = images.write("app-3.qcow2", 3);
-        let third = scan_as(&app, &bob, json!({"url": url3, "name": "app", "version": "3"})).await;
+        let third = scan_as(
+            &app,
+            &bob,
+            json!({"url": url3, "name": "app", "version": "3"}),
+        )
+        .await;
         assert_eq!(third["state"], "succeeded", "{backend:?}: {third:#}");
-        let now: Vec<_> = versions(&app, "app").await.into_iter().map(|v| (v.0, v.1)).collect();
-        assert_eq!(now, [("3".into(), "current".into()), ("1".into(), "deprecated".into())]);
-        assert_eq!(sidecar(&root.join("3/app-3.qcow2"))["properties"]["vmscan.deployed_by"], "bob");
+        let now: Vec<_> = versions(&app, "app")
+            .await
+            .into_iter()
+            .map(|v| (v.0, v.1))
+            .collect();
+        assert_eq!(
+            now,
+            [
+                ("3".into(), "current".into()),
+                ("1".into(), "deprecated".into())
+            ]
+        );
+        assert_eq!(
+            sidecar(&root.join("3/app-3.qcow2"))["properties"]["vmscan.deployed_by"],
+            "bob"
+        );
 
         // Promoting the older version: not for a requester (not even the owner)...
         let (_, hist) = app.get("/api/v1/images/app").await;
         let old_id = hist["versions"][1]["id"].as_i64().unwrap();
         for t in [&bob, &carol] {
-            let (status, body) = post_with(&app.base, t, &format!("/api/v1/images/{old_id}/promote"), json!({})).await;
+            let (status, body) = post_with(
+                &app.base,
+                t,
+                &format!("/api/v1/images/{old_id}/promote"),
+                json!({}),
+            )
+            .await;
             assert_eq!(status, 403, "{body}");
             assert_eq!(body["required_role"], "admin");
         }
-        let now: Vec<_> = versions(&app, "app").await.into_iter().map(|v| (v.0, v.1)).collect();
-        assert_eq!(now[0], ("3".to_string(), "current".to_string()), "a refused promote changes nothing");
+        let now: Vec<_> = versions(&app, "app")
+            .await
+            .into_iter()
+            .map(|v| (v.0, v.1))
+            .collect();
+        assert_eq!(
+            now[0],
+            ("3".to_string(), "current".to_string()),
+            "a refused promote changes nothing"
+        );
         // ...an admin may, and the audit trail says so.
-        let (status, body) = app.post(&format!("/api/v1/images/{old_id}/promote"), json!({})).await;
+        let (status, body) = app
+            .post(&format!("/api/v1/images/{old_id}/promote"), json!({}))
+            .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["deprecated"], json!(["3"]));
         assert_eq!(body["image"]["state"], "current");
-        let now: Vec<_> = versions(&app, "app").await.into_iter().map(|v| (v.0, v.1)).collect();
-        assert_eq!(now, [("3".into(), "deprecated".into()), ("1".into(), "current".into())]);
-        let (_, current) = get_with(&app.base, &carol, "/api/v1/images?name=app&state=current").await;
+        let now: Vec<_> = versions(&app, "app")
+            .await
+            .into_iter()
+            .map(|v| (v.0, v.1))
+            .collect();
+        assert_eq!(
+            now,
+            [
+                ("3".into(), "deprecated".into()),
+                ("1".into(), "current".into())
+            ]
+        );
+        let (_, current) =
+            get_with(&app.base, &carol, "/api/v1/images?name=app&state=current").await;
         assert_eq!(current["images"][0]["version"], "1");
         let promoted = audit(&app, "action=image_promoted").await;
         assert_eq!(promoted.len(), 1, "{promoted:?}");
         assert_eq!(promoted[0]["actor"], "admin");
         assert_eq!(promoted[0]["outcome"], "ok");
         assert_eq!(promoted[0]["object"], format!("image:{old_id}"));
-        assert!(promoted[0]["detail"].as_str().unwrap().contains("app 1 is current; deprecated 3"), "{promoted:?}");
+        assert!(
+            promoted[0]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("app 1 is current; deprecated 3"),
+            "{promoted:?}"
+        );
         // The refusals are in the trail as well.
         let denied = audit(&app, "action=denied&actor=bob").await;
         assert!(
-            denied.iter().any(|e| e["object"] == format!("POST /api/v1/images/{old_id}/promote")),
+            denied
+                .iter()
+                .any(|e| e["object"] == format!("POST /api/v1/images/{old_id}/promote")),
             "{denied:?}"
         );
         app.stop().await;

@@ -24,7 +24,11 @@ async fn requesters_cancel_and_retry_only_their_own_jobs_operators_anyones() {
         assert_eq!(status, 201, "{j}");
         let id = j["id"].as_str().unwrap().to_string();
         let act = |t: &str, what: &str| {
-            let (base, t, path) = (app.base.clone(), t.to_string(), format!("/api/v1/jobs/{id}/{what}"));
+            let (base, t, path) = (
+                app.base.clone(),
+                t.to_string(),
+                format!("/api/v1/jobs/{id}/{what}"),
+            );
             async move { post_with(&base, &t, &path, json!({})).await }
         };
 
@@ -34,7 +38,10 @@ async fn requesters_cancel_and_retry_only_their_own_jobs_operators_anyones() {
         assert_eq!(body["required_role"], "operator");
         assert!(error_of(&body).contains("was requested by rita"), "{body}");
         let j = job(&app, &id).await;
-        assert_eq!((j["state"].as_str(), j["cancel_requested"].as_bool()), (Some("queued"), Some(false)));
+        assert_eq!(
+            (j["state"].as_str(), j["cancel_requested"].as_bool()),
+            (Some("queued"), Some(false))
+        );
 
         // rita may.
         let (status, body) = act(&rita, "cancel").await;
@@ -45,7 +52,10 @@ async fn requesters_cancel_and_retry_only_their_own_jobs_operators_anyones() {
         // rhea may not retry it either; it stays cancelled.
         let (status, body) = act(&rhea, "retry").await;
         assert_eq!(status, 403, "{body}");
-        assert!(error_of(&body).contains("to retry someone else's job you need the operator role"), "{body}");
+        assert!(
+            error_of(&body).contains("to retry someone else's job you need the operator role"),
+            "{body}"
+        );
         assert_eq!(job(&app, &id).await["state"], "cancelled");
 
         // rita may; then the operator cancels and retries it.
@@ -59,11 +69,17 @@ async fn requesters_cancel_and_retry_only_their_own_jobs_operators_anyones() {
         assert_eq!(status, 202, "{body}");
         let j = job(&app, &id).await;
         assert_eq!(j["state"], "queued");
-        assert_eq!(j["requested_by"], "rita", "acting on a job does not change whose it is");
+        assert_eq!(
+            j["requested_by"], "rita",
+            "acting on a job does not change whose it is"
+        );
 
         // The refusals are in the audit trail.
         let refused = audit(&app, "actor=rhea&outcome=refused").await;
-        let actions: Vec<_> = refused.iter().map(|e| e["action"].as_str().unwrap()).collect();
+        let actions: Vec<_> = refused
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
         assert_eq!(actions, ["retry", "cancel"], "{refused:?}");
         assert!(refused.iter().all(|e| e["object"] == id.as_str()));
         let log = app.log_text(&id).await;
@@ -95,17 +111,22 @@ async fn the_requester_is_the_login_and_extra_addresses_stay_in_the_allowed_doma
             error_of(&body),
             "email: someone@evil.example is not in a domain scan email may go to (example.com)"
         );
-        let (status, body) = submit(json!({"url": URL, "email": "ann@example.com, x@sub.example.com"})).await;
+        let (status, body) =
+            submit(json!({"url": URL, "email": "ann@example.com, x@sub.example.com"})).await;
         assert_eq!(status, 422, "a subdomain is another domain: {body}");
         // Nothing was queued by the refusals.
         let (_, list) = get_with(&app.base, &rita, "/api/v1/jobs").await;
         assert_eq!(list["jobs"].as_array().unwrap().len(), 0, "{list}");
 
         // Naming oneself is fine; so is naming nobody.
-        let (status, j) = submit(json!({"url": URL, "requested_by": "rita", "email": "ann@example.com"})).await;
+        let (status, j) =
+            submit(json!({"url": URL, "requested_by": "rita", "email": "ann@example.com"})).await;
         assert_eq!(status, 201, "{j}");
         assert_eq!(j["requested_by"], "rita");
-        assert_eq!(j["email"], "rita@example.com", "scan email goes to the login's own address");
+        assert_eq!(
+            j["email"], "rita@example.com",
+            "scan email goes to the login's own address"
+        );
         assert_eq!(j["options"]["also_notify"], json!(["ann@example.com"]));
         let (status, j) = submit(json!({"url": URL})).await;
         assert_eq!(status, 201, "{j}");

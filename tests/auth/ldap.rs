@@ -39,7 +39,10 @@ async fn directory_users_log_in_with_their_groups_role_and_a_directory_outage_is
     // bob: sam-team → requester; his job is his, with his directory mail.
     let bob = login(&base, "bob", &password("bob")).await;
     let (_, me) = bob.me().await;
-    assert_eq!((me["role"].as_str(), me["email"].as_str()), (Some("requester"), Some("bob@example.com")));
+    assert_eq!(
+        (me["role"].as_str(), me["email"].as_str()),
+        (Some("requester"), Some("bob@example.com"))
+    );
     let r = bob
         .post("/api/v1/jobs")
         .json(&json!({"url": "https://images.example/rocky.qcow2", "requested_by": "bob"}))
@@ -51,35 +54,74 @@ async fn directory_users_log_in_with_their_groups_role_and_a_directory_outage_is
     assert_eq!(job["requested_by"], "bob");
     assert_eq!(job["email"], "bob@example.com");
     let stored = app.job(job["id"].as_str().unwrap()).await;
-    assert_eq!((stored["requested_by"].as_str(), stored["email"].as_str()), (Some("bob"), Some("bob@example.com")));
+    assert_eq!(
+        (stored["requested_by"].as_str(), stored["email"].as_str()),
+        (Some("bob"), Some("bob@example.com"))
+    );
     let r = bob.get("/api/v1/users").send().await.unwrap();
     assert_eq!(r.status(), 403);
     // The directory user is recorded, from the directory.
     let (_, users) = app.get("/api/v1/users").await;
-    let rec = users["users"].as_array().unwrap().iter().find(|u| u["name"] == "bob").cloned().expect("bob recorded");
-    assert_eq!((rec["source"].as_str(), rec["role"].as_str(), rec["has_password"].as_bool()), (Some("ldap"), Some("requester"), Some(false)));
+    let rec = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "bob")
+        .cloned()
+        .expect("bob recorded");
+    assert_eq!(
+        (
+            rec["source"].as_str(),
+            rec["role"].as_str(),
+            rec["has_password"].as_bool()
+        ),
+        (Some("ldap"), Some("requester"), Some(false))
+    );
 
     // carol: no mapped group → 403; dave (disabled) and a wrong password → 401.
     let (status, body) = status_json(login_json(&base, "carol", &password("carol")).await).await;
     assert_eq!(status, 403, "{body}");
-    assert!(error_of(&body).starts_with("carol is in no group that grants a vmscan role"), "{body}");
+    assert!(
+        error_of(&body).starts_with("carol is in no group that grants a vmscan role"),
+        "{body}"
+    );
     let (status, body) = status_json(login_json(&base, "dave", &password("dave")).await).await;
-    assert_eq!((status, error_of(&body)), (401, "wrong user name or password"), "{body}");
+    assert_eq!(
+        (status, error_of(&body)),
+        (401, "wrong user name or password"),
+        "{body}"
+    );
     let (status, body) = status_json(login_json(&base, "alice", &password("bob")).await).await;
-    assert_eq!((status, error_of(&body)), (401, "wrong user name or password"), "{body}");
+    assert_eq!(
+        (status, error_of(&body)),
+        (401, "wrong user name or password"),
+        "{body}"
+    );
     let refused = crate::audit(&app, "action=login&outcome=refused").await;
-    let actors: Vec<_> = refused.iter().map(|e| e["actor"].as_str().unwrap_or("")).collect();
+    let actors: Vec<_> = refused
+        .iter()
+        .map(|e| e["actor"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(actors, ["alice", "dave", "carol"], "{refused:?}");
-    assert!(refused.iter().all(|e| e["detail"].as_str().unwrap().starts_with("ldap: ")));
+    assert!(refused
+        .iter()
+        .all(|e| e["detail"].as_str().unwrap().starts_with("ldap: ")));
 
     // The directory goes away: 503, never "wrong password"; sessions go on.
     d.stop();
     let (status, body) = status_json(login_json(&base, "bob", &password("bob")).await).await;
     assert_eq!(status, 503, "{body}");
-    assert!(error_of(&body).starts_with("directory unreachable"), "{body}");
+    assert!(
+        error_of(&body).starts_with("directory unreachable"),
+        "{body}"
+    );
     assert!(error_of(&body).contains(&d.url), "{body}");
     let (status, me) = bob.me().await;
-    assert_eq!((status, me["user"].as_str()), (200, Some("bob")), "bob's session does not need the directory");
+    assert_eq!(
+        (status, me["user"].as_str()),
+        (200, Some("bob")),
+        "bob's session does not need the directory"
+    );
     let failed = crate::audit(&app, "action=login&outcome=failed").await;
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["actor"], "bob");

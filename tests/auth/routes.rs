@@ -93,10 +93,7 @@ async fn every_route_has_the_expected_rule() {
         .iter()
         .map(|r| (key(r.method.as_str(), r.path), r.access))
         .collect();
-    let mut expected: Vec<(String, A)> = EXPECTED
-        .iter()
-        .map(|(m, p, a)| (key(m, p), *a))
-        .collect();
+    let mut expected: Vec<(String, A)> = EXPECTED.iter().map(|(m, p, a)| (key(m, p), *a)).collect();
     actual.sort_by(|a, b| a.0.cmp(&b.0));
     expected.sort_by(|a, b| a.0.cmp(&b.0));
     let mut seen = std::collections::HashSet::new();
@@ -166,7 +163,10 @@ async fn each_rule_answers_each_role_as_the_table_says() {
         let published = images
             .scan(&app, json!({"url": url, "name": "golden", "version": "1"}))
             .await;
-        assert_eq!(published["state"], "succeeded", "{backend:?}: {published:#}");
+        assert_eq!(
+            published["state"], "succeeded",
+            "{backend:?}: {published:#}"
+        );
         let (_, hist) = app.get("/api/v1/images/golden").await;
         let image_id = hist["versions"][0]["id"].as_i64().expect("image id");
         // ...the requester's own job (it fails: the file is not there)...
@@ -175,8 +175,13 @@ async fn each_rule_answers_each_role_as_the_table_says() {
         let operator = app.token_for("otto", "operator").await;
         let admin = app.token_for("adele", "admin").await;
         let missing = format!("file://{}/missing.qcow2", images.dir.path().display());
-        let (status, job) =
-            crate::post_with(&app.base, &requester, "/api/v1/jobs", json!({"url": missing})).await;
+        let (status, job) = crate::post_with(
+            &app.base,
+            &requester,
+            "/api/v1/jobs",
+            json!({"url": missing}),
+        )
+        .await;
         assert_eq!(status, 201, "{job}");
         let job_id = job["id"].as_str().unwrap().to_string();
         app.wait_final(&job_id, Duration::from_secs(30)).await;
@@ -213,14 +218,15 @@ async fn each_rule_answers_each_role_as_the_table_says() {
                     req = req.bearer_auth(t);
                 }
                 if rule.method != Method::GET {
-                    req = req
-                        .header(CONTENT_TYPE, "application/json")
-                        .body("{}");
+                    req = req.header(CONTENT_TYPE, "application/json").body("{}");
                 }
                 let r = req.send().await.expect("request");
                 let status = r.status().as_u16();
                 let headers = r.headers().clone();
-                let what = format!("{method} {path} as {}", role.map_or("nobody", |r| r.as_str()));
+                let what = format!(
+                    "{method} {path} as {}",
+                    role.map_or("nobody", |r| r.as_str())
+                );
                 let (want, why): (Option<u16>, String) = match rule.access {
                     A::Public | A::Metrics => (None, "open".into()),
                     A::ImageKey => (Some(403), "no ?key=".into()),
@@ -255,9 +261,12 @@ async fn each_rule_answers_each_role_as_the_table_says() {
                             .to_string();
                         let body = r.text().await.unwrap_or_default();
                         if page {
-                            if !(ctype.starts_with("text/html") && body.contains("id=\"login-form\""))
+                            if !(ctype.starts_with("text/html")
+                                && body.contains("id=\"login-form\""))
                             {
-                                wrong.push(format!("{what}: 401 without the login form: {ctype} {body}"));
+                                wrong.push(format!(
+                                    "{what}: 401 without the login form: {ctype} {body}"
+                                ));
                             }
                         } else {
                             let v: serde_json::Value =
@@ -274,7 +283,9 @@ async fn each_rule_answers_each_role_as_the_table_says() {
                         match rule.access {
                             A::Role(need) => {
                                 if v["required_role"] != need.as_str() {
-                                    wrong.push(format!("{what}: 403 without required_role {need}: {v}"));
+                                    wrong.push(format!(
+                                        "{what}: 403 without required_role {need}: {v}"
+                                    ));
                                 }
                             }
                             _ => {
@@ -297,7 +308,11 @@ async fn each_rule_answers_each_role_as_the_table_says() {
 
         // The image route with the job's key: past the key check (the job is
         // not uploading, so there is nothing to serve).
-        let secret = app.store.server_secret("image_key", "unused").await.unwrap();
+        let secret = app
+            .store
+            .server_secret("image_key", "unused")
+            .await
+            .unwrap();
         let k = vmscan::identity::secret::image_key(&secret, &job_id);
         let r = client
             .get(app.url(&format!("/api/v1/jobs/{job_id}/image?key={k}")))
@@ -306,7 +321,10 @@ async fn each_rule_answers_each_role_as_the_table_says() {
             .unwrap();
         let (status, body) = crate::status_json(r).await;
         assert_eq!(status, 404, "{backend:?}: {body}");
-        assert!(error_of(&body).contains("is not uploading its image now"), "{body}");
+        assert!(
+            error_of(&body).contains("is not uploading its image now"),
+            "{body}"
+        );
         let r = client
             .get(app.url(&format!("/api/v1/jobs/{job_id}/image?key=0{}", &k[1..])))
             .send()
@@ -335,7 +353,12 @@ async fn metrics_needs_its_token_once_one_is_set() {
         let (status, body) = crate::status_json(client.get(&url).send().await.unwrap()).await;
         assert_eq!(status, 401, "{backend:?}: {body}");
         assert!(error_of(&body).contains("auth.metrics_token"), "{body}");
-        let r = client.get(&url).bearer_auth("metrics-secret-2").send().await.unwrap();
+        let r = client
+            .get(&url)
+            .bearer_auth("metrics-secret-2")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401, "{backend:?}: a wrong token");
         // A user's API token is not the metrics token.
         let admin = app.token_for("adele", "admin").await;
