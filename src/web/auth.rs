@@ -169,6 +169,10 @@ pub async fn resolve(
     if let Some(b) = bearer(headers) {
         let token =
             b.map_err(|()| Denied::unauthenticated("Authorization must be \"Bearer <token>\""))?;
+        // The metrics token is no one's identity: `/metrics` checks it itself.
+        if is_metrics_token(st, &token) {
+            return Ok(None);
+        }
         let Some(t) = st
             .store
             .token_by_hash(&secret::digest(&token))
@@ -241,6 +245,15 @@ pub async fn resolve(
         },
         address,
     }))
+}
+
+fn is_metrics_token(st: &AppState, token: &str) -> bool {
+    use secrecy::ExposeSecret;
+    st.config
+        .auth
+        .metrics_token
+        .as_ref()
+        .is_some_and(|m| secret::constant_time_eq(token.as_bytes(), m.expose_secret().as_bytes()))
 }
 
 async fn active_user(st: &AppState, name: &str) -> Result<crate::store::auth::User, Denied> {
@@ -352,6 +365,7 @@ pub async fn gate(State(st): State<AppState>, mut req: Request, next: Next) -> R
                 .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
             let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
             let ok = sent.is_some_and(|s| secret::constant_time_eq(s.as_bytes(), csrf.as_bytes()));
+            // Page form posts are checked by their handler (the `csrf` field).
             let page_form = form && !path.starts_with("/api/");
             if !ok && !page_form {
                 let d = Denied::forbidden(
@@ -459,7 +473,9 @@ pub async fn require(access: Access, st: AppState, req: Request, next: Next) -> 
         Ok(()) => next.run(req).await,
         Err(d) => {
             let page = req.method() == Method::GET && !req.uri().path().starts_with("/api/");
-            if page && d.status == StatusCode::UNAUTHORIZED {
+            // Only a login can help: not for /metrics (its own bearer token).
+            let login_helps = matches!(access, Access::Role(_));
+            if page && login_helps && d.status == StatusCode::UNAUTHORIZED {
                 // A browser gets the login form, coming back here afterwards.
                 let next = req
                     .uri()
