@@ -71,6 +71,7 @@ fn spec(job: JobId, image: vmscan::cluster::ClusterImage, user_data: String) -> 
         user_data,
         hostname: "scan-test".into(),
         os: vmscan::domain::OsFamily::Linux,
+        admin_password: None,
     }
 }
 

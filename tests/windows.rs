@@ -1076,7 +1076,7 @@ async fn a_windows_template_scans_on_nutanix_with_sysprep_and_winrm() {
         cluster_name: CLUSTER.into(),
         subnet_name: SUBNET.into(),
         winrm_port: guest.port(),
-        sysprep_unattend_xml: "<unattend><ComputerName>{hostname}</ComputerName></unattend>".into(),
+        sysprep_unattend_xml: "<unattend><ComputerName>{hostname}</ComputerName><AdministratorPassword><Value>{admin_password}</Value></AdministratorPassword></unattend>".into(),
         task_poll_ms: 50,
         vm_poll_ms: 50,
         retry_backoff_ms: 50,
@@ -1105,7 +1105,32 @@ async fn a_windows_template_scans_on_nutanix_with_sysprep_and_winrm() {
         (job["cluster"].as_str(), job["os"].as_str()),
         (Some("nutanix:pc1"), Some("windows"))
     );
+    // "Windows setup": the guest takes the password from the answer file
+    // Prism received, so only that password logs in from then on.
+    let guest = std::sync::Arc::new(guest);
+    let (g, p) = (guest.clone(), prism.clone());
+    let setup = tokio::spawn(async move {
+        loop {
+            if let Some(c) = p.last_vm_customization() {
+                use base64::Engine;
+                let xml = base64::engine::general_purpose::STANDARD
+                    .decode(c["sysprep"]["unattend_xml"].as_str().unwrap())
+                    .unwrap();
+                let xml = String::from_utf8(xml).unwrap();
+                let pw = xml
+                    .split("<Value>")
+                    .nth(1)
+                    .and_then(|t| t.split("</Value>").next())
+                    .unwrap()
+                    .to_string();
+                g.set_password(&pw);
+                return pw;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
     let done = app.wait_final(id, Duration::from_secs(90)).await;
+    let job_pw = setup.await.unwrap();
     let log = app.log_text(id).await;
     assert_eq!(done["state"], "succeeded", "{done:#}\n{log}");
     let vm = &stage(&done, "vm-create")["detail"];
@@ -1129,8 +1154,18 @@ async fn a_windows_template_scans_on_nutanix_with_sysprep_and_winrm() {
         .unwrap();
     assert_eq!(
         String::from_utf8(xml).unwrap(),
-        format!("<unattend><ComputerName>{hostname}</ComputerName></unattend>")
+        format!("<unattend><ComputerName>{hostname}</ComputerName><AdministratorPassword><Value>{job_pw}</Value></AdministratorPassword></unattend>")
     );
+    // The job's own password, not the configured one, and it is nowhere in
+    // the job's record or log.
+    assert_ne!(job_pw, FakeConfig::default().password);
+    assert!(job_pw.len() >= 20, "{job_pw}");
+    assert_eq!(vm["winrm_credentials"], "job");
+    assert!(
+        log.contains("this job's own Administrator password"),
+        "{log}"
+    );
+    assert!(!done.to_string().contains(&job_pw) && !log.contains(&job_pw));
     assert!(
         log.contains("msiexec exited with status 0 (success)"),
         "{log}"

@@ -97,6 +97,10 @@ pub struct VmSpec {
     pub hostname: String,
     /// Picks the guest customization (cloud-init or sysprep) and the shell port.
     pub os: OsFamily,
+    /// Windows: the job's own Administrator password, for a cluster whose
+    /// customization can set it (it then says so with `admin_password_set`
+    /// in the VM's detail).
+    pub admin_password: Option<secrecy::SecretString>,
 }
 
 /// A VM the cluster runs.

@@ -19,9 +19,14 @@ pub struct VmConfig {
     pub memory_mib: u32,
     /// The user vmscan logs in as; the seed authorises the job's key for it.
     pub ssh_user: String,
-    /// Fallback when key login fails (secret: VMSCAN_VM__SSH_PASSWORD).
+    /// Password tried when the job's key is refused (secret:
+    /// VMSCAN_VM__SSH_PASSWORD). Used only with `legacy_password_login`: a
+    /// hostile guest records whatever password it is sent.
     #[serde(skip_serializing)]
     pub ssh_password: Option<SecretString>,
+    /// Send `ssh_password` to guests (images without cloud-init that only
+    /// take a fixed password). Off by default; every such job says so.
+    pub legacy_password_login: bool,
     /// Deadlines for bringing the VM up, each reported by name when it expires.
     pub power_on_secs: u64,
     pub address_secs: u64,
@@ -84,6 +89,7 @@ impl Default for VmConfig {
             memory_mib: 256,
             ssh_user: "root".into(),
             ssh_password: None,
+            legacy_password_login: false,
             power_on_secs: 30,
             address_secs: 60,
             port_secs: 180,

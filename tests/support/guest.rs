@@ -77,6 +77,7 @@ impl GuestBackend {
             user_data,
             hostname,
             os: OsFamily::Linux,
+            admin_password: None,
         };
         let vm = self.qemu.create_vm(&spec).await.unwrap();
         let deadlines = Deadlines {

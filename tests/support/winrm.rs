@@ -180,6 +180,9 @@ struct Cmd {
 
 struct Inner {
     cfg: FakeConfig,
+    /// The Administrator password once "Windows setup" applied an answer
+    /// file (`set_password`); else `cfg.password`.
+    password: Mutex<Option<String>>,
     /// The bindings of our TLS certificate, as a client must send them.
     channel_bindings: Option<[u8; 16]>,
     guest: Mutex<Guest>,
@@ -202,6 +205,12 @@ impl Drop for FakeWinRm {
 }
 
 impl FakeWinRm {
+    /// What sysprep does with `<AdministratorPassword>`: from now on only
+    /// this password logs in.
+    pub fn set_password(&self, pw: &str) {
+        *self.inner.password.lock().unwrap() = Some(pw.to_string());
+    }
+
     pub async fn start(cfg: FakeConfig) -> FakeWinRm {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -209,6 +218,7 @@ impl FakeWinRm {
         let channel_bindings = cfg.tls.as_ref().map(|(cert, _)| channel_bindings(cert));
         let inner = Arc::new(Inner {
             channel_bindings,
+            password: Mutex::new(None),
             cfg,
             guest: Mutex::new(Guest::default()),
             knobs: Mutex::new(Knobs {
@@ -601,6 +611,7 @@ fn build_challenge(negotiate: &[u8]) -> (Vec<u8>, [u8; 8]) {
 /// `bindings`: over HTTPS, what the client's channel bindings must be.
 fn verify_authenticate(
     cfg: &FakeConfig,
+    password: &str,
     bindings: Option<[u8; 16]>,
     negotiate: &[u8],
     challenge: &[u8],
@@ -620,7 +631,7 @@ fn verify_authenticate(
     if nt.len() < 48 {
         return Err("not an NTLMv2 response".into());
     }
-    let nt_hash: [u8; 16] = md4::Md4::digest(utf16(&cfg.password)).into();
+    let nt_hash: [u8; 16] = md4::Md4::digest(utf16(password)).into();
     let key = hmac_md5(&nt_hash, &[&utf16(&(user.to_uppercase() + &domain))]);
     let blob = &nt[16..];
     let proof = hmac_md5(&key, &[sc, blob]);
@@ -710,6 +721,14 @@ fn encrypted(sealing: &mut Sealing, plain: &[u8]) -> (Vec<u8>, String) {
 // ---------------------------------------------------------------- request handling
 
 impl Inner {
+    fn password(&self) -> String {
+        self.password
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| self.cfg.password.clone())
+    }
+
     fn unauthorized(&self) -> Response {
         self.stats.lock().unwrap().unauthorized += 1;
         let mut r = Response::new(401);
@@ -738,7 +757,7 @@ impl Inner {
                     .decode(cred.trim())
                     .ok()
                     .map(|c| String::from_utf8_lossy(&c).into_owned())
-                    == Some(format!("{}:{}", self.cfg.user, self.cfg.password));
+                    == Some(format!("{}:{}", self.cfg.user, self.password()));
                 if !ok {
                     return self.unauthorized();
                 }
@@ -773,8 +792,10 @@ impl Inner {
                         else {
                             return self.unauthorized();
                         };
+                        let password = self.password();
                         match verify_authenticate(
                             &self.cfg,
+                            &password,
                             self.channel_bindings.filter(|_| https),
                             negotiate,
                             challenge,

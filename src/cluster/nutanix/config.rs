@@ -66,7 +66,9 @@ pub struct NutanixConfig {
     pub vm_poll_ms: u64,
     /// Size of the scan VM's disk; 0: the image's own size.
     pub disk_size_mib: u64,
-    /// The Windows answer file (unattend.xml text; `{hostname}` is replaced)
+    /// The Windows answer file (unattend.xml text; `{hostname}` is replaced,
+    /// and `{admin_password}` by the job's own Administrator password, which
+    /// vmscan then logs in with instead of `vm.winrm.password`)
     /// for sysprep guest customization, sent base64-encoded. Empty: Windows
     /// images boot as they are.
     pub sysprep_unattend_xml: String,

@@ -253,9 +253,15 @@ impl NutanixProvider {
                     json!({"cloud_init": {"user_data": b64(&spec.user_data)}});
             }
             OsFamily::Windows if !cfg.sysprep_unattend_xml.trim().is_empty() => {
+                let password = spec
+                    .admin_password
+                    .as_ref()
+                    .map(|p| xml_escape(secrecy::ExposeSecret::expose_secret(p)))
+                    .unwrap_or_default();
                 let xml = cfg
                     .sysprep_unattend_xml
-                    .replace("{hostname}", &spec.hostname);
+                    .replace("{hostname}", &spec.hostname)
+                    .replace("{admin_password}", &password);
                 resources["guest_customization"] =
                     json!({"sysprep": {"install_type": "PREPARED", "unattend_xml": b64(&xml)}});
             }
@@ -361,6 +367,10 @@ impl ClusterProvider for NutanixProvider {
                 "cluster": self.client.cfg.cluster_name,
                 "subnet": self.client.cfg.subnet_name,
                 "os": spec.os.as_str(),
+                // Sysprep sets the job's own password only where the answer file asks for it.
+                "admin_password_set": spec.os == OsFamily::Windows
+                    && spec.admin_password.is_some()
+                    && self.client.cfg.sysprep_unattend_xml.contains("{admin_password}"),
             }),
         };
         for t in client::task_uuids(&answer) {
@@ -485,4 +495,13 @@ mod tests {
         let pe = json!({"status": {"resources": {"config": {"service_list": ["AOS"]}}}});
         assert!(!is_prism_central(&pe));
     }
+}
+
+/// Text for an XML element's content.
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
 }

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::agent::tail;
-use super::shell::{run_ps_answer, run_ps_logged, winrm_not_ready, winrm_options, ShellError};
+use super::shell::{
+    job_password, run_ps_answer, run_ps_logged, uses_job_password, winrm_not_ready, winrm_options,
+    ShellError,
+};
 use super::ScanEnv;
 use crate::cluster::{ClusterVm, Deadlines};
 use crate::config::AgentProfile;
@@ -153,7 +156,12 @@ pub async fn relocate(ctx: &StageCtx, env: &ScanEnv) -> Result<WinRmShell, Stage
         match provider.wait_ready(&vm, &deadlines).await {
             Ok(found) => {
                 let host = found.host.unwrap_or_else(|| "127.0.0.1".into());
-                let opts = winrm_options(env, &host, found.port)?;
+                let pw = if uses_job_password(ctx) {
+                    Some(job_password(ctx).await?)
+                } else {
+                    None
+                };
+                let opts = winrm_options(env, &host, found.port, pw)?;
                 match WinRmShell::connect(&opts).await {
                     Ok(shell) => {
                         let now = format!("{host}:{}", opts.port);

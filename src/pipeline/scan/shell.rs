@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use secrecy::SecretString;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -41,6 +42,46 @@ impl StageFailure for ShellError {
             )
         )
     }
+}
+
+fn password_path(ctx: &StageCtx) -> PathBuf {
+    ctx.work_dir.join("winrm").join("administrator-password")
+}
+
+/// The job's own Windows Administrator password, set through the cluster's
+/// sysprep customization: generated once, kept in the job's work directory
+/// (mode 0600), never in the database or the log. A hostile guest learns
+/// only this job's password, never the configured one.
+pub async fn job_password(ctx: &StageCtx) -> Result<SecretString, ShellError> {
+    let path = password_path(ctx);
+    if let Ok(pw) = tokio::fs::read_to_string(&path).await {
+        return Ok(SecretString::from(pw));
+    }
+    // Windows' default policy wants three of: upper, lower, digit, symbol.
+    let pw = loop {
+        let p = format!("{}!", crate::identity::password::generate());
+        let classes = [
+            p.chars().any(|c| c.is_ascii_uppercase()),
+            p.chars().any(|c| c.is_ascii_lowercase()),
+            p.chars().any(|c| c.is_ascii_digit()),
+        ];
+        if classes.iter().all(|c| *c) {
+            break p;
+        }
+    };
+    write_private(&path, &pw)
+        .await
+        .map_err(|e| ShellError::Key(format!("cannot store the job's Windows password: {e}")))?;
+    Ok(SecretString::from(pw))
+}
+
+/// Whether vm-create logged in with the job's own password (the cluster set
+/// it) rather than the configured one.
+pub fn uses_job_password(ctx: &StageCtx) -> bool {
+    ctx.output_of(StageName::VmCreate)
+        .and_then(|v| v.get("winrm_credentials"))
+        .and_then(Value::as_str)
+        == Some("job")
 }
 
 fn key_path(ctx: &StageCtx) -> PathBuf {
@@ -95,7 +136,13 @@ pub fn ssh_options(
 ) -> SshOptions {
     let mut o = SshOptions::new(host, port, env.vm.ssh_user.clone());
     o.key = Some(key);
-    o.password = env.vm.ssh_password.clone();
+    // The guest is untrusted: it only ever sees the job's own key, unless an
+    // operator opted in to the legacy fixed password (vm-create flags it).
+    o.password = env
+        .vm
+        .ssh_password
+        .clone()
+        .filter(|_| env.vm.legacy_password_login);
     o.host_key = host_key;
     o
 }
@@ -126,13 +173,19 @@ pub async fn connect_vm(ctx: &StageCtx, env: &ScanEnv) -> Result<SshShell, Stage
 }
 
 /// WinRM options for a Windows guest at `host` (`port`: what the cluster reported).
+/// `job_password`: the job's own password when the cluster set it; else the
+/// configured `vm.winrm.password`.
 pub fn winrm_options(
     env: &ScanEnv,
     host: &str,
     port: Option<u16>,
+    job_password: Option<SecretString>,
 ) -> Result<WinRmOptions, ShellError> {
     let w = &env.vm.winrm;
-    let password = w.password.clone().ok_or(ShellError::NoWinRmPassword)?;
+    let password = match job_password {
+        Some(p) => p,
+        None => w.password.clone().ok_or(ShellError::NoWinRmPassword)?,
+    };
     let port = match (w.port, port) {
         (0, Some(p)) => p,
         (0, None) => w.scheme.default_port(),
@@ -176,7 +229,12 @@ pub async fn connect_winrm(ctx: &StageCtx, env: &ScanEnv) -> Result<WinRmShell, 
         .get("winrm_port")
         .and_then(Value::as_u64)
         .ok_or(ShellError::NoAddress)? as u16;
-    let mut o = winrm_options(env, host, Some(port))?;
+    let pw = if uses_job_password(ctx) {
+        Some(job_password(ctx).await?)
+    } else {
+        None
+    };
+    let mut o = winrm_options(env, host, Some(port), pw)?;
     o.port = port;
     let shell = WinRmShell::connect(&o).await.map_err(ShellError::from)?;
     Ok(shell)

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::shell::{
-    job_key, run_ps_logged, ssh_options, winrm_not_ready, winrm_options, ShellError,
+    job_key, job_password, run_ps_logged, ssh_options, winrm_not_ready, winrm_options, ShellError,
 };
 use super::ScanEnv;
 use crate::cluster::{
@@ -109,6 +109,13 @@ impl VmCreateStage {
             job_key(ctx).await?,
             None,
         );
+        if opts.password.is_some() {
+            ctx.warn(
+                "legacy password login is on (vm.legacy_password_login): the configured vm.ssh_password \
+                 is sent to this guest if it refuses the job's key; the guest can record it",
+            )
+            .await?;
+        }
         // Keys may not be applied yet, or sshd not fully up: try again.
         let not_ready = |e: &RemoteError| {
             matches!(
@@ -165,11 +172,43 @@ impl VmCreateStage {
 pub const IP_CONFIGURATION_SCRIPT: &str =
     "Get-NetIPConfiguration -Detailed | Format-List | Out-String -Width 200";
 
+fn job_password_set(vm: &ClusterVm) -> bool {
+    vm.detail
+        .get("admin_password_set")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
 impl VmCreateStage {
+    /// The job's own password when the cluster set it; else the configured
+    /// one, which then reaches a guest vmscan does not trust: say so.
+    async fn winrm_password(
+        &self,
+        ctx: &StageCtx,
+        vm: &ClusterVm,
+    ) -> Result<Option<secrecy::SecretString>, StageError> {
+        if job_password_set(vm) {
+            ctx.info("WinRM login with this job's own Administrator password (set by sysprep)")
+                .await?;
+            return Ok(Some(job_password(ctx).await?));
+        }
+        ctx.warn(
+            "WinRM login with the configured vm.winrm.password: this cluster could not set a per-job \
+             password (add {admin_password} to the sysprep answer file), so the guest sees the configured one",
+        )
+        .await?;
+        Ok(None)
+    }
+
     /// WinRM answers before Windows finishes its first boot: retry until the login works.
     async fn login_winrm(&self, ctx: &StageCtx, vm: &ClusterVm) -> Result<WinRmShell, StageError> {
         let host = vm.host.clone().unwrap_or_else(|| "127.0.0.1".into());
-        let opts = winrm_options(&self.env, &host, vm.port)?;
+        let opts = winrm_options(
+            &self.env,
+            &host,
+            vm.port,
+            self.winrm_password(ctx, vm).await?,
+        )?;
         self.login_until(ctx, vm, "a WinRM", winrm_not_ready, || {
             WinRmShell::connect(&opts)
         })
@@ -195,7 +234,14 @@ impl VmCreateStage {
         };
         let endpoint = shell.endpoint().to_string();
         let host = vm.host.clone().unwrap_or_else(|| "127.0.0.1".into());
-        let port = winrm_options(&self.env, &host, vm.port)?.port;
+        let port = winrm_options(&self.env, &host, vm.port, None)
+            .map(|o| o.port)
+            .unwrap_or_else(|_| vm.port.unwrap_or(self.env.vm.winrm.scheme.default_port()));
+        let credentials = if job_password_set(vm) {
+            "job"
+        } else {
+            "configured"
+        };
         ctx.info(format!(
             "logged in over WinRM at {endpoint} as {}",
             shell.user()
@@ -237,6 +283,7 @@ impl VmCreateStage {
                 "winrm_host": host,
                 "winrm_port": port,
                 "winrm_endpoint": endpoint,
+                "winrm_credentials": credentials,
                 "os": caption,
                 "ip_configuration": ip_configuration,
                 "ready_secs": ready_secs,
@@ -278,6 +325,10 @@ impl Stage for VmCreateStage {
             ),
             hostname: hostname.clone(),
             os: job_os(ctx),
+            admin_password: match job_os(ctx) {
+                OsFamily::Windows => Some(job_password(ctx).await?),
+                OsFamily::Linux => None,
+            },
         };
         let provider = self.env.provider(ctx)?;
         let cluster = provider.name();
