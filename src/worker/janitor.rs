@@ -1,6 +1,11 @@
 //! The cluster janitor: at start-up and then periodically, removes VMs and
-//! images tagged by vmscan whose job has ended or is unknown, so nothing is
-//! left running even when a teardown never got to run.
+//! images of this installation's jobs that have ended, so nothing is left
+//! running even when a teardown never got to run.
+//!
+//! What is ours is decided by the job id in the object's name or tag: a
+//! UUIDv7 that only this installation's database holds. A `vmscan-*` object
+//! whose job is not in our database (another installation's on a shared
+//! cluster, or a person's) is never touched.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,15 +31,16 @@ pub async fn sweep(store: &DynStore, provider: &Arc<dyn ClusterProvider>) -> usi
             Owned::Vm { id, name, job } => ("vm", id, name, *job),
             Owned::Image { id, name, job } => ("image", id, name, *job),
         };
-        let ended = match job {
+        let ours_and_ended = match job {
             Some(j) => match store.get_job(j).await {
                 Ok(Some(job)) => job.state.is_final(),
-                Ok(None) => true,
+                // Not one of our jobs: someone else's object.
+                Ok(None) => false,
                 Err(_) => false,
             },
-            None => true,
+            None => false,
         };
-        if !ended {
+        if !ours_and_ended {
             continue;
         }
         let result = delete_object(provider.as_ref(), kind, id).await;

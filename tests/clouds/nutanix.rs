@@ -704,3 +704,64 @@ async fn bench_nutanix_upload() {
     println!("peak RSS of the test process (client and fake together): {hwm:.1} MiB");
     p.delete_image(&image.id).await.unwrap();
 }
+
+/// Two installations share one Prism Central: each janitor removes only the
+/// leftovers of its own ended jobs, never the other's VMs or a person's
+/// `vmscan-*` VM.
+#[tokio::test]
+async fn a_janitor_leaves_other_installations_vms_alone() {
+    use std::sync::Arc;
+    use vmscan::domain::SourceUrl;
+    use vmscan::store::NewJob;
+
+    let fake = FakeNutanix::start().await;
+    let p: Arc<dyn ClusterProvider> = Arc::new(provider(&fake).await);
+    let (_dir, file) = image();
+    let tmp = tempfile::tempdir().unwrap();
+    let open = |name: &str| {
+        let url = format!("sqlite:{}", tmp.path().join(name).display());
+        async move { vmscan::store::open(&url, 2).await.unwrap() }
+    };
+    let (ours, theirs) = (open("a.db").await, open("b.db").await);
+    let new_job = || NewJob {
+        url: "https://h.example/x.qcow2".parse::<SourceUrl>().unwrap(),
+        checksum: None,
+        requested_by: None,
+        email: None,
+        note: None,
+        options: serde_json::json!({}),
+    };
+    // Ours has ended (cancelled before it started); theirs is still queued.
+    let mine = ours.create_job(new_job()).await.unwrap();
+    ours.request_cancel(mine.id).await.unwrap();
+    let other = theirs.create_job(new_job()).await.unwrap();
+    let mut vm_of = std::collections::HashMap::new();
+    for job in [mine.id, other.id, JobId::new()] {
+        let image = p.upload_image(job, &file, &|_, _| {}).await.unwrap();
+        let vm = p.create_vm(&conformance::spec(job, image)).await.unwrap();
+        vm_of.insert(job, vm.id);
+    }
+    let names = |fake: &FakeNutanix| {
+        let mut n: Vec<String> = fake
+            .entities()
+            .into_iter()
+            .filter(|(k, _)| k == "vm")
+            .map(|(_, n)| n)
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&fake).len(), 3);
+    // Their janitor: their job still runs, the rest is not theirs.
+    assert_eq!(vmscan::worker::janitor::sweep(&theirs, &p).await, 0);
+    assert_eq!(names(&fake).len(), 3);
+    // Ours removes exactly our ended job's VM and image.
+    assert_eq!(vmscan::worker::janitor::sweep(&ours, &p).await, 2);
+    let left = names(&fake);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        !left.contains(&vmscan::cluster::vm_name(mine.id)),
+        "{left:?}"
+    );
+    assert!(left.contains(&vmscan::cluster::vm_name(other.id)));
+}
