@@ -161,6 +161,7 @@ impl Application {
             tokio::spawn(worker::janitor::run(
                 self.store.clone(),
                 self.clusters.clone(),
+                self.config.storage.clone(),
                 Duration::from_secs(self.config.worker.janitor_secs.max(10)),
                 shutdown.clone(),
             ))

@@ -77,6 +77,12 @@ pub struct StorageConfig {
     #[serde(serialize_with = "redact_secret")]
     pub database_url: Option<SecretString>,
     pub max_connections: u32,
+    /// A failed job's work files (downloads, copies) are kept this long for
+    /// debugging, then deleted; other jobs' go when they end. Its guest
+    /// credentials go as soon as teardown ran, whatever this says.
+    pub keep_failed_work_secs: u64,
+    /// The same for jobs that succeeded or were cancelled (0: delete at once).
+    pub keep_work_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -242,12 +248,25 @@ impl Default for ServerConfig {
     }
 }
 
+impl StorageConfig {
+    /// How long an ended job's work files are kept.
+    pub fn keep_secs(&self, state: crate::domain::JobState) -> u64 {
+        if state == crate::domain::JobState::Failed {
+            self.keep_failed_work_secs
+        } else {
+            self.keep_work_secs
+        }
+    }
+}
+
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             data_dir: PathBuf::from("./data"),
             database_url: None,
             max_connections: 10,
+            keep_failed_work_secs: 24 * 3600,
+            keep_work_secs: 0,
         }
     }
 }

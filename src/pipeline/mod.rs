@@ -70,13 +70,16 @@ pub enum StageError {
     /// The store refused a write (lease lost) or is down.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The stage panicked: a bug in vmscan, never retried.
+    #[error("internal error in {stage}: {message}")]
+    Panicked { stage: StageName, message: String },
 }
 
 impl StageError {
     pub fn is_retryable(&self) -> bool {
         match self {
             StageError::Failed(f) => f.is_retryable(),
-            StageError::Cancelled => false,
+            StageError::Cancelled | StageError::Panicked { .. } => false,
             StageError::Store(_) => true,
         }
     }

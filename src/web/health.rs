@@ -74,5 +74,20 @@ async fn metrics(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
             s.count
         );
     }
+    let data_dir = &st.config.storage.data_dir;
+    if let Some((total, free)) = crate::worker::workdir::fs_usage(data_dir) {
+        let _ = writeln!(
+            out,
+            "# HELP vmscan_data_dir_bytes The data directory's file system (this replica).\n# TYPE vmscan_data_dir_bytes gauge"
+        );
+        let _ = writeln!(out, "vmscan_data_dir_bytes{{kind=\"total\"}} {total}");
+        let _ = writeln!(out, "vmscan_data_dir_bytes{{kind=\"free\"}} {free}");
+    }
+    let work = crate::worker::workdir::du(&crate::worker::workdir::jobs_dir(data_dir)).await;
+    let _ = writeln!(
+        out,
+        "# HELP vmscan_work_dir_bytes Bytes held by job work directories (this replica).\n# TYPE vmscan_work_dir_bytes gauge"
+    );
+    let _ = writeln!(out, "vmscan_work_dir_bytes {work}");
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

@@ -12,7 +12,7 @@ use super::auth::{Access, Identity};
 use super::routes::Routes;
 use super::views::{self, JobSummary, JobView, LogView, Viewer};
 use super::{ApiResult, AppState};
-use crate::domain::{JobState, Role};
+use crate::domain::{fmt_bytes, JobState, Role};
 
 pub fn routes(r: Routes) -> Routes {
     let viewer = Access::Role(Role::Viewer);
@@ -32,6 +32,8 @@ pub struct StateCount {
 #[template(path = "index.html")]
 struct IndexPage {
     me: Viewer,
+    /// "12.3 GiB free of 50.0 GiB; job files 1.2 GiB".
+    disk: String,
     table: JobTable,
     counts: Vec<StateCount>,
     backend: &'static str,
@@ -111,8 +113,20 @@ async fn index(
                 .unwrap_or(0),
         })
         .collect();
+    let data_dir = &st.config.storage.data_dir;
+    let work = crate::worker::workdir::du(&crate::worker::workdir::jobs_dir(data_dir)).await;
+    let disk = match crate::worker::workdir::fs_usage(data_dir) {
+        Some((total, free)) => format!(
+            "data directory: {} free of {}; job work files {}",
+            fmt_bytes(free),
+            fmt_bytes(total),
+            fmt_bytes(work)
+        ),
+        None => format!("job work files {}", fmt_bytes(work)),
+    };
     Ok(IndexPage {
         me: Viewer::of(&me),
+        disk,
         table,
         counts,
         backend: st.store.backend(),

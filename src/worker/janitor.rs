@@ -70,6 +70,7 @@ pub async fn sweep(store: &DynStore, provider: &Arc<dyn ClusterProvider>) -> usi
 pub async fn run(
     store: DynStore,
     clusters: Arc<Clusters>,
+    storage: crate::config::StorageConfig,
     every: Duration,
     stop: CancellationToken,
 ) {
@@ -77,6 +78,7 @@ pub async fn run(
         for provider in clusters.all() {
             sweep(&store, &provider).await;
         }
+        super::workdir::sweep(&store, &storage).await;
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}

@@ -6,6 +6,7 @@ mod heartbeat;
 pub mod janitor;
 mod pool;
 mod runner;
+pub mod workdir;
 
 pub use pool::{worker_name, WorkerPool, WorkerPoolHandle};
 pub use runner::{run_claimed, RunEnv};

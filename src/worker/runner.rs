@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use super::events::{JobEvents, StageEnd};
@@ -179,8 +180,20 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
             run_id,
             outputs.clone(),
         );
+        // A panicking stage fails like any other (teardown still runs and the
+        // lease is released); it must never take the worker down while the
+        // heartbeat keeps the job `running`.
+        let guarded = std::panic::AssertUnwindSafe(stage.run(&ctx)).catch_unwind();
         let ran = tokio::select! {
-            r = stage.run(&ctx) => Ran::Done(r),
+            r = guarded => Ran::Done(r.unwrap_or_else(|p| {
+                let message = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                tracing::error!(stage = %name, job = %job.id, panic = %message, backtrace = %std::backtrace::Backtrace::force_capture(), "stage panicked");
+                Err(StageError::Panicked { stage: name, message })
+            })),
             _ = stage_cancel.cancelled() => Ran::Done(Err(StageError::Cancelled)),
             _ = signals.lost.cancelled() => Ran::Lost,
             _ = env.hard_stop.cancelled() => Ran::Shutdown,
@@ -313,6 +326,38 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
         None => format!("job {state}"),
     };
     store.append_log(lease, None, level, &summary).await?;
+    // Teardown ran: nothing logs in to the guest again.
+    if let Err(e) = super::workdir::remove_secrets(&work_dir).await {
+        store
+            .append_log(
+                lease,
+                None,
+                LogLevel::Warn,
+                &format!("cannot remove the job's guest credentials: {e}"),
+            )
+            .await?;
+    }
+    let keep = env.config.storage.keep_secs(state);
+    match super::workdir::dispose(&work_dir, keep).await {
+        Ok(d) => {
+            store
+                .append_log(lease, None, LogLevel::Info, &d.describe())
+                .await?
+        }
+        Err(e) => {
+            store
+                .append_log(
+                    lease,
+                    None,
+                    LogLevel::Warn,
+                    &format!(
+                        "cannot delete the work files in {}: {e}",
+                        work_dir.display()
+                    ),
+                )
+                .await?
+        }
+    }
     store.finish_job(lease, state, error.as_deref()).await?;
     for e in env.events.iter() {
         e.job_finished(&job, state, error.as_deref()).await;

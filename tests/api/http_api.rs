@@ -207,6 +207,32 @@ async fn health_readiness_and_metrics() {
         assert_eq!(s, 200);
         assert!(m.contains("vmscan_jobs{state=\"queued\"} 1"), "{m}");
         assert!(m.contains("vmscan_queue_depth 1"), "{m}");
+        // Disk: the data directory's file system and what job files hold.
+        let gauge = |name: &str| -> u64 {
+            m.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {m}"))
+        };
+        let (total, free) = (
+            gauge("vmscan_data_dir_bytes{kind=\"total\"}"),
+            gauge("vmscan_data_dir_bytes{kind=\"free\"}"),
+        );
+        assert!(total > 0 && free <= total, "{total} {free}");
+        std::fs::create_dir_all(app.data_dir.join("jobs/x")).unwrap();
+        std::fs::write(app.data_dir.join("jobs/x/blob"), vec![1u8; 1 << 20]).unwrap();
+        let (_, m2) = app.get_text("/metrics").await;
+        let work: u64 = m2
+            .lines()
+            .find_map(|l| l.strip_prefix("vmscan_work_dir_bytes "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap();
+        assert!(work >= 1 << 20, "{work}");
+        let (_, index) = app.get_text("/").await;
+        assert!(
+            index.contains("free of") && index.contains("job work files 1.0 MiB"),
+            "{index}"
+        );
         app.stop().await;
     }
 }

@@ -38,6 +38,10 @@ enum Behaviour {
     SpawnSleeper,
     /// Parks the job once, then succeeds.
     ParkOnce,
+    /// Panics (a bug in a stage).
+    Panic,
+    /// Leaves a download, a key and a Windows password in the work directory.
+    WriteWorkFiles,
 }
 
 struct TestStage {
@@ -93,6 +97,19 @@ impl Stage for TestStage {
                 reason: "report not ready".into(),
             }),
             Behaviour::ParkOnce => Ok(StageOutcome::Done),
+            Behaviour::Panic => panic!("index out of bounds in {}", self.name),
+            Behaviour::WriteWorkFiles => {
+                for (f, n) in [
+                    ("download/disk.raw", 1 << 20),
+                    ("ssh/id_ed25519", 400),
+                    ("winrm/administrator-password", 25),
+                ] {
+                    let p = ctx.work_dir.join(f);
+                    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                    std::fs::write(p, vec![1u8; n]).unwrap();
+                }
+                Ok(StageOutcome::Done)
+            }
             Behaviour::SpawnSleeper => {
                 let mut child = tokio::process::Command::new("sleep")
                     .arg("3600")
@@ -308,4 +325,110 @@ async fn shutdown_hands_a_running_job_back_to_the_queue() {
     assert_eq!(j.lease_expiries, 0);
     let runs = store.stage_runs(j.id).await.unwrap();
     assert_eq!(runs[0].state.as_str(), "interrupted");
+}
+
+/// A panicking stage fails its job with "internal error in <stage>" and
+/// teardown still runs: the worker survives, and the lease is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_stage_fails_the_job_and_teardown_runs() {
+    for backend in backends() {
+        let (fetch, _) = test_stage(StageName::Fetch, Behaviour::Panic);
+        let (teardown, teardown_runs) = test_stage(StageName::Teardown, Behaviour::Succeed);
+        let p = pipeline(vec![fetch, teardown]);
+        let app = TestApp::spawn_with(backend, |_| {}, Some(p)).await;
+        let job = app.submit(json!({"url": "https://h.example/a.img"})).await;
+        let id = job["id"].as_str().unwrap();
+        let done = app.wait_final(id, Duration::from_secs(15)).await;
+        assert_eq!(done["state"], "failed");
+        assert_eq!(
+            done["error"],
+            "fetch failed: internal error in fetch: index out of bounds in fetch"
+        );
+        assert_eq!(stage(&done, "teardown")["state"], "succeeded");
+        assert_eq!(teardown_runs.load(Ordering::SeqCst), 1);
+        // The same worker goes on with the next job.
+        let next = app.submit(json!({"url": "https://h.example/b.img"})).await;
+        let next = app
+            .wait_final(next["id"].as_str().unwrap(), Duration::from_secs(15))
+            .await;
+        assert_eq!(next["state"], "failed");
+        app.stop().await;
+    }
+}
+
+/// Work files: a succeeded job's go when it ends; a failed job's are kept
+/// for `storage.keep_failed_work_secs` but its guest credentials go at once,
+/// and the janitor's sweep removes them once the time is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_files_are_deleted_when_a_job_ends_and_credentials_after_teardown() {
+    for backend in backends() {
+        let (fetch, _) = test_stage(StageName::Fetch, Behaviour::WriteWorkFiles);
+        let (vm, _) = test_stage(StageName::VmCreate, Behaviour::Succeed);
+        let (teardown, _) = test_stage(StageName::Teardown, Behaviour::Succeed);
+        let p = pipeline(vec![fetch, vm, teardown]);
+        let app = TestApp::spawn_with(
+            backend,
+            |c| {
+                c.storage.keep_work_secs = 0;
+                c.storage.keep_failed_work_secs = 3600;
+            },
+            Some(p),
+        )
+        .await;
+        let jobs = app.data_dir.join("jobs");
+        let job = app.submit(json!({"url": "https://h.example/a.img"})).await;
+        let id = job["id"].as_str().unwrap().to_string();
+        let done = app.wait_final(&id, Duration::from_secs(15)).await;
+        assert_eq!(done["state"], "succeeded");
+        assert!(!jobs.join(&id).exists(), "a succeeded job leaves nothing");
+        assert!(
+            app.log_text(&id)
+                .await
+                .contains("work files deleted (1.0 MiB)"),
+            "{}",
+            app.log_text(&id).await
+        );
+        app.stop().await;
+
+        // A failing one keeps its files (not its credentials) for debugging.
+        let (fetch, _) = test_stage(StageName::Fetch, Behaviour::WriteWorkFiles);
+        let (vm, _) = test_stage(StageName::VmCreate, Behaviour::Fail { retryable: false });
+        let (teardown, _) = test_stage(StageName::Teardown, Behaviour::Succeed);
+        let p = pipeline(vec![fetch, vm, teardown]);
+        let app = TestApp::spawn_with(
+            backend,
+            |c| {
+                c.storage.keep_work_secs = 0;
+                c.storage.keep_failed_work_secs = 3600;
+            },
+            Some(p),
+        )
+        .await;
+        let jobs = app.data_dir.join("jobs");
+        let job = app.submit(json!({"url": "https://h.example/a.img"})).await;
+        let id = job["id"].as_str().unwrap().to_string();
+        let done = app.wait_final(&id, Duration::from_secs(15)).await;
+        assert_eq!(done["state"], "failed");
+        let dir = jobs.join(&id);
+        assert!(dir.join("download/disk.raw").exists());
+        assert!(!dir.join("ssh").exists() && !dir.join("winrm").exists());
+        assert!(app
+            .log_text(&id)
+            .await
+            .contains("work files kept for debugging until"));
+        // Within the keeping time the sweep leaves it; past it, it goes.
+        let mut storage = app.config.storage.clone();
+        assert_eq!(
+            vmscan::worker::workdir::sweep(&app.store, &storage).await,
+            0
+        );
+        assert!(dir.exists());
+        storage.keep_failed_work_secs = 0;
+        assert_eq!(
+            vmscan::worker::workdir::sweep(&app.store, &storage).await,
+            1
+        );
+        assert!(!dir.exists());
+        app.stop().await;
+    }
 }

@@ -84,6 +84,8 @@ pub async fn test_config(backend: Backend, data_dir: &std::path::Path) -> Config
     cfg.worker.lease_secs = 5;
     cfg.worker.shutdown_grace_secs = 5;
     cfg.pipeline.retry_backoff_secs = 1;
+    // Tests look at a finished job's files; tests/api/workdir.rs checks the deletion.
+    cfg.storage.keep_work_secs = 3600;
     // Tests name requesters' colleagues at example.com as "also tell".
     cfg.auth.notify_domains = vec!["example.com".into()];
     cfg
