@@ -45,14 +45,18 @@ pub async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
     if url.starts_with("sqlite:") {
         tokio::fs::create_dir_all(&config.storage.data_dir).await?;
     }
-    store::open(&url, config.storage.max_connections)
+    let store = store::open(&url, config.storage.max_connections)
         .await
         .map_err(|e| {
             anyhow::anyhow!(
                 "cannot open the database {}: {e}",
                 crate::config::redact_url(&url)
             )
-        })
+        })?;
+    store
+        .log_cap()
+        .set(config.storage.max_log_lines, config.storage.log_head_lines);
+    Ok(store)
 }
 
 impl Application {

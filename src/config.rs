@@ -83,6 +83,10 @@ pub struct StorageConfig {
     pub keep_failed_work_secs: u64,
     /// The same for jobs that succeeded or were cancelled (0: delete at once).
     pub keep_work_secs: u64,
+    /// A job's log keeps this many lines: its first `log_head_lines` and the
+    /// newest; the ones between are dropped and counted on the job page.
+    pub max_log_lines: i64,
+    pub log_head_lines: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -267,6 +271,8 @@ impl Default for StorageConfig {
             max_connections: 10,
             keep_failed_work_secs: 24 * 3600,
             keep_work_secs: 0,
+            max_log_lines: 20_000,
+            log_head_lines: 2_000,
         }
     }
 }

@@ -14,10 +14,38 @@ macro_rules! leased {
 
 macro_rules! store_impl {
     ($store:ty, $db:ty, $claim:expr) => {
+        impl $store {
+            /// Keeps a job's log within its [`LogCap`](super::LogCap):
+            /// past it, each new line drops the oldest one after the head.
+            async fn cap_log(&self, id: JobId) -> StoreResult<()> {
+                let n: Option<(i64,)> = sqlx::query_as(sql::COUNT_LOG_LINE)
+                    .bind(id.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let (max, head) = self.log_cap.get();
+                if n.is_some_and(|(n,)| n > max) {
+                    sqlx::query(sql::DROP_LOG_LINE)
+                        .bind(id.to_string())
+                        .bind(head)
+                        .execute(&self.pool)
+                        .await?;
+                    sqlx::query(sql::COUNT_DROPPED)
+                        .bind(id.to_string())
+                        .execute(&self.pool)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
             fn backend(&self) -> &'static str {
                 Self::BACKEND
+            }
+
+            fn log_cap(&self) -> &super::LogCap {
+                &self.log_cap
             }
 
             async fn migrate(&self) -> StoreResult<()> {
@@ -209,10 +237,10 @@ macro_rules! store_impl {
                     .bind(id.to_string())
                     .bind(now_millis())
                     .bind(level.as_str())
-                    .bind(message)
+                    .bind(super::cap_line(message).as_ref())
                     .execute(&self.pool)
                     .await?;
-                Ok(())
+                self.cap_log(id).await
             }
 
             async fn claim(
@@ -324,10 +352,11 @@ macro_rules! store_impl {
                     .bind(now_millis())
                     .bind(stage.map(|s| s.as_str()))
                     .bind(level.as_str())
-                    .bind(message)
+                    .bind(super::cap_line(message).as_ref())
                     .execute(&self.pool)
                     .await?;
-                fenced(r.rows_affected(), lease)
+                fenced(r.rows_affected(), lease)?;
+                self.cap_log(lease.job_id).await
             }
 
             async fn record_resource(

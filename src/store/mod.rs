@@ -68,6 +68,58 @@ pub struct Job {
     pub updated_at: Millis,
     pub started_at: Option<Millis>,
     pub finished_at: Option<Millis>,
+    /// Log lines dropped by the per-job cap (between the head and the tail).
+    pub log_dropped: i64,
+}
+
+/// How much of a job's log is kept: `max_lines` in all, the first
+/// `head_lines` and the newest; the ones between are dropped and counted.
+#[derive(Debug)]
+pub struct LogCap {
+    max_lines: std::sync::atomic::AtomicI64,
+    head_lines: std::sync::atomic::AtomicI64,
+}
+
+impl Default for LogCap {
+    fn default() -> Self {
+        LogCap {
+            max_lines: 20_000.into(),
+            head_lines: 2_000.into(),
+        }
+    }
+}
+
+impl LogCap {
+    pub fn set(&self, max_lines: i64, head_lines: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.max_lines.store(max_lines.max(2), Relaxed);
+        self.head_lines
+            .store(head_lines.clamp(1, max_lines.max(2) - 1), Relaxed);
+    }
+
+    pub fn get(&self) -> (i64, i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.max_lines.load(Relaxed), self.head_lines.load(Relaxed))
+    }
+}
+/// Longer lines are cut (a guest can print one endless line).
+pub const MAX_LOG_LINE_BYTES: usize = 8 * 1024;
+
+/// `message` cut to [`MAX_LOG_LINE_BYTES`] on a character boundary.
+pub(crate) fn cap_line(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_LOG_LINE_BYTES {
+        return message.into();
+    }
+    let mut end = MAX_LOG_LINE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… ({} more bytes cut)",
+        &message[..end],
+        message.len() - end
+    )
+    .into()
 }
 
 /// What a submitter provides.
@@ -271,6 +323,8 @@ pub trait Store:
     /// A counter bumped whenever new work may be available. A worker marks
     /// it seen before claiming, so a bump during the claim is not missed.
     fn work_signal(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// The per-job log cap in force.
+    fn log_cap(&self) -> &LogCap;
 }
 
 pub type DynStore = Arc<dyn Store>;

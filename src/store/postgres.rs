@@ -19,6 +19,7 @@ use super::{
 use crate::domain::{now_millis, JobId, JobState, Millis, StageName, StageState};
 
 pub struct PgStore {
+    pub(super) log_cap: super::LogCap,
     pub(super) pool: PgPool,
     wake: Arc<watch::Sender<u64>>,
     listener: tokio::task::JoinHandle<()>,
@@ -44,6 +45,7 @@ impl PgStore {
         let wake = Arc::new(watch::Sender::new(0));
         let listener = tokio::spawn(listen(pool.clone(), wake.clone()));
         Ok(PgStore {
+            log_cap: super::LogCap::default(),
             pool,
             wake,
             listener,

@@ -28,6 +28,7 @@ pub struct JobRow {
     updated_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
+    log_dropped: i64,
 }
 
 pub fn job_id(s: &str) -> StoreResult<JobId> {
@@ -69,6 +70,7 @@ impl TryFrom<JobRow> for Job {
             updated_at: r.updated_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
+            log_dropped: r.log_dropped,
         })
     }
 }

@@ -6,7 +6,7 @@ macro_rules! job_cols {
     () => {
         "id, url, checksum, requested_by, email, note, options, state, current_stage, error, \
          attempt, run_base_attempt, lease_expiries, locked_by, lease_expires_at, wake_at, wait_reason, \
-         cancel_requested, abort_reason, created_at, updated_at, started_at, finished_at"
+         cancel_requested, abort_reason, created_at, updated_at, started_at, finished_at, log_dropped"
     };
 }
 
@@ -69,6 +69,17 @@ pub const STAGE_STATS: &str = "SELECT stage, state, COUNT(*) AS n, CAST(COALESCE
 /// Marks a resource deleted outside any lease (the janitor, after the job ended).
 pub const RESOURCE_GONE: &str = "UPDATE resources SET deleted_at = $4 \
      WHERE job_id = $1 AND provider = $2 AND external_id = $3 AND deleted_at IS NULL";
+
+/// Counts a line written to a job's log; the new count.
+pub const COUNT_LOG_LINE: &str =
+    "UPDATE jobs SET log_lines = log_lines + 1 WHERE id = $1 RETURNING log_lines";
+
+/// Over the cap: the oldest line after the kept head ($2 lines) goes.
+pub const DROP_LOG_LINE: &str = "DELETE FROM job_log WHERE id = \
+     (SELECT id FROM job_log WHERE job_id = $1 ORDER BY id LIMIT 1 OFFSET $2)";
+
+pub const COUNT_DROPPED: &str =
+    "UPDATE jobs SET log_dropped = log_dropped + 1, log_lines = log_lines - 1 WHERE id = $1";
 
 pub const SYSTEM_LOG: &str =
     "INSERT INTO job_log (job_id, ts, stage, level, message) VALUES ($1, $2, NULL, $3, $4)";

@@ -17,6 +17,7 @@ use super::{
 use crate::domain::{now_millis, JobId, JobState, Millis, StageName, StageState};
 
 pub struct SqliteStore {
+    pub(super) log_cap: super::LogCap,
     pub(super) pool: SqlitePool,
     /// Wakes this process's workers; SQLite has no cross-process notify, so
     /// other processes find work by polling.
@@ -39,6 +40,7 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         Ok(SqliteStore {
+            log_cap: super::LogCap::default(),
             pool,
             wake: watch::Sender::new(0),
         })

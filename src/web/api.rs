@@ -279,7 +279,8 @@ async fn get_log(
 ) -> ApiResult<impl IntoResponse> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let id = parse_id(&id)?;
-    st.store
+    let job = st
+        .store
         .get_job(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
@@ -292,7 +293,10 @@ async fn get_log(
     let lines = st.store.log_lines(id, q.after.unwrap_or(0), limit).await?;
     let next = lines.last().map(|l| l.id).or(q.after).unwrap_or(0);
     let views: Vec<LogView> = lines.iter().map(LogView::from).collect();
-    Ok(Json(json!({"lines": views, "next_after": next})))
+    let dropped = job.log_dropped;
+    Ok(Json(
+        json!({"lines": views, "next_after": next, "dropped": dropped}),
+    ))
 }
 
 /// A requester acts on their own jobs only; operators on anyone's.

@@ -41,6 +41,8 @@ pub struct JobView {
     pub links: Links,
     /// The requester's name, when given with the submission.
     pub requester_name: Option<String>,
+    /// Lines the per-job log cap dropped between the first and the newest.
+    pub log_dropped: i64,
     /// The Jira ticket that logs this job.
     pub jira: Option<crate::store::notify::JiraIssue>,
     /// Emails and Jira updates about this job, and how their delivery went.
@@ -431,6 +433,7 @@ pub fn job_view(
         resources,
         notes: Vec::new(),
         requester_name: None,
+        log_dropped: job.log_dropped,
         jira: None,
         notifications: Vec::new(),
         options: job.options.clone(),

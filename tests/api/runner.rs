@@ -42,6 +42,8 @@ enum Behaviour {
     Panic,
     /// Leaves a download, a key and a Windows password in the work directory.
     WriteWorkFiles,
+    /// Logs this many numbered lines, and one endless line.
+    Chatty(u32),
 }
 
 struct TestStage {
@@ -97,6 +99,13 @@ impl Stage for TestStage {
                 reason: "report not ready".into(),
             }),
             Behaviour::ParkOnce => Ok(StageOutcome::Done),
+            Behaviour::Chatty(n) => {
+                for i in 0..n {
+                    ctx.info(format!("line {i}")).await?;
+                }
+                ctx.info("x".repeat(100_000)).await?;
+                Ok(StageOutcome::Done)
+            }
             Behaviour::Panic => panic!("index out of bounds in {}", self.name),
             Behaviour::WriteWorkFiles => {
                 for (f, n) in [
@@ -429,6 +438,58 @@ async fn work_files_are_deleted_when_a_job_ends_and_credentials_after_teardown()
             1
         );
         assert!(!dir.exists());
+        app.stop().await;
+    }
+}
+
+/// The job log is capped: the first lines and the newest are kept, the ones
+/// between are dropped and counted, and an endless line is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chatty_job_keeps_its_head_and_tail_within_the_log_cap() {
+    for backend in backends() {
+        let (fetch, _) = test_stage(StageName::Fetch, Behaviour::Chatty(1000));
+        let p = pipeline(vec![fetch]);
+        let app = TestApp::spawn_with(
+            backend,
+            |c| {
+                c.storage.max_log_lines = 100;
+                c.storage.log_head_lines = 10;
+            },
+            Some(p),
+        )
+        .await;
+        let job = app.submit(json!({"url": "https://h.example/a.img"})).await;
+        let id = job["id"].as_str().unwrap();
+        app.wait_final(id, Duration::from_secs(60)).await;
+        let (_, log) = app.get(&format!("/api/v1/jobs/{id}/log?limit=5000")).await;
+        let lines = log["lines"].as_array().unwrap();
+        assert_eq!(lines.len(), 100, "{log:#}");
+        let text: Vec<&str> = lines
+            .iter()
+            .map(|l| l["message"].as_str().unwrap())
+            .collect();
+        assert!(
+            text[..10].iter().any(|l| *l == "line 0"),
+            "the head is kept: {text:?}"
+        );
+        assert!(!text.contains(&"line 500"), "the middle went");
+        assert!(
+            text.iter().any(|l| l.starts_with("job succeeded")),
+            "the tail is kept"
+        );
+        let long = text.iter().find(|l| l.starts_with("xxxx")).unwrap();
+        assert!(
+            long.len() < 9000 && long.ends_with("more bytes cut)"),
+            "{}",
+            long.len()
+        );
+        let dropped = log["dropped"].as_i64().unwrap();
+        assert!(dropped >= 900, "{dropped}");
+        let (_, page) = app.get_text(&format!("/jobs/{id}")).await;
+        assert!(
+            page.contains(&format!("{dropped} lines dropped")),
+            "the page says so"
+        );
         app.stop().await;
     }
 }

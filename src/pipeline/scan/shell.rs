@@ -313,10 +313,16 @@ async fn run_answer(
     timeout: Duration,
 ) -> Result<Result<CommandOutput, RemoteError>, StageError> {
     ctx.info(shown.to_string()).await?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Stream, String)>();
+    // Bounded: a guest printing faster than the log is written loses lines
+    // (counted below), never the daemon's memory.
+    let (tx, mut rx) = mpsc::channel::<(Stream, String)>(LINE_QUEUE);
+    let dropped = std::sync::atomic::AtomicU64::new(0);
+    let dropped_ref = &dropped;
     let run = async move {
         let on_line = move |s: Stream, l: &str| {
-            let _ = tx.send((s, l.to_string()));
+            if tx.try_send((s, l.to_string())).is_err() {
+                dropped_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         };
         shell.run(command, timeout, &on_line).await
     };
@@ -333,5 +339,15 @@ async fn run_answer(
     };
     let (out, drained) = tokio::join!(run, drain);
     drained?;
+    let lost = dropped.load(std::sync::atomic::Ordering::Relaxed);
+    if lost > 0 {
+        ctx.warn(format!(
+            "{lost} lines of the command's output were dropped (it wrote faster than the log is stored)"
+        ))
+        .await?;
+    }
     Ok(out)
 }
+
+/// Output lines waiting to be written to the job log.
+const LINE_QUEUE: usize = 1024;
