@@ -181,6 +181,7 @@ impl Application {
             let state = AppState {
                 login: self.login.clone(),
                 image_keys: Arc::new(web::ImageKeys::new(self.image_key_secret.clone())),
+                streams: Arc::default(),
                 clusters: Arc::new(self.clusters.info()),
                 store: self.store.clone(),
                 config: self.config.clone(),
@@ -194,15 +195,12 @@ impl Application {
                 ),
             };
             let router = web::router(state);
+            let header_timeout =
+                Duration::from_secs(self.config.server.header_read_timeout_secs.max(1));
             let stop = shutdown.clone();
-            tokio::spawn(async move {
-                axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-            })
+            tokio::spawn(
+                async move { web::serve::serve(listener, router, header_timeout, stop).await },
+            )
         });
         shutdown.cancelled().await;
         tracing::info!(

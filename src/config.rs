@@ -66,6 +66,17 @@ pub struct ServerConfig {
     pub external_url: Option<String>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// A client must send its request headers within this long (slowloris).
+    pub header_read_timeout_secs: u64,
+    /// ...and its body within this long.
+    pub body_read_timeout_secs: u64,
+    /// Live job views (Server-Sent Events) open at once, in all and per user.
+    pub max_event_streams: usize,
+    pub max_event_streams_per_user: usize,
+    /// Submissions one user may make per minute (429 beyond).
+    pub max_submissions_per_minute: i64,
+    /// Jobs waiting for a worker before submissions are refused (429).
+    pub max_queued_jobs: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -248,6 +259,12 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".parse().expect("valid default address"),
             external_url: None,
             max_body_bytes: 64 * 1024,
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+            max_event_streams: 256,
+            max_event_streams_per_user: 16,
+            max_submissions_per_minute: 30,
+            max_queued_jobs: 1000,
         }
     }
 }

@@ -114,6 +114,15 @@ macro_rules! store_impl {
                     .collect()
             }
 
+            async fn count_recent_jobs(&self, user: &str, since: Millis) -> StoreResult<i64> {
+                let (n,): (i64,) = sqlx::query_as(sql::COUNT_RECENT_JOBS)
+                    .bind(user)
+                    .bind(since)
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(n)
+            }
+
             async fn request_cancel(&self, id: JobId) -> StoreResult<CancelOutcome> {
                 let now = now_millis();
                 let done = sqlx::query(sql::CANCEL_UNSTARTED)

@@ -34,6 +34,10 @@ pub const INSERT_JOB: &str = concat!(
 
 pub const GET_JOB: &str = concat!("SELECT ", job_cols!(), " FROM jobs WHERE id = $1");
 
+/// Jobs a user submitted since a time (the per-user submission limit).
+pub const COUNT_RECENT_JOBS: &str =
+    "SELECT COUNT(*) FROM jobs WHERE requested_by = $1 AND created_at >= $2";
+
 pub const COUNT_BY_STATE: &str = "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state";
 
 /// A job that never ran is cancelled on the spot.

@@ -79,6 +79,18 @@ async fn create_job(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let req: SubmitRequest = parse_json(body, st.config.server.max_body_bytes)?;
+    if let Err(e) = submission_limits(&st, &me).await {
+        record(
+            &st,
+            &me,
+            AuditAction::Submit,
+            None,
+            Outcome::Refused,
+            Some(e.to_string()),
+        )
+        .await;
+        return Err(e);
+    }
     let new = match submit_as(&st, &me, req).await {
         Ok(n) => n,
         Err(e) => {
@@ -123,6 +135,40 @@ async fn create_job(
         [(axum::http::header::LOCATION, view.links.api.clone())],
         Json(view),
     ))
+}
+
+/// A full queue, or a user submitting faster than `server.max_submissions_per_minute`: 429.
+async fn submission_limits(st: &AppState, me: &Identity) -> ApiResult<()> {
+    let cfg = &st.config.server;
+    let queued: i64 = st
+        .store
+        .count_by_state()
+        .await?
+        .iter()
+        .filter(|(s, _)| *s == JobState::Queued)
+        .map(|(_, n)| n)
+        .sum();
+    if queued >= cfg.max_queued_jobs {
+        return Err(ApiError::TooMany(
+            format!(
+                "the queue is full: {queued} jobs are waiting for a worker (server.max_queued_jobs = {}); try again later",
+                cfg.max_queued_jobs
+            ),
+            60,
+        ));
+    }
+    let since = crate::domain::now_millis() - 60_000;
+    let mine = st.store.count_recent_jobs(&me.user, since).await?;
+    if mine >= cfg.max_submissions_per_minute {
+        return Err(ApiError::TooMany(
+            format!(
+                "{} submitted {mine} scans in the last minute (server.max_submissions_per_minute = {}); try again in a minute",
+                me.user, cfg.max_submissions_per_minute
+            ),
+            60,
+        ));
+    }
+    Ok(())
 }
 
 /// Validates a submission as `me`: the requester is the login, the email is
@@ -422,17 +468,25 @@ async fn retry_job(
 /// `job` events with the whole job view, and `end` when the job is final.
 async fn events(
     State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let id = parse_id(&id)?;
     load_view(&st, id).await?;
+    // Held by the stream: dropping it (the client went away) frees the slot.
+    let slot = st.streams.open(
+        &me.user,
+        st.config.server.max_event_streams,
+        st.config.server.max_event_streams_per_user,
+    )?;
     let mut after: i64 = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let stream = async_stream::stream! {
+        let _slot = slot;
         let mut last_job = String::new();
         loop {
             if let Ok(lines) = st.store.log_lines(id, after, 500).await {

@@ -22,6 +22,9 @@ pub enum ApiError {
     TooLarge(usize),
     #[error("{}", .0.message)]
     Denied(super::auth::Denied),
+    /// A limit was reached; try again after this many seconds.
+    #[error("{0}")]
+    TooMany(String, u64),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -41,6 +44,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Denied(d) => d.status,
+            ApiError::TooMany(..) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -66,7 +70,12 @@ impl IntoResponse for ApiError {
             tracing::error!(error = ?e, "internal error");
         }
         let body = json!({"error": self.to_string(), "status": status.as_u16()});
-        (status, Json(body)).into_response()
+        let mut resp = (status, Json(body)).into_response();
+        if let ApiError::TooMany(_, secs) = &self {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, (*secs).into());
+        }
+        resp
     }
 }
 

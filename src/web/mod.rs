@@ -13,6 +13,8 @@ pub mod image;
 mod login;
 mod pages;
 pub mod routes;
+pub mod serve;
+pub mod streams;
 pub mod views;
 
 use std::sync::Arc;
@@ -47,6 +49,8 @@ pub struct AppState {
     pub login: Arc<dyn LoginBackend>,
     /// Derives the key a cluster needs to pull a job's image.
     pub image_keys: Arc<image::ImageKeys>,
+    /// Live event streams open now.
+    pub streams: Arc<streams::Streams>,
 }
 
 fn all_routes(state: AppState) -> routes::Routes {
@@ -70,6 +74,7 @@ pub fn router(state: AppState) -> Router {
     let static_dir = std::env::var("VMSCAN_STATIC_DIR")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/static").to_string());
     let limit = state.config.server.max_body_bytes;
+    let body_timeout = state.config.server.body_read_timeout_secs.max(1);
     let (routes, _) = all_routes(state.clone()).finish();
     routes
         .fallback(|| async { ApiError::NotFound("no such page or API route".into()) })
@@ -77,6 +82,9 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), auth::gate))
         .layer(middleware::from_fn(auth::security_headers))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            std::time::Duration::from_secs(body_timeout),
+        ))
         .layer(CatchPanicLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -123,9 +123,16 @@ pub async fn sweep(store: &DynStore, storage: &crate::config::StorageConfig) -> 
     removed
 }
 
-/// The data directory's file system: (total, free) bytes.
+/// The data directory's file system: (total, free) bytes. Before the
+/// directory exists, the file system it will be made on.
 pub fn fs_usage(data_dir: &Path) -> Option<(u64, u64)> {
-    let s = nix::sys::statvfs::statvfs(data_dir).ok()?;
+    let dir = data_dir.ancestors().find(|d| d.exists())?;
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
     let frsize = s.fragment_size() as u64;
     Some((
         s.blocks() as u64 * frsize,

@@ -8,6 +8,7 @@ mod dashboard;
 mod fetch;
 mod http_api;
 mod inventory;
+mod limits;
 mod reliability;
 mod runner;
 mod store_suite;

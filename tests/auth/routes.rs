@@ -78,6 +78,7 @@ fn state_of(app: &TestApp) -> AppState {
         clusters: Arc::new(Vec::new()),
         login: Arc::new(vmscan::identity::LocalBackend::new(app.store.clone())),
         image_keys: Arc::new(ImageKeys::new("rules only".to_string().into())),
+        streams: Arc::default(),
     }
 }
 
