@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use super::hashing::{self, MultiHasher};
-use super::http::{client, literal_ip};
+use super::http::{Fetcher, HttpError};
 use super::netpolicy::{Denied, NetPolicy};
 use super::{Stage, StageCtx, StageError, StageFailure, StageOutcome};
 use crate::config::FetchConfig;
@@ -37,6 +37,8 @@ pub enum FetchError {
     TooLarge { size: String, limit: String },
     #[error(transparent)]
     Denied(#[from] Denied),
+    #[error("{url}: {reason}")]
+    Redirect { url: String, reason: String },
     #[error("{0}: local paths must be under one of the allowed roots (fetch.allowed_roots: {1})")]
     NotAllowed(String, String),
     #[error("{path}: {reason}")]
@@ -81,13 +83,13 @@ impl StageFailure for FetchError {
 pub struct FetchStage {
     cfg: FetchConfig,
     policy: Arc<NetPolicy>,
-    http: reqwest::Client,
+    http: Fetcher,
 }
 
 impl FetchStage {
     pub fn new(cfg: FetchConfig) -> Self {
         let policy = Arc::new(NetPolicy::from_config(&cfg));
-        let http = client(&cfg, &policy);
+        let http = Fetcher::new(&cfg, policy.clone());
         FetchStage { cfg, policy, http }
     }
 }
@@ -259,11 +261,6 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> FetchError {
 impl FetchStage {
     async fn fetch_http(&self, ctx: &StageCtx, src: &SourceUrl) -> Result<(), StageError> {
         let url = src.url().clone();
-        if let Some(ip) = literal_ip(&url) {
-            self.policy
-                .check(url.host_str().unwrap_or(""), ip)
-                .map_err(FetchError::from)?;
-        }
         let dir = ctx.work_dir.join("download");
         tokio::fs::create_dir_all(&dir)
             .await
@@ -279,14 +276,19 @@ impl FetchStage {
             _ => 0,
         };
         let validator = tokio::fs::read_to_string(&validator_path).await.ok();
-        let mut req = self.http.get(url.clone());
+        let mut headers = reqwest::header::HeaderMap::new();
         if have > 0 {
-            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
-            if let Some(v) = &validator {
-                req = req.header(reqwest::header::IF_RANGE, v.trim());
+            let range = format!("bytes={have}-").parse().expect("a valid header");
+            headers.insert(reqwest::header::RANGE, range);
+            if let Some(v) = validator.as_deref().and_then(|v| v.trim().parse().ok()) {
+                headers.insert(reqwest::header::IF_RANGE, v);
             }
         }
-        let resp = req.send().await.map_err(|e| classify(&src.redacted(), e))?;
+        let resp = self
+            .http
+            .get(&url, headers)
+            .await
+            .map_err(|e| classify(&src.redacted(), e))?;
         let status = resp.status();
         if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
             // The part file is not a prefix of what the server has now: start over.
@@ -391,6 +393,7 @@ impl FetchStage {
                 }
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
+                    let e = e.without_url();
                     out.flush()
                         .await
                         .map_err(|e| io_err("cannot write", &part, e))?;
@@ -682,7 +685,7 @@ impl FetchStage {
         let path = src
             .url()
             .to_file_path()
-            .map_err(|_| FetchError::BadUrl(src.to_string()))?;
+            .map_err(|_| FetchError::BadUrl(src.redacted()))?;
         let shown = path.display().to_string();
         let real = tokio::fs::canonicalize(&path)
             .await
@@ -807,22 +810,21 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     reason
 }
 
-fn classify(url: &str, e: reqwest::Error) -> StageError {
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        if let Some(d) = s.downcast_ref::<Denied>() {
-            return FetchError::Denied(Denied {
-                host: d.host.clone(),
-                addr: d.addr,
-                why: d.why.clone(),
-            })
-            .into();
-        }
-        src = s.source();
-    }
-    FetchError::Connect {
-        url: url.to_string(),
-        reason: error_chain(&e),
+fn classify(url: &str, e: HttpError) -> StageError {
+    match e {
+        HttpError::Denied(d) => FetchError::Denied(d),
+        HttpError::Request(e) => FetchError::Connect {
+            url: url.to_string(),
+            reason: error_chain(&e),
+        },
+        e @ HttpError::Resolve(_) => FetchError::Connect {
+            url: url.to_string(),
+            reason: e.to_string(),
+        },
+        e => FetchError::Redirect {
+            url: url.to_string(),
+            reason: e.to_string(),
+        },
     }
     .into()
 }

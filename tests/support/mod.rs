@@ -84,6 +84,9 @@ pub async fn test_config(backend: Backend, data_dir: &std::path::Path) -> Config
     cfg.worker.lease_secs = 5;
     cfg.worker.shutdown_grace_secs = 5;
     cfg.pipeline.retry_backoff_secs = 1;
+    // The fake servers listen on 127.0.0.1: re-allow loopback, the explicit way
+    // an operator would (the built-in deny list stays).
+    cfg.fetch.deny_cidrs = Vec::new();
     // Tests name requesters' colleagues at example.com as "also tell".
     cfg.auth.notify_domains = vec!["example.com".into()];
     cfg
