@@ -164,3 +164,94 @@ pub fn literal_ip(url: &url::Url) -> Option<IpAddr> {
         url::Host::Domain(_) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An HTTP server that answers every request with `body` and counts connections.
+    async fn answering(body: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let n = Arc::new(AtomicUsize::new(0));
+        let count = n.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        (addr, n)
+    }
+
+    fn fetcher(tweak: impl FnOnce(&mut FetchConfig)) -> Fetcher {
+        let mut cfg = FetchConfig::default();
+        tweak(&mut cfg);
+        Fetcher::new(&cfg, Arc::new(NetPolicy::from_config(&cfg)))
+    }
+
+    #[tokio::test]
+    async fn through_a_proxy_the_target_name_is_still_checked() {
+        let (proxy, seen) = answering("via proxy").await;
+        let f = fetcher(|c| c.proxy = Some(format!("http://{proxy}")));
+        for target in ["http://localhost:9/x.img", "http://169.254.169.254/x", "http://[::1]:9/x"] {
+            let err = f.get(&target.parse().unwrap(), HeaderMap::new()).await.unwrap_err();
+            assert!(matches!(err, HttpError::Denied(_)), "{target}: {err}");
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 0, "nothing reached the proxy");
+        // An allowed target does go through the proxy (the proxy answers for it).
+        let resp = f
+            .get(&"http://192.168.255.254:9/x.img".parse().unwrap(), HeaderMap::new())
+            .await
+            .unwrap();
+        assert_eq!(resp.text().await.unwrap(), "via proxy");
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+
+    /// Run by `ignores_proxy_environment_variables` in a child process, whose
+    /// environment names a proxy (changing our own would race other tests).
+    #[tokio::test]
+    #[ignore = "run by ignores_proxy_environment_variables"]
+    async fn child_with_proxy_env() {
+        let Ok(trap) = std::env::var("VMSCAN_TEST_PROXY_TRAP") else {
+            return;
+        };
+        let (target, _) = answering("direct").await;
+        let url: Url = format!("http://{target}/x.img").parse().unwrap();
+        let plain = reqwest::Client::new().get(url.clone()).send().await.unwrap();
+        assert_eq!(plain.text().await.unwrap(), "via proxy", "the environment names {trap}");
+        let f = fetcher(|c| c.deny_cidrs.clear());
+        let ours = f.get(&url, HeaderMap::new()).await.unwrap();
+        assert_eq!(ours.text().await.unwrap(), "direct");
+    }
+
+    #[tokio::test]
+    async fn ignores_proxy_environment_variables() {
+        let (proxy, seen) = answering("via proxy").await;
+        let exe = std::env::current_exe().unwrap();
+        let proxy_url = format!("http://{proxy}");
+        let out = tokio::process::Command::new(exe)
+            .args(["--ignored", "--exact", "pipeline::http::tests::child_with_proxy_env"])
+            .env("VMSCAN_TEST_PROXY_TRAP", &proxy_url)
+            .env("HTTP_PROXY", &proxy_url)
+            .env("http_proxy", &proxy_url)
+            .env("ALL_PROXY", &proxy_url)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("1 passed"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        // Only the plain client, the control, went through the proxy.
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+}

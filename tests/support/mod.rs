@@ -15,6 +15,7 @@ pub mod slapd;
 pub mod smtp;
 pub mod sshd;
 pub mod tls;
+pub mod trap;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
