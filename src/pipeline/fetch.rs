@@ -61,6 +61,8 @@ pub enum FetchError {
         path: String,
         reason: String,
     },
+    #[error("no credentials sent to SFTP server {addr}: {why}")]
+    SftpNoCredentials { addr: String, why: String },
     #[error("SFTP key file {path}: {reason}")]
     SftpKey { path: String, reason: String },
     #[error("invalid source URL in job: {0}")]
@@ -435,27 +437,6 @@ impl FetchStage {
             .filter(|u| !u.is_empty())
             .or_else(|| self.cfg.sftp_user.clone())
             .unwrap_or_else(|| "root".to_string());
-        let password = url
-            .password()
-            .map(|p| secrecy::SecretString::from(percent_decode(p)))
-            .or_else(|| self.cfg.sftp_password.clone());
-        let key = match &self.cfg.sftp_key_file {
-            None => None,
-            Some(path) => {
-                let shown = path.display().to_string();
-                let pem =
-                    tokio::fs::read_to_string(path)
-                        .await
-                        .map_err(|e| FetchError::SftpKey {
-                            path: shown.clone(),
-                            reason: e.to_string(),
-                        })?;
-                Some(SshKey::from_openssh(&pem).map_err(|e| FetchError::SftpKey {
-                    path: shown,
-                    reason: e.to_string(),
-                })?)
-            }
-        };
         let addr_shown = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
@@ -509,23 +490,84 @@ impl FetchStage {
             }
         };
 
+        // The configured key and password are ours: only for hosts we listed.
+        let ours = self.may_receive_credentials(&host, ip);
+        let key = if ours { self.sftp_key().await? } else { None };
+        let password = url
+            .password()
+            .map(|p| secrecy::SecretString::from(percent_decode(p)))
+            .or_else(|| self.cfg.sftp_password.clone().filter(|_| ours));
+        // Trust on first use means anyone on the path could be the server: no password.
+        let withheld = password.is_some() && self.cfg.sftp_host_keys.is_empty();
+        let password = password.filter(|_| !withheld);
+        if key.is_none() && password.is_none() {
+            return Err(FetchError::SftpNoCredentials {
+                addr: addr_shown,
+                why: if withheld {
+                    "a password is not sent to an unpinned host key (pin it in fetch.sftp_host_keys)"
+                        .into()
+                } else {
+                    "the configured SFTP credentials are only for fetch.sftp_credential_hosts, and the URL names no password".into()
+                },
+            }
+            .into());
+        }
+
         let mut opts = SshOptions::new(ip.to_string(), port, user.clone());
         opts.key = key;
         opts.password = password;
         opts.connect_timeout = connect_timeout;
         opts.login_timeout = connect_timeout.max(Duration::from_secs(30));
-        // One pinned key is checked before logging in; with several, right after.
-        if let [only] = self.cfg.sftp_host_keys.as_slice() {
-            opts.host_key = Some(only.clone());
-        }
-        let shell = SshShell::connect(&opts)
-            .await
-            .map_err(|e| self.remote_err(src, &addr_shown, &remote, e))?;
+        // Checked in the handshake, before any key or password is offered.
+        opts.host_keys = self.cfg.sftp_host_keys.clone();
+        let shell = SshShell::connect(&opts).await.map_err(|e| match e {
+            RemoteError::Auth { user, reason } if withheld => FetchError::SftpAuth {
+                addr: addr_shown.clone(),
+                reason: format!(
+                    "as {user}: {reason}; the password was not sent: the host key is not pinned (fetch.sftp_host_keys)"
+                ),
+            }
+            .into(),
+            e => self.remote_err(src, &addr_shown, &remote, e),
+        })?;
         let r = self
             .sftp_download(ctx, src, &shell, &addr_shown, &remote)
             .await;
         shell.close().await;
         r
+    }
+
+    /// Whether `host` (as the URL names it) or `ip` is on fetch.sftp_credential_hosts.
+    fn may_receive_credentials(&self, host: &str, ip: std::net::IpAddr) -> bool {
+        self.cfg.sftp_credential_hosts.iter().any(|h| {
+            let h = h.trim();
+            if let Ok(net) = h.parse::<ipnet::IpNet>() {
+                net.contains(&ip)
+            } else if let Ok(a) = h.parse::<std::net::IpAddr>() {
+                a == ip
+            } else {
+                h.trim_end_matches('.').eq_ignore_ascii_case(host.trim_end_matches('.'))
+            }
+        })
+    }
+
+    async fn sftp_key(&self) -> Result<Option<SshKey>, FetchError> {
+        let Some(path) = &self.cfg.sftp_key_file else {
+            return Ok(None);
+        };
+        let shown = path.display().to_string();
+        let pem = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| FetchError::SftpKey {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        SshKey::from_openssh(&pem)
+            .map(Some)
+            .map_err(|e| FetchError::SftpKey {
+                path: shown,
+                reason: e.to_string(),
+            })
     }
 
     async fn sftp_download(
@@ -542,18 +584,6 @@ impl FetchStage {
                 "SFTP server {addr} has host key {seen} (trusted on first use; pin it in fetch.sftp_host_keys)"
             ))
             .await?;
-        } else if !self
-            .cfg
-            .sftp_host_keys
-            .iter()
-            .any(|k| crate::remote::keys::same_fingerprint(k, &seen))
-        {
-            return Err(FetchError::HostKeyNotAllowed {
-                addr: addr.to_string(),
-                seen,
-                allowed: self.cfg.sftp_host_keys.join(", "),
-            }
-            .into());
         }
         let idle = Duration::from_secs(self.cfg.read_timeout_secs.max(1));
         let mut download = shell
