@@ -318,6 +318,42 @@ async fn rejects_a_vmdk_descriptor_pointing_at_another_file() {
     assert_failed_at(&job, "inspect", "refers to other files");
 }
 
+/// qemu-img's monolithicSparse VMDK with the embedded descriptor's extent line
+/// rewritten by `edit` (the descriptor sits at byte 512, NUL-padded).
+fn vmdk_with_descriptor(path: &Path, edit: impl Fn(&str) -> String) {
+    qemu_img(&["create", "-q", "-f", "vmdk", path.to_str().unwrap(), "16M"]);
+    let mut bytes = std::fs::read(path).unwrap();
+    let region = &bytes[512..512 + 20 * 512];
+    let end = region.iter().position(|b| *b == 0).unwrap();
+    let text = String::from_utf8(region[..end].to_vec()).unwrap();
+    assert!(text.contains("monolithicSparse"), "{text}");
+    let new = edit(&text);
+    assert!(new.len() < 20 * 512 && new != text);
+    bytes[512..512 + 20 * 512].fill(0);
+    bytes[512..512 + new.len()].copy_from_slice(new.as_bytes());
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn rejects_a_monolithic_sparse_vmdk_whose_extent_names_another_file() {
+    let images = Images::new();
+    let good = images.path("good.vmdk");
+    vmdk_with_descriptor(&good, |t| t.replace("ddb.", "ddb.comment = \"ok\"\nddb."));
+    let evil = images.path("evil.vmdk");
+    vmdk_with_descriptor(&evil, |t| {
+        let line = t.lines().find(|l| l.starts_with("RW ")).unwrap();
+        let (head, _) = line.split_once('"').unwrap();
+        t.replace(line, &format!("{head}\"/etc/shadow\""))
+    });
+    let app = images.app(|_| {}).await;
+    // The untouched layout passes, so the refusal below is about the name alone.
+    let job = run(&app, json!({"url": images.url("good.vmdk")})).await;
+    assert_eq!(stage(&job, "inspect")["state"], "succeeded", "{job:#}");
+    let job = run(&app, json!({"url": images.url("evil.vmdk")})).await;
+    assert_failed_at(&job, "inspect", "a path in the extent name");
+    assert_eq!(stage(&job, "inspect")["detail"]["verdict"], "refused");
+}
+
 #[tokio::test]
 async fn rejects_zip_slip_and_writes_nothing_outside_the_work_dir() {
     let images = Images::new();
