@@ -228,23 +228,36 @@ async fn a_raw_xz_image_is_converted_to_qcow2_with_progress() {
 }
 
 #[tokio::test]
-async fn a_plain_image_on_the_filer_passes_through_without_a_copy() {
+async fn a_filer_image_is_copied_once_and_swapping_it_after_inspect_changes_nothing() {
     let images = Images::new();
     let p = images.path("template.qcow2");
     make_qcow2(&p, "1G");
+    let original = sha256_of(&p);
     let app = images.app(|_| {}).await;
 
     let job = run(&app, json!({"url": images.url("template.qcow2")})).await;
 
     assert_eq!(job["state"], "succeeded", "{job:#}");
+    let fetch = &stage(&job, "fetch")["detail"];
     let real = std::fs::canonicalize(&p).unwrap().display().to_string();
-    assert_eq!(stage(&job, "extract")["detail"]["path"], real);
-    assert_eq!(stage(&job, "extract")["detail"]["extracted"], false);
-    assert_eq!(stage(&job, "convert")["detail"]["path"], real);
-    assert!(
-        files_named(&app.data_dir, "template").is_empty(),
-        "nothing copied"
-    );
+    assert_eq!(fetch["copied_from"], real);
+    assert_eq!(fetch["sha256"], original.as_str());
+    // What inspect saw and what scan/publish will read is the copy in the work dir.
+    let used = PathBuf::from(stage(&job, "convert")["detail"]["path"].as_str().unwrap());
+    assert!(used.starts_with(&app.data_dir), "{used:?}");
+    assert_eq!(stage(&job, "extract")["detail"]["path"], used.display().to_string());
+
+    // The attacker swaps the file for one with a backing file, then rewrites the
+    // swapped-in inode too: the copy the later stages use does not change.
+    let evil = images.path("evil.qcow2");
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "-u", "-b", "/etc/shadow", "-F", "raw",
+        evil.to_str().unwrap(), "1G",
+    ]);
+    std::fs::rename(&evil, &p).unwrap();
+    std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"more").unwrap();
+    assert_ne!(sha256_of(&p), original, "the original did change");
+    assert_eq!(sha256_of(&used), original, "the copy did not");
 }
 
 #[tokio::test]
@@ -411,10 +424,12 @@ async fn stops_a_gzip_bomb() {
     let job = run(&app, json!({"url": images.url("bomb.img.gz")})).await;
 
     assert_failed_at(&job, "extract", "decompression bomb");
-    assert!(
-        files_named(&app.data_dir, "bomb.img").is_empty(),
-        "the partial output is removed"
-    );
+    // (fetch's copy of the archive itself stays under download/.)
+    let left: Vec<_> = files_named(&app.data_dir, "bomb.img")
+        .into_iter()
+        .filter(|p| !p.parent().is_some_and(|d| d.ends_with("download")))
+        .collect();
+    assert!(left.is_empty(), "the partial output is removed: {left:?}");
 }
 
 #[tokio::test]

@@ -711,18 +711,34 @@ impl FetchStage {
         progress.report(ctx, false).await
     }
 
+    /// `file://`: open once, judge the file that was opened (not the path, which
+    /// can be swapped under us), then copy it into the work dir while hashing.
+    /// Every later stage reads that copy, so replacing or rewriting the original
+    /// after inspect cannot change what is scanned or published. A copy rather
+    /// than a held descriptor because stages may run in another worker process
+    /// or on a retry; rather than a reflink because hashing reads every byte
+    /// anyway, and all-zero blocks are skipped so sparse images stay sparse.
     async fn fetch_local(&self, ctx: &StageCtx, src: &SourceUrl) -> Result<(), StageError> {
+        use std::os::fd::AsRawFd;
         let path = src
             .url()
             .to_file_path()
             .map_err(|_| FetchError::BadUrl(src.redacted()))?;
         let shown = path.display().to_string();
-        let real = tokio::fs::canonicalize(&path)
+        let local = |reason: String| FetchError::Local {
+            path: shown.clone(),
+            reason,
+        };
+        // O_NONBLOCK: a FIFO must not hang the worker; it is refused below.
+        let mut f = tokio::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(&path)
             .await
-            .map_err(|e| FetchError::Local {
-                path: shown.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| local(e.to_string()))?;
+        let real = tokio::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+            .await
+            .map_err(|e| local(format!("cannot tell where the opened file is: {e}")))?;
         let mut allowed = false;
         for root in &self.cfg.allowed_roots {
             if let Ok(r) = tokio::fs::canonicalize(root).await {
@@ -742,18 +758,9 @@ impl FetchStage {
             };
             return Err(FetchError::NotAllowed(shown, roots).into());
         }
-        let meta = tokio::fs::metadata(&real)
-            .await
-            .map_err(|e| FetchError::Local {
-                path: shown.clone(),
-                reason: e.to_string(),
-            })?;
+        let meta = f.metadata().await.map_err(|e| local(e.to_string()))?;
         if !meta.is_file() {
-            return Err(FetchError::Local {
-                path: shown,
-                reason: "not a regular file".into(),
-            }
-            .into());
+            return Err(local("not a regular file".into()).into());
         }
         if meta.len() > self.cfg.max_bytes {
             return Err(FetchError::TooLarge {
@@ -762,34 +769,66 @@ impl FetchStage {
             }
             .into());
         }
+        let dir = ctx.work_dir.join("download");
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| io_err("cannot create", &dir, e))?;
+        let dest = dir.join(safe_name(&src.file_name()));
+        let part = part_path(&dest);
         ctx.info(format!(
-            "reading {} in place ({}), no copy",
+            "copying {} ({}) into the work directory, so later changes to it cannot reach the scan",
             real.display(),
             fmt_bytes(meta.len())
         ))
         .await?;
-        // Hash in place: one pass, no copy.
+        let out = tokio::fs::File::create(&part)
+            .await
+            .map_err(|e| io_err("cannot open", &part, e))?;
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, out);
         let mut hasher = MultiHasher::new(wanted_algos(ctx));
         let mut progress = Progress::new(0, Some(meta.len()));
-        let mut f = tokio::fs::File::open(&real)
-            .await
-            .map_err(|e| io_err("cannot open", &real, e))?;
+        let mut hole = 0u64;
         let mut buf = vec![0u8; 1 << 20];
         loop {
             if ctx.cancel.is_cancelled() {
                 return Err(StageError::Cancelled);
             }
-            let n = tokio::io::AsyncReadExt::read(&mut f, &mut buf)
+            let n = read_full(&mut f, &mut buf)
                 .await
                 .map_err(|e| io_err("cannot read", &real, e))?;
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[..n]);
             progress.bytes += n as u64;
+            if progress.bytes > meta.len() {
+                return Err(local("the file grew while it was copied".into()).into());
+            }
+            hasher.update(&buf[..n]);
+            if buf[..n].iter().all(|b| *b == 0) {
+                hole += n as u64;
+            } else {
+                if hole > 0 {
+                    out.flush().await.map_err(|e| io_err("cannot write", &part, e))?;
+                    tokio::io::AsyncSeekExt::seek(out.get_mut(), std::io::SeekFrom::Current(hole as i64))
+                        .await
+                        .map_err(|e| io_err("cannot seek", &part, e))?;
+                    hole = 0;
+                }
+                out.write_all(&buf[..n])
+                    .await
+                    .map_err(|e| io_err("cannot write", &part, e))?;
+            }
             progress.report(ctx, false).await?;
         }
-        self.finish(ctx, &real, true, progress, hasher).await
+        out.flush().await.map_err(|e| io_err("cannot write", &part, e))?;
+        out.get_mut()
+            .set_len(progress.bytes)
+            .await
+            .map_err(|e| io_err("cannot write", &part, e))?;
+        commit_part(out, &part, &dest, Some(meta.len()), progress.bytes, "stated").await?;
+        ctx.set_detail(json!({"copied_from": real.display().to_string()}), true)
+            .await?;
+        self.finish(ctx, &dest, false, progress, hasher).await
     }
 
     async fn finish(
@@ -827,6 +866,19 @@ impl FetchStage {
         .await?;
         Ok(())
     }
+}
+
+/// Reads until `buf` is full or the file ends, so all-zero checks see whole blocks.
+async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let k = tokio::io::AsyncReadExt::read(f, &mut buf[n..]).await?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    Ok(n)
 }
 
 /// An error and its causes on one line ("error decoding response body: connection reset").
