@@ -245,17 +245,34 @@ async fn a_filer_image_is_copied_once_and_swapping_it_after_inspect_changes_noth
     // What inspect saw and what scan/publish will read is the copy in the work dir.
     let used = PathBuf::from(stage(&job, "convert")["detail"]["path"].as_str().unwrap());
     assert!(used.starts_with(&app.data_dir), "{used:?}");
-    assert_eq!(stage(&job, "extract")["detail"]["path"], used.display().to_string());
+    assert_eq!(
+        stage(&job, "extract")["detail"]["path"],
+        used.display().to_string()
+    );
 
     // The attacker swaps the file for one with a backing file, then rewrites the
     // swapped-in inode too: the copy the later stages use does not change.
     let evil = images.path("evil.qcow2");
     qemu_img(&[
-        "create", "-q", "-f", "qcow2", "-u", "-b", "/etc/shadow", "-F", "raw",
-        evil.to_str().unwrap(), "1G",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        "/etc/shadow",
+        "-F",
+        "raw",
+        evil.to_str().unwrap(),
+        "1G",
     ]);
     std::fs::rename(&evil, &p).unwrap();
-    std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"more").unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .unwrap()
+        .write_all(b"more")
+        .unwrap();
     assert_ne!(sha256_of(&p), original, "the original did change");
     assert_eq!(sha256_of(&used), original, "the copy did not");
 }

@@ -154,7 +154,11 @@ async fn a_honeypot_sshd_records_no_password_and_unlisted_hosts_get_no_credentia
         let err = fetch_fails(&app, &url).await;
         assert!(err.contains("the host key is not pinned"), "{err}");
     }
-    assert!(sshd.key_attempts() >= 1, "the key was refused: {}", sshd.log());
+    assert!(
+        sshd.key_attempts() >= 1,
+        "the key was refused: {}",
+        sshd.log()
+    );
     assert_eq!(sshd.password_attempts(), 0, "{}", sshd.log());
     app.stop().await;
 
@@ -162,7 +166,10 @@ async fn a_honeypot_sshd_records_no_password_and_unlisted_hosts_get_no_credentia
     let keys_before = sshd.key_attempts();
     let app = spawn(vec!["filer.example".into()], vec![pinned.clone()]).await;
     let err = fetch_fails(&app, &sshd.url(&image)).await;
-    assert!(err.contains("only for fetch.sftp_credential_hosts"), "{err}");
+    assert!(
+        err.contains("only for fetch.sftp_credential_hosts"),
+        "{err}"
+    );
     assert_eq!(sshd.key_attempts(), keys_before);
     assert_eq!(sshd.password_attempts(), 0);
     app.stop().await;

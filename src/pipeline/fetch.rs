@@ -546,7 +546,8 @@ impl FetchStage {
             } else if let Ok(a) = h.parse::<std::net::IpAddr>() {
                 a == ip
             } else {
-                h.trim_end_matches('.').eq_ignore_ascii_case(host.trim_end_matches('.'))
+                h.trim_end_matches('.')
+                    .eq_ignore_ascii_case(host.trim_end_matches('.'))
             }
         })
     }
@@ -808,10 +809,15 @@ impl FetchStage {
                 hole += n as u64;
             } else {
                 if hole > 0 {
-                    out.flush().await.map_err(|e| io_err("cannot write", &part, e))?;
-                    tokio::io::AsyncSeekExt::seek(out.get_mut(), std::io::SeekFrom::Current(hole as i64))
+                    out.flush()
                         .await
-                        .map_err(|e| io_err("cannot seek", &part, e))?;
+                        .map_err(|e| io_err("cannot write", &part, e))?;
+                    tokio::io::AsyncSeekExt::seek(
+                        out.get_mut(),
+                        std::io::SeekFrom::Current(hole as i64),
+                    )
+                    .await
+                    .map_err(|e| io_err("cannot seek", &part, e))?;
                     hole = 0;
                 }
                 out.write_all(&buf[..n])
@@ -820,12 +826,22 @@ impl FetchStage {
             }
             progress.report(ctx, false).await?;
         }
-        out.flush().await.map_err(|e| io_err("cannot write", &part, e))?;
+        out.flush()
+            .await
+            .map_err(|e| io_err("cannot write", &part, e))?;
         out.get_mut()
             .set_len(progress.bytes)
             .await
             .map_err(|e| io_err("cannot write", &part, e))?;
-        commit_part(out, &part, &dest, Some(meta.len()), progress.bytes, "stated").await?;
+        commit_part(
+            out,
+            &part,
+            &dest,
+            Some(meta.len()),
+            progress.bytes,
+            "stated",
+        )
+        .await?;
         ctx.set_detail(json!({"copied_from": real.display().to_string()}), true)
             .await?;
         self.finish(ctx, &dest, false, progress, hasher).await

@@ -143,7 +143,8 @@ impl Fetcher {
         // Through a proxy the proxy resolves the name, so check it here.
         if self.proxied {
             let port = url.port_or_known_default().unwrap_or(80);
-            let checked = tokio::time::timeout(self.resolve_timeout, self.policy.check_name(host, port));
+            let checked =
+                tokio::time::timeout(self.resolve_timeout, self.policy.check_name(host, port));
             match checked.await {
                 Err(_) => return Err(HttpError::Resolve(format!("resolving {host} timed out"))),
                 Ok(Err(NameError::Denied(d))) => return Err(d.into()),
@@ -202,14 +203,24 @@ mod tests {
     async fn through_a_proxy_the_target_name_is_still_checked() {
         let (proxy, seen) = answering("via proxy").await;
         let f = fetcher(|c| c.proxy = Some(format!("http://{proxy}")));
-        for target in ["http://localhost:9/x.img", "http://169.254.169.254/x", "http://[::1]:9/x"] {
-            let err = f.get(&target.parse().unwrap(), HeaderMap::new()).await.unwrap_err();
+        for target in [
+            "http://localhost:9/x.img",
+            "http://169.254.169.254/x",
+            "http://[::1]:9/x",
+        ] {
+            let err = f
+                .get(&target.parse().unwrap(), HeaderMap::new())
+                .await
+                .unwrap_err();
             assert!(matches!(err, HttpError::Denied(_)), "{target}: {err}");
         }
         assert_eq!(seen.load(Ordering::SeqCst), 0, "nothing reached the proxy");
         // An allowed target does go through the proxy (the proxy answers for it).
         let resp = f
-            .get(&"http://192.168.255.254:9/x.img".parse().unwrap(), HeaderMap::new())
+            .get(
+                &"http://192.168.255.254:9/x.img".parse().unwrap(),
+                HeaderMap::new(),
+            )
             .await
             .unwrap();
         assert_eq!(resp.text().await.unwrap(), "via proxy");
@@ -226,8 +237,16 @@ mod tests {
         };
         let (target, _) = answering("direct").await;
         let url: Url = format!("http://{target}/x.img").parse().unwrap();
-        let plain = reqwest::Client::new().get(url.clone()).send().await.unwrap();
-        assert_eq!(plain.text().await.unwrap(), "via proxy", "the environment names {trap}");
+        let plain = reqwest::Client::new()
+            .get(url.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            plain.text().await.unwrap(),
+            "via proxy",
+            "the environment names {trap}"
+        );
         let f = fetcher(|c| c.deny_cidrs.clear());
         let ours = f.get(&url, HeaderMap::new()).await.unwrap();
         assert_eq!(ours.text().await.unwrap(), "direct");
@@ -239,7 +258,11 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         let proxy_url = format!("http://{proxy}");
         let out = tokio::process::Command::new(exe)
-            .args(["--ignored", "--exact", "pipeline::http::tests::child_with_proxy_env"])
+            .args([
+                "--ignored",
+                "--exact",
+                "pipeline::http::tests::child_with_proxy_env",
+            ])
             .env("VMSCAN_TEST_PROXY_TRAP", &proxy_url)
             .env("HTTP_PROXY", &proxy_url)
             .env("http_proxy", &proxy_url)
@@ -250,7 +273,11 @@ mod tests {
             .await
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && text.contains("1 passed"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // Only the plain client, the control, went through the proxy.
         assert_eq!(seen.load(Ordering::SeqCst), 1);
     }

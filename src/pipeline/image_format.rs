@@ -267,7 +267,10 @@ pub fn vmdk_sparse_header(b: &[u8], at: usize) -> Option<VmdkSparseHeader> {
 pub fn vmdk_descriptor_range(head: &[u8]) -> Result<(u64, u64), String> {
     let h = vmdk_sparse_header(head, 0).ok_or("truncated VMDK sparse header")?;
     if !(1..=3).contains(&h.version) {
-        return Err(format!("VMDK sparse header version {} (only 1 to 3 are accepted)", h.version));
+        return Err(format!(
+            "VMDK sparse header version {} (only 1 to 3 are accepted)",
+            h.version
+        ));
     }
     if h.desc_offset != 512 {
         return Err(format!(
@@ -391,7 +394,9 @@ pub fn check_vmdk_descriptor(text: &[u8]) -> Result<String, String> {
     match extents {
         0 => Err("VMDK descriptor lists no extent".into()),
         1 => Ok(create_type),
-        n => Err(format!("VMDK descriptor lists {n} extents; only one is allowed")),
+        n => Err(format!(
+            "VMDK descriptor lists {n} extents; only one is allowed"
+        )),
     }
 }
 
@@ -508,18 +513,42 @@ mod tests {
             .replace("\"disk.vmdk\"", "\"/etc/passwd\" 0");
         refused(&flat, "refers to another file");
         // oslo's rule: no '/' in an extent line, even a SPARSE one.
-        refused(&body.replace("disk.vmdk", "/etc/shadow"), "a path in the extent name");
-        refused(&body.replace("disk.vmdk", "..\\..\\boot.ini"), "a path in the extent name");
-        refused(&body.replace("\"disk.vmdk\"", "\"disk.vmdk\" 0"), "after the file name");
+        refused(
+            &body.replace("disk.vmdk", "/etc/shadow"),
+            "a path in the extent name",
+        );
+        refused(
+            &body.replace("disk.vmdk", "..\\..\\boot.ini"),
+            "a path in the extent name",
+        );
+        refused(
+            &body.replace("\"disk.vmdk\"", "\"disk.vmdk\" 0"),
+            "after the file name",
+        );
         refused(&body.replace("RW 2048", "RW 0"), "no valid size");
-        refused(&body.replace("RW 2048 SPARSE \"disk.vmdk\"\n", ""), "no extent");
+        refused(
+            &body.replace("RW 2048 SPARSE \"disk.vmdk\"\n", ""),
+            "no extent",
+        );
         refused(&format!("{body}RW 2048 SPARSE \"b.vmdk\"\n"), "2 extents");
-        refused(&body.replace("streamOptimized", "twoGbMaxExtentSparse"), "twoGbMaxExtentSparse");
-        refused(&body.replace("streamOptimized", "monolithicFlat"), "monolithicFlat");
+        refused(
+            &body.replace("streamOptimized", "twoGbMaxExtentSparse"),
+            "twoGbMaxExtentSparse",
+        );
+        refused(
+            &body.replace("streamOptimized", "monolithicFlat"),
+            "monolithicFlat",
+        );
         refused(&format!("{body}foo=bar"), "not allowed");
-        refused(&format!("{body}\0\0RW 2048 FLAT \"/etc/passwd\" 0\n"), "hidden after");
+        refused(
+            &format!("{body}\0\0RW 2048 FLAT \"/etc/passwd\" 0\n"),
+            "hidden after",
+        );
         refused(&body.replace("lsilogic", "lsilogic\u{e9}"), "not ASCII");
-        refused(&body.replace("parentCID=ffffffff", "parentCID=1234abcd"), "parent");
+        refused(
+            &body.replace("parentCID=ffffffff", "parentCID=1234abcd"),
+            "parent",
+        );
     }
 
     #[test]
@@ -533,8 +562,12 @@ mod tests {
             h
         };
         assert_eq!(vmdk_descriptor_range(&head(1, 1, 20)), Ok((512, 20 * 512)));
-        assert!(vmdk_descriptor_range(&head(1, 2048, 20)).unwrap_err().contains("must start at 512"));
-        assert!(vmdk_descriptor_range(&head(4, 1, 20)).unwrap_err().contains("version 4"));
+        assert!(vmdk_descriptor_range(&head(1, 2048, 20))
+            .unwrap_err()
+            .contains("must start at 512"));
+        assert!(vmdk_descriptor_range(&head(4, 1, 20))
+            .unwrap_err()
+            .contains("version 4"));
         assert!(vmdk_descriptor_range(&head(1, 1, 0)).is_err());
         assert!(vmdk_descriptor_range(&head(1, 1, 4096)).is_err());
         // A footer that names another descriptor is refused.
@@ -547,10 +580,14 @@ mod tests {
         assert_eq!(check_vmdk_footer(&h, &tail), Ok(()));
         let mut other = tail.clone();
         other[512 + 28..512 + 36].copy_from_slice(&9u64.to_le_bytes());
-        assert!(check_vmdk_footer(&h, &other).unwrap_err().contains("another descriptor"));
+        assert!(check_vmdk_footer(&h, &other)
+            .unwrap_err()
+            .contains("another descriptor"));
         let mut eos = tail.clone();
         eos[1100] = 1;
-        assert!(check_vmdk_footer(&h, &eos).unwrap_err().contains("end-of-stream"));
+        assert!(check_vmdk_footer(&h, &eos)
+            .unwrap_err()
+            .contains("end-of-stream"));
     }
 
     #[test]

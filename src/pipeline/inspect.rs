@@ -12,8 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::guest_os::{detect, DetectError, Detection, QemuImgDisk, RawFile};
 use super::image_format::{
-    check_vmdk_descriptor, check_vmdk_footer, container_of, image_signatures, qcow2_header, vmdk_descriptor_range,
-    BootInfo, ImageFormat, QCOW2_CORRUPT, QCOW2_DATA_FILE, QCOW2_KNOWN_INCOMPATIBLE, SNIFF_BYTES,
+    check_vmdk_descriptor, check_vmdk_footer, container_of, image_signatures, qcow2_header,
+    vmdk_descriptor_range, BootInfo, ImageFormat, QCOW2_CORRUPT, QCOW2_DATA_FILE,
+    QCOW2_KNOWN_INCOMPATIBLE, SNIFF_BYTES,
 };
 use super::qemu::{self, QemuError, RunLimits};
 use super::{current_image, Stage, StageCtx, StageError, StageFailure, StageOutcome};
@@ -160,7 +161,9 @@ pub async fn examine(path: &Path) -> Result<Verdict, InspectError> {
             let mut tail = Vec::new();
             if len >= 1536 + 512 {
                 tail = vec![0u8; 1536];
-                f.seek(std::io::SeekFrom::Start(len - 1536)).await.map_err(io)?;
+                f.seek(std::io::SeekFrom::Start(len - 1536))
+                    .await
+                    .map_err(io)?;
                 f.read_exact(&mut tail).await.map_err(io)?;
             }
             check_vmdk_footer(&head, &tail).map_err(InspectError::Refused)?;

@@ -154,12 +154,7 @@ fn v4_in_disguise(v6: Ipv6Addr) -> Option<Ipv4Addr> {
         return Some(v4);
     }
     let s = v6.segments();
-    let low = Ipv4Addr::new(
-        (s[6] >> 8) as u8,
-        s[6] as u8,
-        (s[7] >> 8) as u8,
-        s[7] as u8,
-    );
+    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     let translated = s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0;
     // `::` and `::1` are themselves, not IPv4 0.0.0.0 / 0.0.0.1.
     let compatible = s[..6] == [0; 6] && u32::from(low) > 1;
@@ -305,7 +300,13 @@ mod tests {
             c.deny_cidrs = vec![];
             c.allow_cidrs = vec!["0.0.0.0/0".into(), "::/0".into()];
         });
-        for a in ["169.254.169.254", "0.0.0.0", "::", "64:ff9b::a9fe:a9fe", "fd00:ec2::254"] {
+        for a in [
+            "169.254.169.254",
+            "0.0.0.0",
+            "::",
+            "64:ff9b::a9fe:a9fe",
+            "fd00:ec2::254",
+        ] {
             assert!(denied(&p, a), "{a} should stay denied");
         }
         assert!(!denied(&p, "127.0.0.1"));

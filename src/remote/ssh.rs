@@ -133,7 +133,12 @@ impl SshShell {
         });
         let seen = Arc::new(Mutex::new(None));
         let handler = Client {
-            expected: opts.host_key.iter().chain(&opts.host_keys).cloned().collect(),
+            expected: opts
+                .host_key
+                .iter()
+                .chain(&opts.host_keys)
+                .cloned()
+                .collect(),
             seen: Arc::clone(&seen),
         };
 
@@ -861,11 +866,7 @@ impl client::Handler for Client {
             }
         };
         *lock(&self.seen) = Some(fp.clone());
-        if self.expected.is_empty()
-            || self
-                .expected
-                .iter()
-                .any(|k| keys::same_fingerprint(k, &fp))
+        if self.expected.is_empty() || self.expected.iter().any(|k| keys::same_fingerprint(k, &fp))
         {
             return Ok(true);
         }

@@ -243,7 +243,11 @@ async fn expect_denied(app: &TestApp, url: &str, checksum: Option<&str>, stage_n
         .wait_final(job["id"].as_str().unwrap(), Duration::from_secs(20))
         .await;
     assert_eq!(done["state"], "failed", "{url}: {done:#}");
-    assert_eq!(stage(&done, stage_name)["state"], "failed", "{url}: {done:#}");
+    assert_eq!(
+        stage(&done, stage_name)["state"],
+        "failed",
+        "{url}: {done:#}"
+    );
     let err = done["error"].as_str().unwrap_or_default();
     assert!(
         err.contains("is not allowed by the network policy"),
@@ -342,22 +346,33 @@ async fn the_sums_url_and_its_redirects_meet_the_same_policy() {
     let trap = Trap::bind("127.0.0.2", 0).await.expect("bind 127.0.0.2");
     let sums = format!("http://127.0.0.2:{}/SHA256SUMS", trap.port());
     let app = app(|c| c.fetch.deny_cidrs = vec!["127.0.0.2/32".into()]).await;
-    expect_denied(&app, &f.fs.url("disk.img"), Some(&format!("file:{sums}")), "checksum").await;
+    expect_denied(
+        &app,
+        &f.fs.url("disk.img"),
+        Some(&format!("file:{sums}")),
+        "checksum",
+    )
+    .await;
     f.fs.redirect("SUMS-moved", &sums);
     let moved = format!("file:{}", f.fs.url("SUMS-moved"));
     expect_denied(&app, &f.fs.url("disk.img"), Some(&moved), "checksum").await;
     // The image itself was fetched each time: only the SUMS hop was refused.
     assert_eq!(f.fs.hits("disk.img").len(), 2);
     assert_eq!(f.fs.hits("SUMS-moved").len(), 1);
-    assert_eq!(trap.connections(), 0, "the SUMS URL reached a denied address");
+    assert_eq!(
+        trap.connections(),
+        0,
+        "the SUMS URL reached a denied address"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_url_never_shows_its_secrets() {
     let f = fixture(1000).await;
     let app = app(|_| {}).await;
-    let url = f.fs.url("missing.img?X-Amz-Signature=SIGSECRET&token=TOKSECRET&v=1")
-        .replace("http://", "http://bob:PWSECRET@");
+    let url =
+        f.fs.url("missing.img?X-Amz-Signature=SIGSECRET&token=TOKSECRET&v=1")
+            .replace("http://", "http://bob:PWSECRET@");
     let sums = f.fs.url("CHECKSUM?sig=SASSECRET");
     let job = app
         .submit(json!({"url": url, "checksum": format!("file:{sums}")}))
@@ -379,5 +394,11 @@ async fn a_signed_url_never_shows_its_secrets() {
             assert!(!text.contains(secret), "view {i} shows {secret}: {text}");
         }
     }
-    assert!(done["url"].as_str().unwrap().contains("X-Amz-Signature=***"), "{done:#}");
+    assert!(
+        done["url"]
+            .as_str()
+            .unwrap()
+            .contains("X-Amz-Signature=***"),
+        "{done:#}"
+    );
 }

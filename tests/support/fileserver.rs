@@ -87,11 +87,10 @@ impl FileServer {
 
     /// Answers requests for `path` with `302 Location: location`.
     pub fn redirect(&self, path: &str, location: &str) {
-        self.st
-            .redirects
-            .lock()
-            .unwrap()
-            .insert(path.trim_start_matches('/').to_string(), location.to_string());
+        self.st.redirects.lock().unwrap().insert(
+            path.trim_start_matches('/').to_string(),
+            location.to_string(),
+        );
     }
 
     pub fn all_hits(&self) -> HashMap<String, Vec<Option<String>>> {
