@@ -50,7 +50,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<DynStore> {
         .map_err(|e| {
             anyhow::anyhow!(
                 "cannot open the database {}: {e}",
-                crate::config::redact_url(&url)
+                crate::domain::redact_url(&url)
             )
         })?;
     store

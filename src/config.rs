@@ -140,11 +140,19 @@ pub struct FetchConfig {
     pub max_bytes: u64,
     /// Directories `file://` URLs and plain paths may read from. Empty: none.
     pub allowed_roots: Vec<PathBuf>,
-    /// Destinations never fetched from, checked on the resolved address and every redirect.
+    /// Destinations never fetched from, checked on the resolved address of every
+    /// connection and redirect, on top of a built-in list (link-local, metadata,
+    /// multicast, reserved…) that no setting removes. Default: loopback; set a
+    /// list without it to fetch from 127.0.0.1 (tests do).
     pub deny_cidrs: Vec<String>,
-    /// If not empty, only these destinations are allowed.
+    /// If this or `allow_hosts` is not empty, only matching destinations are allowed.
     pub allow_cidrs: Vec<String>,
+    /// Host names allowed (exact, or `*.example.com`), see `allow_cidrs`.
+    pub allow_hosts: Vec<String>,
     pub max_redirects: usize,
+    /// HTTP(S) proxy for fetches (`http://proxy:3128`). Unset: no proxy, and the
+    /// `HTTP_PROXY`-style environment variables are ignored.
+    pub proxy: Option<String>,
     /// SFTP login name when the `sftp://` URL names none (default "root").
     pub sftp_user: Option<String>,
     /// OpenSSH private key (unencrypted) for `sftp://` sources; tried before a password.
@@ -152,8 +160,12 @@ pub struct FetchConfig {
     /// SFTP password (env `VMSCAN_FETCH__SFTP_PASSWORD`); a password in the URL wins.
     #[serde(skip_serializing)]
     pub sftp_password: Option<SecretString>,
-    /// Allowed SFTP host key fingerprints (`SHA256:…`). Empty: trust on first use (logged).
+    /// Allowed SFTP host key fingerprints (`SHA256:…`), checked before logging in.
+    /// Empty: trust on first use (logged), and then no password is ever sent.
     pub sftp_host_keys: Vec<String>,
+    /// Hosts (names as written in the URL, or CIDRs) that may receive the
+    /// configured `sftp_key_file` and `sftp_password`. Empty: none.
+    pub sftp_credential_hosts: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -325,17 +337,17 @@ impl Default for FetchConfig {
             read_timeout_secs: 60,
             max_bytes: 256 * 1024 * 1024 * 1024,
             allowed_roots: Vec::new(),
-            deny_cidrs: vec![
-                "169.254.0.0/16".into(),
-                "fe80::/10".into(),
-                "fd00:ec2::254/128".into(),
-            ],
+            // Loopback; the rest of the deny list is built in (pipeline::netpolicy).
+            deny_cidrs: vec!["127.0.0.0/8".into(), "::1/128".into()],
             allow_cidrs: Vec::new(),
+            allow_hosts: Vec::new(),
             max_redirects: 10,
+            proxy: None,
             sftp_user: None,
             sftp_key_file: None,
             sftp_password: None,
             sftp_host_keys: Vec::new(),
+            sftp_credential_hosts: Vec::new(),
         }
     }
 }
@@ -428,16 +440,7 @@ fn redact_secret<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result
     }
 }
 
-/// Hides the password in a URL such as `postgres://user:pass@host/db`.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
+pub use crate::domain::redact_url;
 
 /// `VMSCAN_…` variables that are not config keys.
 const NOT_CONFIG_VARS: &[&str] = &["log", "config", "static_dir", "test_pg_url"];
@@ -524,6 +527,16 @@ impl Config {
                 return bad(format!("fetch: {c:?} is not a CIDR such as 10.0.0.0/8"));
             }
         }
+        if let Some(p) = &self.fetch.proxy {
+            let ok = url::Url::parse(p)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+            if !ok {
+                return bad(format!(
+                    "fetch.proxy: {:?} is not a proxy URL such as http://proxy:3128",
+                    redact_url(p)
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -552,7 +565,7 @@ mod tests {
     fn redacts_database_passwords() {
         assert_eq!(
             redact_url("postgres://vm:hunter2@db.example/vmscan"),
-            "postgres://vm:***@db.example/vmscan"
+            "postgres://***:***@db.example/vmscan"
         );
         let mut c = Config::default();
         c.storage.database_url = Some(SecretString::from("postgres://vm:hunter2@db/x"));

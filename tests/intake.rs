@@ -228,23 +228,53 @@ async fn a_raw_xz_image_is_converted_to_qcow2_with_progress() {
 }
 
 #[tokio::test]
-async fn a_plain_image_on_the_filer_passes_through_without_a_copy() {
+async fn a_filer_image_is_copied_once_and_swapping_it_after_inspect_changes_nothing() {
     let images = Images::new();
     let p = images.path("template.qcow2");
     make_qcow2(&p, "1G");
+    let original = sha256_of(&p);
     let app = images.app(|_| {}).await;
 
     let job = run(&app, json!({"url": images.url("template.qcow2")})).await;
 
     assert_eq!(job["state"], "succeeded", "{job:#}");
+    let fetch = &stage(&job, "fetch")["detail"];
     let real = std::fs::canonicalize(&p).unwrap().display().to_string();
-    assert_eq!(stage(&job, "extract")["detail"]["path"], real);
-    assert_eq!(stage(&job, "extract")["detail"]["extracted"], false);
-    assert_eq!(stage(&job, "convert")["detail"]["path"], real);
-    assert!(
-        files_named(&app.data_dir, "template").is_empty(),
-        "nothing copied"
+    assert_eq!(fetch["copied_from"], real);
+    assert_eq!(fetch["sha256"], original.as_str());
+    // What inspect saw and what scan/publish will read is the copy in the work dir.
+    let used = PathBuf::from(stage(&job, "convert")["detail"]["path"].as_str().unwrap());
+    assert!(used.starts_with(&app.data_dir), "{used:?}");
+    assert_eq!(
+        stage(&job, "extract")["detail"]["path"],
+        used.display().to_string()
     );
+
+    // The attacker swaps the file for one with a backing file, then rewrites the
+    // swapped-in inode too: the copy the later stages use does not change.
+    let evil = images.path("evil.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        "/etc/shadow",
+        "-F",
+        "raw",
+        evil.to_str().unwrap(),
+        "1G",
+    ]);
+    std::fs::rename(&evil, &p).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .unwrap()
+        .write_all(b"more")
+        .unwrap();
+    assert_ne!(sha256_of(&p), original, "the original did change");
+    assert_eq!(sha256_of(&used), original, "the copy did not");
 }
 
 #[tokio::test]
@@ -318,6 +348,42 @@ async fn rejects_a_vmdk_descriptor_pointing_at_another_file() {
     assert_failed_at(&job, "inspect", "refers to other files");
 }
 
+/// qemu-img's monolithicSparse VMDK with the embedded descriptor's extent line
+/// rewritten by `edit` (the descriptor sits at byte 512, NUL-padded).
+fn vmdk_with_descriptor(path: &Path, edit: impl Fn(&str) -> String) {
+    qemu_img(&["create", "-q", "-f", "vmdk", path.to_str().unwrap(), "16M"]);
+    let mut bytes = std::fs::read(path).unwrap();
+    let region = &bytes[512..512 + 20 * 512];
+    let end = region.iter().position(|b| *b == 0).unwrap();
+    let text = String::from_utf8(region[..end].to_vec()).unwrap();
+    assert!(text.contains("monolithicSparse"), "{text}");
+    let new = edit(&text);
+    assert!(new.len() < 20 * 512 && new != text);
+    bytes[512..512 + 20 * 512].fill(0);
+    bytes[512..512 + new.len()].copy_from_slice(new.as_bytes());
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn rejects_a_monolithic_sparse_vmdk_whose_extent_names_another_file() {
+    let images = Images::new();
+    let good = images.path("good.vmdk");
+    vmdk_with_descriptor(&good, |t| t.replace("ddb.", "ddb.comment = \"ok\"\nddb."));
+    let evil = images.path("evil.vmdk");
+    vmdk_with_descriptor(&evil, |t| {
+        let line = t.lines().find(|l| l.starts_with("RW ")).unwrap();
+        let (head, _) = line.split_once('"').unwrap();
+        t.replace(line, &format!("{head}\"/etc/shadow\""))
+    });
+    let app = images.app(|_| {}).await;
+    // The untouched layout passes, so the refusal below is about the name alone.
+    let job = run(&app, json!({"url": images.url("good.vmdk")})).await;
+    assert_eq!(stage(&job, "inspect")["state"], "succeeded", "{job:#}");
+    let job = run(&app, json!({"url": images.url("evil.vmdk")})).await;
+    assert_failed_at(&job, "inspect", "a path in the extent name");
+    assert_eq!(stage(&job, "inspect")["detail"]["verdict"], "refused");
+}
+
 #[tokio::test]
 async fn rejects_zip_slip_and_writes_nothing_outside_the_work_dir() {
     let images = Images::new();
@@ -375,10 +441,12 @@ async fn stops_a_gzip_bomb() {
     let job = run(&app, json!({"url": images.url("bomb.img.gz")})).await;
 
     assert_failed_at(&job, "extract", "decompression bomb");
-    assert!(
-        files_named(&app.data_dir, "bomb.img").is_empty(),
-        "the partial output is removed"
-    );
+    // (fetch's copy of the archive itself stays under download/.)
+    let left: Vec<_> = files_named(&app.data_dir, "bomb.img")
+        .into_iter()
+        .filter(|p| !p.parent().is_some_and(|d| d.ends_with("download")))
+        .collect();
+    assert!(left.is_empty(), "the partial output is removed: {left:?}");
 }
 
 #[tokio::test]

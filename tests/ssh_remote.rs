@@ -322,6 +322,7 @@ async fn an_upload_whose_answer_is_lost_is_sent_again() {
         sftp: false,
         authorized: vec![key.public_line()],
         path_prefix: Some(flaky_wc(tmp.path(), 1)),
+        ..SshdSetup::default()
     });
     let shell = SshShell::connect(&sshd.options(&key)).await.unwrap();
     let local = sshd.dir.path().join("response.ini");
@@ -348,6 +349,7 @@ async fn an_upload_whose_answer_is_lost_is_sent_again() {
         sftp: false,
         authorized: vec![key.public_line()],
         path_prefix: Some(flaky_wc(tmp.path(), 100)),
+        ..SshdSetup::default()
     });
     let shell = SshShell::connect(&sshd.options(&key)).await.unwrap();
     let err = shell

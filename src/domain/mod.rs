@@ -3,6 +3,7 @@
 mod checksum;
 mod ids;
 mod os;
+mod redact;
 mod role;
 mod source;
 mod state;
@@ -10,6 +11,7 @@ mod state;
 pub use checksum::{Checksum, ChecksumAlgo, ChecksumError, ChecksumSpec};
 pub use ids::JobId;
 pub use os::{detected_os, OsChoice, OsFamily, OsFamilyError};
+pub use redact::redact_url;
 pub use role::{Role, RoleError};
 pub use source::{SourceUrl, SourceUrlError};
 pub use state::{JobState, StageName, StageState};

@@ -46,13 +46,9 @@ impl SourceUrl {
         percent_decode(seg)
     }
 
-    /// The URL with any password removed, safe for logs and pages.
+    /// The URL without user-info or secret query parameters, safe for logs and pages.
     pub fn redacted(&self) -> String {
-        let mut u = self.0.clone();
-        if u.password().is_some() {
-            let _ = u.set_password(Some("***"));
-        }
-        u.to_string()
+        super::redact_url(self.0.as_str())
     }
 }
 

@@ -428,7 +428,7 @@ struct Facts {
 
 impl Facts {
     fn url(&self) -> String {
-        crate::config::redact_url(&self.job.url)
+        crate::domain::redact_url(&self.job.url)
     }
 
     fn image_name(&self) -> String {
@@ -471,7 +471,7 @@ impl Facts {
             self.link
         );
         if let Some(c) = &self.job.checksum {
-            d.push_str(&format!("Checksum: {c}\n"));
+            d.push_str(&format!("Checksum: {}\n", crate::domain::redact_url(c)));
         }
         if self.job.options.as_object().is_some_and(|o| !o.is_empty()) {
             d.push_str(&format!("Options: {}\n", self.job.options));

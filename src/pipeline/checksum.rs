@@ -11,11 +11,11 @@ use serde_json::json;
 
 use super::fetch::{fetched_file_name, fetched_path};
 use super::hashing::MultiHasher;
-use super::http::client;
+use super::http::Fetcher;
 use super::netpolicy::NetPolicy;
 use super::{Stage, StageCtx, StageError, StageFailure, StageOutcome};
 use crate::config::FetchConfig;
-use crate::domain::{Checksum, ChecksumAlgo, ChecksumSpec, SourceUrl, StageName};
+use crate::domain::{redact_url, Checksum, ChecksumAlgo, ChecksumSpec, SourceUrl, StageName};
 
 /// SUMS files are small; anything bigger is not one.
 const MAX_SUMS_BYTES: usize = 4 << 20;
@@ -62,25 +62,26 @@ impl StageFailure for ChecksumStageError {
 
 pub struct ChecksumStage {
     cfg: FetchConfig,
-    http: reqwest::Client,
+    http: Fetcher,
 }
 
 impl ChecksumStage {
     pub fn new(cfg: FetchConfig) -> Self {
+        // The SUMS URL is the submitter's too: same policy as the image.
         let policy = Arc::new(NetPolicy::from_config(&cfg));
-        let http = client(&cfg, &policy);
+        let http = Fetcher::new(&cfg, policy);
         ChecksumStage { cfg, http }
     }
 
     async fn sums_file(&self, url: &str) -> Result<String, ChecksumStageError> {
         let err = |reason: String, retryable: bool| ChecksumStageError::SumsFetch {
-            url: url.to_string(),
+            url: redact_url(url),
             reason,
             retryable,
         };
         let src: SourceUrl = url
             .parse()
-            .map_err(|e: crate::domain::SourceUrlError| err(e.to_string(), false))?;
+            .map_err(|e: crate::domain::SourceUrlError| err(redact_url(&e.to_string()), false))?;
         if src.scheme() == "file" {
             let path = src
                 .url()
@@ -106,10 +107,12 @@ impl ChecksumStage {
         }
         let resp = self
             .http
-            .get(src.url().clone())
-            .send()
+            .get(src.url(), Default::default())
             .await
-            .map_err(|e| err(e.to_string(), true))?;
+            .map_err(|e| {
+                let retryable = e.is_retryable();
+                err(e.to_string(), retryable)
+            })?;
         let status = resp.status();
         if !status.is_success() {
             return Err(err(
@@ -120,7 +123,7 @@ impl ChecksumStage {
         let mut body = Vec::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| err(e.to_string(), true))?;
+            let chunk = chunk.map_err(|e| err(e.without_url().to_string(), true))?;
             if body.len() + chunk.len() > MAX_SUMS_BYTES {
                 return Err(err(format!("larger than {MAX_SUMS_BYTES} bytes"), false));
             }
@@ -196,7 +199,7 @@ impl Stage for ChecksumStage {
                         None => format!("{file_name:?}"),
                     };
                     return Err(ChecksumStageError::NoLine {
-                        url: url.clone(),
+                        url: redact_url(url),
                         name,
                         listed: if listed.is_empty() {
                             "no checksum lines".into()
@@ -206,7 +209,11 @@ impl Stage for ChecksumStage {
                     }
                     .into());
                 };
-                (e.checksum.clone(), format!("from {url}"), target)
+                (
+                    e.checksum.clone(),
+                    format!("from {}", redact_url(url)),
+                    target,
+                )
             }
         };
         let mut actual = match target {

@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use super::hashing::{self, MultiHasher};
-use super::http::{client, literal_ip};
+use super::http::{Fetcher, HttpError};
 use super::netpolicy::{Denied, NetPolicy};
 use super::{Stage, StageCtx, StageError, StageFailure, StageOutcome};
 use crate::config::FetchConfig;
@@ -37,6 +37,8 @@ pub enum FetchError {
     TooLarge { size: String, limit: String },
     #[error(transparent)]
     Denied(#[from] Denied),
+    #[error("{url}: {reason}")]
+    Redirect { url: String, reason: String },
     #[error("{0}: local paths must be under one of the allowed roots (fetch.allowed_roots: {1})")]
     NotAllowed(String, String),
     #[error("{path}: {reason}")]
@@ -59,6 +61,8 @@ pub enum FetchError {
         path: String,
         reason: String,
     },
+    #[error("no credentials sent to SFTP server {addr}: {why}")]
+    SftpNoCredentials { addr: String, why: String },
     #[error("SFTP key file {path}: {reason}")]
     SftpKey { path: String, reason: String },
     #[error("invalid source URL in job: {0}")]
@@ -81,13 +85,13 @@ impl StageFailure for FetchError {
 pub struct FetchStage {
     cfg: FetchConfig,
     policy: Arc<NetPolicy>,
-    http: reqwest::Client,
+    http: Fetcher,
 }
 
 impl FetchStage {
     pub fn new(cfg: FetchConfig) -> Self {
         let policy = Arc::new(NetPolicy::from_config(&cfg));
-        let http = client(&cfg, &policy);
+        let http = Fetcher::new(&cfg, policy.clone());
         FetchStage { cfg, policy, http }
     }
 }
@@ -259,11 +263,6 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> FetchError {
 impl FetchStage {
     async fn fetch_http(&self, ctx: &StageCtx, src: &SourceUrl) -> Result<(), StageError> {
         let url = src.url().clone();
-        if let Some(ip) = literal_ip(&url) {
-            self.policy
-                .check(url.host_str().unwrap_or(""), ip)
-                .map_err(FetchError::from)?;
-        }
         let dir = ctx.work_dir.join("download");
         tokio::fs::create_dir_all(&dir)
             .await
@@ -279,14 +278,19 @@ impl FetchStage {
             _ => 0,
         };
         let validator = tokio::fs::read_to_string(&validator_path).await.ok();
-        let mut req = self.http.get(url.clone());
+        let mut headers = reqwest::header::HeaderMap::new();
         if have > 0 {
-            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
-            if let Some(v) = &validator {
-                req = req.header(reqwest::header::IF_RANGE, v.trim());
+            let range = format!("bytes={have}-").parse().expect("a valid header");
+            headers.insert(reqwest::header::RANGE, range);
+            if let Some(v) = validator.as_deref().and_then(|v| v.trim().parse().ok()) {
+                headers.insert(reqwest::header::IF_RANGE, v);
             }
         }
-        let resp = req.send().await.map_err(|e| classify(&src.redacted(), e))?;
+        let resp = self
+            .http
+            .get(&url, headers)
+            .await
+            .map_err(|e| classify(&src.redacted(), e))?;
         let status = resp.status();
         if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
             // The part file is not a prefix of what the server has now: start over.
@@ -391,6 +395,7 @@ impl FetchStage {
                 }
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
+                    let e = e.without_url();
                     out.flush()
                         .await
                         .map_err(|e| io_err("cannot write", &part, e))?;
@@ -432,27 +437,6 @@ impl FetchStage {
             .filter(|u| !u.is_empty())
             .or_else(|| self.cfg.sftp_user.clone())
             .unwrap_or_else(|| "root".to_string());
-        let password = url
-            .password()
-            .map(|p| secrecy::SecretString::from(percent_decode(p)))
-            .or_else(|| self.cfg.sftp_password.clone());
-        let key = match &self.cfg.sftp_key_file {
-            None => None,
-            Some(path) => {
-                let shown = path.display().to_string();
-                let pem =
-                    tokio::fs::read_to_string(path)
-                        .await
-                        .map_err(|e| FetchError::SftpKey {
-                            path: shown.clone(),
-                            reason: e.to_string(),
-                        })?;
-                Some(SshKey::from_openssh(&pem).map_err(|e| FetchError::SftpKey {
-                    path: shown,
-                    reason: e.to_string(),
-                })?)
-            }
-        };
         let addr_shown = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
@@ -506,23 +490,85 @@ impl FetchStage {
             }
         };
 
+        // The configured key and password are ours: only for hosts we listed.
+        let ours = self.may_receive_credentials(&host, ip);
+        let key = if ours { self.sftp_key().await? } else { None };
+        let password = url
+            .password()
+            .map(|p| secrecy::SecretString::from(percent_decode(p)))
+            .or_else(|| self.cfg.sftp_password.clone().filter(|_| ours));
+        // Trust on first use means anyone on the path could be the server: no password.
+        let withheld = password.is_some() && self.cfg.sftp_host_keys.is_empty();
+        let password = password.filter(|_| !withheld);
+        if key.is_none() && password.is_none() {
+            return Err(FetchError::SftpNoCredentials {
+                addr: addr_shown,
+                why: if withheld {
+                    "a password is not sent to an unpinned host key (pin it in fetch.sftp_host_keys)"
+                        .into()
+                } else {
+                    "the configured SFTP credentials are only for fetch.sftp_credential_hosts, and the URL names no password".into()
+                },
+            }
+            .into());
+        }
+
         let mut opts = SshOptions::new(ip.to_string(), port, user.clone());
         opts.key = key;
         opts.password = password;
         opts.connect_timeout = connect_timeout;
         opts.login_timeout = connect_timeout.max(Duration::from_secs(30));
-        // One pinned key is checked before logging in; with several, right after.
-        if let [only] = self.cfg.sftp_host_keys.as_slice() {
-            opts.host_key = Some(only.clone());
-        }
-        let shell = SshShell::connect(&opts)
-            .await
-            .map_err(|e| self.remote_err(src, &addr_shown, &remote, e))?;
+        // Checked in the handshake, before any key or password is offered.
+        opts.host_keys = self.cfg.sftp_host_keys.clone();
+        let shell = SshShell::connect(&opts).await.map_err(|e| match e {
+            RemoteError::Auth { user, reason } if withheld => FetchError::SftpAuth {
+                addr: addr_shown.clone(),
+                reason: format!(
+                    "as {user}: {reason}; the password was not sent: the host key is not pinned (fetch.sftp_host_keys)"
+                ),
+            }
+            .into(),
+            e => self.remote_err(src, &addr_shown, &remote, e),
+        })?;
         let r = self
             .sftp_download(ctx, src, &shell, &addr_shown, &remote)
             .await;
         shell.close().await;
         r
+    }
+
+    /// Whether `host` (as the URL names it) or `ip` is on fetch.sftp_credential_hosts.
+    fn may_receive_credentials(&self, host: &str, ip: std::net::IpAddr) -> bool {
+        self.cfg.sftp_credential_hosts.iter().any(|h| {
+            let h = h.trim();
+            if let Ok(net) = h.parse::<ipnet::IpNet>() {
+                net.contains(&ip)
+            } else if let Ok(a) = h.parse::<std::net::IpAddr>() {
+                a == ip
+            } else {
+                h.trim_end_matches('.')
+                    .eq_ignore_ascii_case(host.trim_end_matches('.'))
+            }
+        })
+    }
+
+    async fn sftp_key(&self) -> Result<Option<SshKey>, FetchError> {
+        let Some(path) = &self.cfg.sftp_key_file else {
+            return Ok(None);
+        };
+        let shown = path.display().to_string();
+        let pem = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| FetchError::SftpKey {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        SshKey::from_openssh(&pem)
+            .map(Some)
+            .map_err(|e| FetchError::SftpKey {
+                path: shown,
+                reason: e.to_string(),
+            })
     }
 
     async fn sftp_download(
@@ -539,18 +585,6 @@ impl FetchStage {
                 "SFTP server {addr} has host key {seen} (trusted on first use; pin it in fetch.sftp_host_keys)"
             ))
             .await?;
-        } else if !self
-            .cfg
-            .sftp_host_keys
-            .iter()
-            .any(|k| crate::remote::keys::same_fingerprint(k, &seen))
-        {
-            return Err(FetchError::HostKeyNotAllowed {
-                addr: addr.to_string(),
-                seen,
-                allowed: self.cfg.sftp_host_keys.join(", "),
-            }
-            .into());
         }
         let idle = Duration::from_secs(self.cfg.read_timeout_secs.max(1));
         let mut download = shell
@@ -678,18 +712,34 @@ impl FetchStage {
         progress.report(ctx, false).await
     }
 
+    /// `file://`: open once, judge the file that was opened (not the path, which
+    /// can be swapped under us), then copy it into the work dir while hashing.
+    /// Every later stage reads that copy, so replacing or rewriting the original
+    /// after inspect cannot change what is scanned or published. A copy rather
+    /// than a held descriptor because stages may run in another worker process
+    /// or on a retry; rather than a reflink because hashing reads every byte
+    /// anyway, and all-zero blocks are skipped so sparse images stay sparse.
     async fn fetch_local(&self, ctx: &StageCtx, src: &SourceUrl) -> Result<(), StageError> {
+        use std::os::fd::AsRawFd;
         let path = src
             .url()
             .to_file_path()
-            .map_err(|_| FetchError::BadUrl(src.to_string()))?;
+            .map_err(|_| FetchError::BadUrl(src.redacted()))?;
         let shown = path.display().to_string();
-        let real = tokio::fs::canonicalize(&path)
+        let local = |reason: String| FetchError::Local {
+            path: shown.clone(),
+            reason,
+        };
+        // O_NONBLOCK: a FIFO must not hang the worker; it is refused below.
+        let mut f = tokio::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(&path)
             .await
-            .map_err(|e| FetchError::Local {
-                path: shown.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| local(e.to_string()))?;
+        let real = tokio::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+            .await
+            .map_err(|e| local(format!("cannot tell where the opened file is: {e}")))?;
         let mut allowed = false;
         for root in &self.cfg.allowed_roots {
             if let Ok(r) = tokio::fs::canonicalize(root).await {
@@ -709,18 +759,9 @@ impl FetchStage {
             };
             return Err(FetchError::NotAllowed(shown, roots).into());
         }
-        let meta = tokio::fs::metadata(&real)
-            .await
-            .map_err(|e| FetchError::Local {
-                path: shown.clone(),
-                reason: e.to_string(),
-            })?;
+        let meta = f.metadata().await.map_err(|e| local(e.to_string()))?;
         if !meta.is_file() {
-            return Err(FetchError::Local {
-                path: shown,
-                reason: "not a regular file".into(),
-            }
-            .into());
+            return Err(local("not a regular file".into()).into());
         }
         if meta.len() > self.cfg.max_bytes {
             return Err(FetchError::TooLarge {
@@ -729,34 +770,81 @@ impl FetchStage {
             }
             .into());
         }
+        let dir = ctx.work_dir.join("download");
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| io_err("cannot create", &dir, e))?;
+        let dest = dir.join(safe_name(&src.file_name()));
+        let part = part_path(&dest);
         ctx.info(format!(
-            "reading {} in place ({}), no copy",
+            "copying {} ({}) into the work directory, so later changes to it cannot reach the scan",
             real.display(),
             fmt_bytes(meta.len())
         ))
         .await?;
-        // Hash in place: one pass, no copy.
+        let out = tokio::fs::File::create(&part)
+            .await
+            .map_err(|e| io_err("cannot open", &part, e))?;
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, out);
         let mut hasher = MultiHasher::new(wanted_algos(ctx));
         let mut progress = Progress::new(0, Some(meta.len()));
-        let mut f = tokio::fs::File::open(&real)
-            .await
-            .map_err(|e| io_err("cannot open", &real, e))?;
+        let mut hole = 0u64;
         let mut buf = vec![0u8; 1 << 20];
         loop {
             if ctx.cancel.is_cancelled() {
                 return Err(StageError::Cancelled);
             }
-            let n = tokio::io::AsyncReadExt::read(&mut f, &mut buf)
+            let n = read_full(&mut f, &mut buf)
                 .await
                 .map_err(|e| io_err("cannot read", &real, e))?;
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[..n]);
             progress.bytes += n as u64;
+            if progress.bytes > meta.len() {
+                return Err(local("the file grew while it was copied".into()).into());
+            }
+            hasher.update(&buf[..n]);
+            if buf[..n].iter().all(|b| *b == 0) {
+                hole += n as u64;
+            } else {
+                if hole > 0 {
+                    out.flush()
+                        .await
+                        .map_err(|e| io_err("cannot write", &part, e))?;
+                    tokio::io::AsyncSeekExt::seek(
+                        out.get_mut(),
+                        std::io::SeekFrom::Current(hole as i64),
+                    )
+                    .await
+                    .map_err(|e| io_err("cannot seek", &part, e))?;
+                    hole = 0;
+                }
+                out.write_all(&buf[..n])
+                    .await
+                    .map_err(|e| io_err("cannot write", &part, e))?;
+            }
             progress.report(ctx, false).await?;
         }
-        self.finish(ctx, &real, true, progress, hasher).await
+        out.flush()
+            .await
+            .map_err(|e| io_err("cannot write", &part, e))?;
+        out.get_mut()
+            .set_len(progress.bytes)
+            .await
+            .map_err(|e| io_err("cannot write", &part, e))?;
+        commit_part(
+            out,
+            &part,
+            &dest,
+            Some(meta.len()),
+            progress.bytes,
+            "stated",
+        )
+        .await?;
+        ctx.set_detail(json!({"copied_from": real.display().to_string()}), true)
+            .await?;
+        self.finish(ctx, &dest, false, progress, hasher).await
     }
 
     async fn finish(
@@ -796,6 +884,19 @@ impl FetchStage {
     }
 }
 
+/// Reads until `buf` is full or the file ends, so all-zero checks see whole blocks.
+async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let k = tokio::io::AsyncReadExt::read(f, &mut buf[n..]).await?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    Ok(n)
+}
+
 /// An error and its causes on one line ("error decoding response body: connection reset").
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut reason = e.to_string();
@@ -807,22 +908,21 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     reason
 }
 
-fn classify(url: &str, e: reqwest::Error) -> StageError {
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        if let Some(d) = s.downcast_ref::<Denied>() {
-            return FetchError::Denied(Denied {
-                host: d.host.clone(),
-                addr: d.addr,
-                why: d.why.clone(),
-            })
-            .into();
-        }
-        src = s.source();
-    }
-    FetchError::Connect {
-        url: url.to_string(),
-        reason: error_chain(&e),
+fn classify(url: &str, e: HttpError) -> StageError {
+    match e {
+        HttpError::Denied(d) => FetchError::Denied(d),
+        HttpError::Request(e) => FetchError::Connect {
+            url: url.to_string(),
+            reason: error_chain(&e),
+        },
+        e @ HttpError::Resolve(_) => FetchError::Connect {
+            url: url.to_string(),
+            reason: e.to_string(),
+        },
+        e => FetchError::Redirect {
+            url: url.to_string(),
+            reason: e.to_string(),
+        },
     }
     .into()
 }

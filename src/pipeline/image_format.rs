@@ -232,80 +232,195 @@ pub fn qcow2_header(head: &[u8]) -> Option<Qcow2Header> {
     })
 }
 
-/// Where a VMDK sparse extent keeps its embedded descriptor: (offset, length) in bytes.
-pub fn vmdk_descriptor_range(head: &[u8]) -> Option<(u64, u64)> {
-    if !head.starts_with(b"KDMV") {
-        return None;
-    }
-    let offset = le_u64(head, 28)?.checked_mul(512)?;
-    let size = le_u64(head, 36)?.checked_mul(512)?;
-    Some((offset, size))
+/// `gdOffset` meaning "the grain directory is in the footer" (streamOptimized).
+pub const VMDK_GD_AT_END: u64 = u64::MAX;
+
+/// The fields of a VMDK hosted sparse extent header the safety rules read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmdkSparseHeader {
+    pub version: u32,
+    pub capacity_sectors: u64,
+    pub desc_offset: u64,
+    pub desc_size: u64,
+    pub gd_offset: u64,
 }
 
-/// Checks an embedded VMDK descriptor: a single-file subformat, every line on
-/// an allow-list, one SPARSE extent (which is the file itself). Returns the createType.
-pub fn check_vmdk_descriptor(text: &str) -> Result<String, String> {
-    const ALLOWED_TYPES: [&str; 2] = ["monolithicSparse", "streamOptimized"];
+/// Parses the 64 bytes at `at` (`KDMV`, version, flags, capacity, grain,
+/// descriptor sector and length, GTEs per GT, rgd, gd), all little-endian.
+pub fn vmdk_sparse_header(b: &[u8], at: usize) -> Option<VmdkSparseHeader> {
+    if b.get(at..at + 4)? != b"KDMV" {
+        return None;
+    }
+    Some(VmdkSparseHeader {
+        version: u32::from_le_bytes(b.get(at + 4..at + 8)?.try_into().ok()?),
+        capacity_sectors: le_u64(b, at + 12)?,
+        desc_offset: le_u64(b, at + 28)?.checked_mul(512)?,
+        desc_size: le_u64(b, at + 36)?.checked_mul(512)?,
+        gd_offset: le_u64(b, at + 56)?,
+    })
+}
+
+/// The header rules of oslo.utils' format_inspector `VMDKInspector.post_process`
+/// (openstack/oslo.utils, oslo_utils/imageutils/format_inspector.py): version
+/// 1-3, the descriptor exactly at sector 1 (0x200) and at most 1 MiB - 1 long
+/// (qemu's own limits). Returns (offset, length) of the embedded descriptor.
+pub fn vmdk_descriptor_range(head: &[u8]) -> Result<(u64, u64), String> {
+    let h = vmdk_sparse_header(head, 0).ok_or("truncated VMDK sparse header")?;
+    if !(1..=3).contains(&h.version) {
+        return Err(format!(
+            "VMDK sparse header version {} (only 1 to 3 are accepted)",
+            h.version
+        ));
+    }
+    if h.desc_offset != 512 {
+        return Err(format!(
+            "VMDK embedded descriptor at byte {} (it must start at 512, right after the header)",
+            h.desc_offset
+        ));
+    }
+    if h.desc_size == 0 || h.desc_size >= 1 << 20 {
+        return Err(format!(
+            "VMDK embedded descriptor of {} bytes (1 to 1 MiB - 1 are accepted)",
+            h.desc_size
+        ));
+    }
+    Ok((h.desc_offset, h.desc_size))
+}
+
+/// A streamOptimized footer (header copy + end-of-stream marker, the last 1536
+/// bytes) must agree with the header, as oslo's `check_footer` demands: else
+/// readers that trust the footer see another descriptor or grain directory.
+pub fn check_vmdk_footer(head: &[u8], tail: &[u8]) -> Result<(), String> {
+    let h = vmdk_sparse_header(head, 0).ok_or("truncated VMDK sparse header")?;
+    if h.gd_offset != VMDK_GD_AT_END {
+        return Ok(());
+    }
+    if tail.len() != 1536 {
+        return Err("VMDK footer is missing (file shorter than its footer)".into());
+    }
+    let f = vmdk_sparse_header(tail, 512).ok_or("VMDK footer has no KDMV header")?;
+    if f.version != h.version {
+        return Err("VMDK header and footer versions differ".into());
+    }
+    if (f.desc_offset, f.desc_size) != (h.desc_offset, h.desc_size) {
+        return Err("VMDK footer names another descriptor than the header".into());
+    }
+    if f.gd_offset == VMDK_GD_AT_END {
+        return Err("VMDK footer points at yet another footer".into());
+    }
+    // Markers: {u64 value, u32 size = 0, u32 type, 496 zero bytes}; footer type 3, EOS type 0.
+    let marker = |m: &[u8], typ: u32, value_zero: bool| {
+        let ok_value = !value_zero || m[..8].iter().all(|b| *b == 0);
+        ok_value
+            && m[8..12] == [0; 4]
+            && u32::from_le_bytes(m[12..16].try_into().unwrap()) == typ
+            && m[16..].iter().all(|b| *b == 0)
+    };
+    if !marker(&tail[..512], 3, false) {
+        return Err("VMDK footer marker is invalid".into());
+    }
+    if !marker(&tail[1024..], 0, true) {
+        return Err("VMDK end-of-stream marker is invalid".into());
+    }
+    Ok(())
+}
+
+/// Checks an embedded VMDK descriptor against the rules of oslo.utils'
+/// `VMDKInspector.check_descriptor` (format_inspector.py), a little stricter:
+/// ASCII only, nothing hidden after the NUL padding, every line on an
+/// allow-list, a single-file createType, and exactly one extent, which must be
+/// `RW|RDONLY|NOACCESS <sectors> SPARSE "<name>"` with no `/` (or `\`) in the
+/// name. qemu ignores the extent name of a sparse file, but vSphere and
+/// converters that import the published image follow it. Returns the createType.
+pub fn check_vmdk_descriptor(text: &[u8]) -> Result<String, String> {
+    const ALLOWED_TYPES: [&str; 2] = ["monolithicsparse", "streamoptimized"];
     const KEYS: [&str; 6] = [
         "version",
         "encoding",
-        "CID",
-        "parentCID",
-        "createType",
-        "isNativeSnapshot",
+        "cid",
+        "parentcid",
+        "createtype",
+        "isnativesnapshot",
     ];
+    // qemu and oslo stop at the first NUL; text after it would be read by others.
+    let end = text.iter().position(|b| *b == 0).unwrap_or(text.len());
+    if text[end..].iter().any(|b| *b != 0) {
+        return Err("VMDK descriptor has text hidden after its NUL padding".into());
+    }
+    let text = std::str::from_utf8(&text[..end])
+        .ok()
+        .filter(|t| t.is_ascii())
+        .ok_or("VMDK descriptor is not ASCII text")?;
     let mut create_type = None;
     let mut extents = 0;
     for raw in text.split('\n') {
-        let line = raw.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+        let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        if let Some(rest) = ["RW ", "RDONLY ", "NOACCESS "]
-            .iter()
-            .find_map(|p| line.strip_prefix(p))
-        {
+        let lower = line.to_ascii_lowercase();
+        let first = lower.split_whitespace().next().unwrap_or("");
+        if matches!(first, "rw" | "rdonly" | "noaccess") {
             extents += 1;
-            let kind = rest.split_whitespace().nth(1).unwrap_or("");
-            if kind != "SPARSE" {
-                return Err(format!(
-                    "VMDK extent {line:?} refers to another file (only one SPARSE extent is allowed)"
-                ));
-            }
+            check_vmdk_extent(line)?;
             continue;
         }
-        if line.starts_with("ddb.") {
+        if lower.starts_with("ddb.") {
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
             return Err(format!("VMDK descriptor line {line:?} is not allowed"));
         };
-        let key = key.trim();
-        if !KEYS.contains(&key) {
+        let key = key.trim().to_ascii_lowercase();
+        if !KEYS.contains(&key.as_str()) {
             return Err(format!("VMDK descriptor line {line:?} is not allowed"));
         }
         let value = value.trim().trim_matches('"');
-        if key == "parentCID" && !value.eq_ignore_ascii_case("ffffffff") {
+        if key == "parentcid" && !value.eq_ignore_ascii_case("ffffffff") {
             return Err(format!(
                 "VMDK has a parent (parentCID={value}): delta disks are refused"
             ));
         }
-        if key == "createType" {
+        if key == "createtype" {
             create_type = Some(value.to_string());
         }
     }
     let create_type = create_type.ok_or("VMDK descriptor has no createType")?;
-    if !ALLOWED_TYPES.contains(&create_type.as_str()) {
+    if !ALLOWED_TYPES.contains(&create_type.to_ascii_lowercase().as_str()) {
         return Err(format!(
             "VMDK subformat {create_type} is refused (allowed: monolithicSparse, streamOptimized)"
         ));
     }
-    if extents > 1 {
-        return Err(format!(
-            "VMDK descriptor lists {extents} extents; only one is allowed"
-        ));
+    match extents {
+        0 => Err("VMDK descriptor lists no extent".into()),
+        1 => Ok(create_type),
+        n => Err(format!(
+            "VMDK descriptor lists {n} extents; only one is allowed"
+        )),
     }
-    Ok(create_type)
+}
+
+/// One extent line of a single-file VMDK: `ACCESS SECTORS SPARSE "NAME"`.
+fn check_vmdk_extent(line: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("VMDK extent {line:?} {why}"));
+    let (fields, rest) = line.split_once('"').unwrap_or((line, ""));
+    let f: Vec<&str> = fields.split_whitespace().collect();
+    if f.get(2).is_some_and(|k| !k.eq_ignore_ascii_case("SPARSE")) {
+        return bad("refers to another file (only one SPARSE extent is allowed)");
+    }
+    let [_, sectors, _] = f.as_slice() else {
+        return bad("is not ACCESS SECTORS SPARSE \"NAME\"");
+    };
+    if !sectors.parse::<u64>().is_ok_and(|n| n > 0) {
+        return bad("has no valid size");
+    }
+    let Some(name) = rest.strip_suffix('"').filter(|n| !n.contains('"')) else {
+        return bad("has text after the file name, or none");
+    };
+    if name.is_empty() || name.contains(['/', '\\']) {
+        return bad("refers to another file (a path in the extent name)");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -386,26 +501,93 @@ mod tests {
 
     #[test]
     fn allows_only_single_file_vmdk_descriptors() {
-        let ok = "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"streamOptimized\"\n\nRW 2048 SPARSE \"disk.vmdk\"\nddb.adapterType = \"lsilogic\"\n\0\0\0";
-        assert_eq!(check_vmdk_descriptor(ok).unwrap(), "streamOptimized");
-        let flat = ok
+        let body = "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"streamOptimized\"\n\nRW 2048 SPARSE \"disk.vmdk\"\nddb.adapterType = \"lsilogic\"\n";
+        let check = |t: &str| check_vmdk_descriptor(t.as_bytes());
+        let refused = |t: &str, why: &str| {
+            let e = check(t).unwrap_err();
+            assert!(e.contains(why), "{t:?}: {e}");
+        };
+        assert_eq!(check(&format!("{body}\0\0\0")).unwrap(), "streamOptimized");
+        let flat = body
             .replace("SPARSE", "FLAT")
             .replace("\"disk.vmdk\"", "\"/etc/passwd\" 0");
-        assert!(check_vmdk_descriptor(&flat)
+        refused(&flat, "refers to another file");
+        // oslo's rule: no '/' in an extent line, even a SPARSE one.
+        refused(
+            &body.replace("disk.vmdk", "/etc/shadow"),
+            "a path in the extent name",
+        );
+        refused(
+            &body.replace("disk.vmdk", "..\\..\\boot.ini"),
+            "a path in the extent name",
+        );
+        refused(
+            &body.replace("\"disk.vmdk\"", "\"disk.vmdk\" 0"),
+            "after the file name",
+        );
+        refused(&body.replace("RW 2048", "RW 0"), "no valid size");
+        refused(
+            &body.replace("RW 2048 SPARSE \"disk.vmdk\"\n", ""),
+            "no extent",
+        );
+        refused(&format!("{body}RW 2048 SPARSE \"b.vmdk\"\n"), "2 extents");
+        refused(
+            &body.replace("streamOptimized", "twoGbMaxExtentSparse"),
+            "twoGbMaxExtentSparse",
+        );
+        refused(
+            &body.replace("streamOptimized", "monolithicFlat"),
+            "monolithicFlat",
+        );
+        refused(&format!("{body}foo=bar"), "not allowed");
+        refused(
+            &format!("{body}\0\0RW 2048 FLAT \"/etc/passwd\" 0\n"),
+            "hidden after",
+        );
+        refused(&body.replace("lsilogic", "lsilogic\u{e9}"), "not ASCII");
+        refused(
+            &body.replace("parentCID=ffffffff", "parentCID=1234abcd"),
+            "parent",
+        );
+    }
+
+    #[test]
+    fn vmdk_descriptor_must_sit_right_after_the_header() {
+        let head = |version: u32, desc_sector: u64, desc_sectors: u64| {
+            let mut h = vec![0u8; 512];
+            h[..4].copy_from_slice(b"KDMV");
+            h[4..8].copy_from_slice(&version.to_le_bytes());
+            h[28..36].copy_from_slice(&desc_sector.to_le_bytes());
+            h[36..44].copy_from_slice(&desc_sectors.to_le_bytes());
+            h
+        };
+        assert_eq!(vmdk_descriptor_range(&head(1, 1, 20)), Ok((512, 20 * 512)));
+        assert!(vmdk_descriptor_range(&head(1, 2048, 20))
             .unwrap_err()
-            .contains("refers to another file"));
-        let split = ok.replace("streamOptimized", "twoGbMaxExtentSparse");
-        assert!(check_vmdk_descriptor(&split)
+            .contains("must start at 512"));
+        assert!(vmdk_descriptor_range(&head(4, 1, 20))
             .unwrap_err()
-            .contains("twoGbMaxExtentSparse"));
-        let odd = format!("{ok}\nfoo=bar");
-        assert!(check_vmdk_descriptor(&odd)
+            .contains("version 4"));
+        assert!(vmdk_descriptor_range(&head(1, 1, 0)).is_err());
+        assert!(vmdk_descriptor_range(&head(1, 1, 4096)).is_err());
+        // A footer that names another descriptor is refused.
+        let mut h = head(3, 1, 20);
+        h[56..64].copy_from_slice(&u64::MAX.to_le_bytes());
+        let mut tail = vec![0u8; 1536];
+        tail[12..16].copy_from_slice(&3u32.to_le_bytes());
+        tail[512..1024].copy_from_slice(&head(3, 1, 20));
+        tail[512 + 56..512 + 64].copy_from_slice(&4096u64.to_le_bytes());
+        assert_eq!(check_vmdk_footer(&h, &tail), Ok(()));
+        let mut other = tail.clone();
+        other[512 + 28..512 + 36].copy_from_slice(&9u64.to_le_bytes());
+        assert!(check_vmdk_footer(&h, &other)
             .unwrap_err()
-            .contains("not allowed"));
-        let child = ok.replace("parentCID=ffffffff", "parentCID=1234abcd");
-        assert!(check_vmdk_descriptor(&child)
+            .contains("another descriptor"));
+        let mut eos = tail.clone();
+        eos[1100] = 1;
+        assert!(check_vmdk_footer(&h, &eos)
             .unwrap_err()
-            .contains("parent"));
+            .contains("end-of-stream"));
     }
 
     #[test]

@@ -12,8 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::guest_os::{detect, DetectError, Detection, QemuImgDisk, RawFile};
 use super::image_format::{
-    check_vmdk_descriptor, container_of, image_signatures, qcow2_header, vmdk_descriptor_range,
-    BootInfo, ImageFormat, QCOW2_CORRUPT, QCOW2_DATA_FILE, QCOW2_KNOWN_INCOMPATIBLE, SNIFF_BYTES,
+    check_vmdk_descriptor, check_vmdk_footer, container_of, image_signatures, qcow2_header,
+    vmdk_descriptor_range, BootInfo, ImageFormat, QCOW2_CORRUPT, QCOW2_DATA_FILE,
+    QCOW2_KNOWN_INCOMPATIBLE, SNIFF_BYTES,
 };
 use super::qemu::{self, QemuError, RunLimits};
 use super::{current_image, Stage, StageCtx, StageError, StageFailure, StageOutcome};
@@ -143,19 +144,29 @@ pub async fn examine(path: &Path) -> Result<Verdict, InspectError> {
             notes.insert("qcow2_version".into(), json!(h.version));
         }
         ImageFormat::Vmdk => {
-            let Some((offset, size)) = vmdk_descriptor_range(&head) else {
+            // Rules side by side with oslo.utils' format_inspector VMDKInspector.
+            if !head.starts_with(b"KDMV") {
                 return refuse(
                     "it is a VMDK descriptor that refers to other files; upload a monolithicSparse or streamOptimized VMDK".into(),
                 );
-            };
-            if size == 0 || size > 1 << 20 || offset.saturating_add(size) > len {
+            }
+            let (offset, size) = vmdk_descriptor_range(&head).map_err(InspectError::Refused)?;
+            if offset.saturating_add(size) > len {
                 return refuse("VMDK embedded descriptor lies outside the file".into());
             }
             let mut text = vec![0u8; size as usize];
             f.seek(std::io::SeekFrom::Start(offset)).await.map_err(io)?;
             f.read_exact(&mut text).await.map_err(io)?;
-            let create_type = check_vmdk_descriptor(&String::from_utf8_lossy(&text))
-                .map_err(InspectError::Refused)?;
+            let create_type = check_vmdk_descriptor(&text).map_err(InspectError::Refused)?;
+            let mut tail = Vec::new();
+            if len >= 1536 + 512 {
+                tail = vec![0u8; 1536];
+                f.seek(std::io::SeekFrom::Start(len - 1536))
+                    .await
+                    .map_err(io)?;
+                f.read_exact(&mut tail).await.map_err(io)?;
+            }
+            check_vmdk_footer(&head, &tail).map_err(InspectError::Refused)?;
             notes.insert("create_type".into(), json!(create_type));
         }
         _ => {}

@@ -198,7 +198,7 @@ fn properties(
     }
     let source = text(out(StageName::Fetch), "source")
         .map(str::to_string)
-        .unwrap_or_else(|| ctx.job.url.clone());
+        .unwrap_or_else(|| crate::domain::redact_url(&ctx.job.url));
     put("source_url", source);
     put("sha256", sums.sha256.clone());
     put("job_id", ctx.job.id.to_string());

@@ -45,6 +45,9 @@ pub struct SshOptions {
     /// `None` trusts the key seen now; the caller records
     /// [`SshShell::host_key_fingerprint`].
     pub host_key: Option<String>,
+    /// More accepted host keys (pinned SFTP servers). Like `host_key`, checked
+    /// during the handshake, before any key or password is offered.
+    pub host_keys: Vec<String>,
     /// TCP connect.
     pub connect_timeout: Duration,
     /// SSH handshake and authentication.
@@ -62,6 +65,7 @@ impl SshOptions {
             key: None,
             password: None,
             host_key: None,
+            host_keys: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             login_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(15),
@@ -129,7 +133,12 @@ impl SshShell {
         });
         let seen = Arc::new(Mutex::new(None));
         let handler = Client {
-            expected: opts.host_key.clone(),
+            expected: opts
+                .host_key
+                .iter()
+                .chain(&opts.host_keys)
+                .cloned()
+                .collect(),
             seen: Arc::clone(&seen),
         };
 
@@ -823,10 +832,10 @@ impl ExecOutput {
     }
 }
 
-/// Host key policy for one connection: trust on first use, or require the
-/// recorded fingerprint.
+/// Host key policy for one connection: trust on first use (none expected), or
+/// require one of the expected fingerprints.
 struct Client {
-    expected: Option<String>,
+    expected: Vec<String>,
     seen: Arc<Mutex<Option<String>>>,
 }
 
@@ -857,14 +866,14 @@ impl client::Handler for Client {
             }
         };
         *lock(&self.seen) = Some(fp.clone());
-        match &self.expected {
-            None => Ok(true),
-            Some(recorded) if keys::same_fingerprint(recorded, &fp) => Ok(true),
-            Some(recorded) => Err(ClientError::HostKeyMismatch {
-                recorded: recorded.clone(),
-                seen: fp,
-            }),
+        if self.expected.is_empty() || self.expected.iter().any(|k| keys::same_fingerprint(k, &fp))
+        {
+            return Ok(true);
         }
+        Err(ClientError::HostKeyMismatch {
+            recorded: self.expected.join(", "),
+            seen: fp,
+        })
     }
 }
 

@@ -168,7 +168,7 @@ impl From<&LogLine> for LogView {
 }
 
 fn redact(url: &str) -> String {
-    crate::config::redact_url(url)
+    crate::domain::redact_url(url)
 }
 
 fn job_duration(job: &Job) -> i64 {
@@ -404,7 +404,7 @@ pub fn job_view(
         state: job.state,
         error: job.error.clone(),
         current_stage: job.current_stage.clone(),
-        checksum: job.checksum.clone(),
+        checksum: job.checksum.as_deref().map(redact),
         requested_by: job.requested_by.clone(),
         email: job.email.clone(),
         note: job.note.clone(),

@@ -6,7 +6,9 @@ use serde_json::json;
 use sha2::Digest;
 
 use crate::support::fileserver::{Behaviour, FileServer};
+use crate::support::trap::Trap;
 use crate::support::{stage, Backend, TestApp};
+use vmscan::config::FetchConfig;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -225,6 +227,178 @@ async fn refuses_denied_networks_and_paths_outside_the_allowed_roots() {
             .as_str()
             .unwrap()
             .contains("must be under one of the allowed roots"),
+        "{done:#}"
+    );
+}
+
+/// Submits each URL (optionally with a checksum) and expects the stage to fail
+/// on the network policy; returns nothing, panics with the job otherwise.
+async fn expect_denied(app: &TestApp, url: &str, checksum: Option<&str>, stage_name: &str) {
+    let mut body = json!({ "url": url });
+    if let Some(c) = checksum {
+        body["checksum"] = json!(c);
+    }
+    let job = app.submit(body).await;
+    let done = app
+        .wait_final(job["id"].as_str().unwrap(), Duration::from_secs(20))
+        .await;
+    assert_eq!(done["state"], "failed", "{url}: {done:#}");
+    assert_eq!(
+        stage(&done, stage_name)["state"],
+        "failed",
+        "{url}: {done:#}"
+    );
+    let err = done["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("is not allowed by the network policy"),
+        "{url}: expected a policy refusal, got {err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_every_disguise_of_loopback_and_never_connects() {
+    let v4 = Trap::bind("127.0.0.1", 0).await.expect("bind 127.0.0.1");
+    let p = v4.port();
+    let v6 = Trap::bind("::1", 0).await;
+    // The default deny list (loopback), not the suite's re-allowed one.
+    let app = app(|c| c.fetch.deny_cidrs = FetchConfig::default().deny_cidrs).await;
+    let mut urls = vec![
+        format!("http://127.0.0.1:{p}/disk.img"),
+        format!("http://2130706433:{p}/disk.img"),
+        format!("http://0x7f.1:{p}/disk.img"),
+        format!("http://017700000001:{p}/disk.img"),
+        format!("http://0x7f000001:{p}/disk.img"),
+        format!("http://127.1:{p}/disk.img"),
+        format!("http://[::ffff:127.0.0.1]:{p}/disk.img"),
+        format!("http://[::ffff:7f00:1]:{p}/disk.img"),
+        format!("http://[::127.0.0.1]:{p}/disk.img"),
+        format!("http://[64:ff9b::7f00:1]:{p}/disk.img"),
+        format!("http://[2002:7f00:1::]:{p}/disk.img"),
+        // A name that resolves to loopback.
+        format!("http://localhost:{p}/disk.img"),
+    ];
+    if let Some(t) = &v6 {
+        urls.push(format!("http://[::1]:{}/disk.img", t.port()));
+        urls.push(format!("http://localhost:{}/disk.img", t.port()));
+    }
+    for url in &urls {
+        expect_denied(&app, url, None, "fetch").await;
+    }
+    assert_eq!(v4.connections(), 0, "a denied URL reached 127.0.0.1");
+    if let Some(t) = &v6 {
+        assert_eq!(t.connections(), 0, "a denied URL reached [::1]");
+    }
+    // The trap does count: one connection of our own shows up.
+    drop(tokio::net::TcpStream::connect(v4.addr).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(v4.connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_and_unspecified_addresses_stay_denied_whatever_allow_cidrs_says() {
+    let f = fixture(1000).await;
+    let trap = Trap::bind("127.0.0.1", 0).await.expect("bind 127.0.0.1");
+    let p = trap.port();
+    let trap6 = Trap::bind("::1", 0).await;
+    // Loopback re-allowed (as the suite does) and everything allowed on top.
+    let app = app(|c| c.fetch.allow_cidrs = vec!["0.0.0.0/0".into(), "::/0".into()]).await;
+    // 0.0.0.0 and :: connect to this machine: the traps would see it.
+    let mut urls = vec![
+        format!("http://0.0.0.0:{p}/disk.img"),
+        format!("http://0:{p}/disk.img"),
+        format!("http://[::ffff:0.0.0.0]:{p}/disk.img"),
+        "http://169.254.169.254/latest/meta-data/x".to_string(),
+        "http://2852039166/latest/meta-data/x".to_string(),
+        "http://[::ffff:169.254.169.254]/latest/meta-data/x".to_string(),
+        "http://[::ffff:a9fe:a9fe]/latest/meta-data/x".to_string(),
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/x".to_string(),
+        "http://[2002:a9fe:a9fe::]/latest/meta-data/x".to_string(),
+        "http://[fd00:ec2::254]/latest/meta-data/x".to_string(),
+        "http://168.63.129.16/machine/disk.img".to_string(),
+        "http://100.100.100.200/latest/meta-data/disk.img".to_string(),
+        "http://224.0.0.1/disk.img".to_string(),
+        "http://255.255.255.255/disk.img".to_string(),
+    ];
+    if let Some(t) = &trap6 {
+        urls.push(format!("http://[::]:{}/disk.img", t.port()));
+    }
+    for url in &urls {
+        expect_denied(&app, url, None, "fetch").await;
+    }
+    // A redirect hop is checked before anything is sent to it.
+    f.fs.redirect("meta.img", "http://169.254.169.254/latest/meta-data/iam/");
+    f.fs.redirect("zero.img", &format!("http://0.0.0.0:{p}/disk.img"));
+    f.fs.redirect("mapped.img", &format!("http://[::ffff:0:0]:{p}/disk.img"));
+    for path in ["meta.img", "zero.img", "mapped.img"] {
+        expect_denied(&app, &f.fs.url(path), None, "fetch").await;
+        assert_eq!(f.fs.hits(path).len(), 1, "the first hop is allowed");
+    }
+    assert_eq!(trap.connections(), 0, "a denied URL reached this machine");
+    if let Some(t) = &trap6 {
+        assert_eq!(t.connections(), 0, "a denied URL reached [::]");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sums_url_and_its_redirects_meet_the_same_policy() {
+    let f = fixture(1000).await;
+    // 127.0.0.2 is loopback too, so it is reachable here without setup.
+    let trap = Trap::bind("127.0.0.2", 0).await.expect("bind 127.0.0.2");
+    let sums = format!("http://127.0.0.2:{}/SHA256SUMS", trap.port());
+    let app = app(|c| c.fetch.deny_cidrs = vec!["127.0.0.2/32".into()]).await;
+    expect_denied(
+        &app,
+        &f.fs.url("disk.img"),
+        Some(&format!("file:{sums}")),
+        "checksum",
+    )
+    .await;
+    f.fs.redirect("SUMS-moved", &sums);
+    let moved = format!("file:{}", f.fs.url("SUMS-moved"));
+    expect_denied(&app, &f.fs.url("disk.img"), Some(&moved), "checksum").await;
+    // The image itself was fetched each time: only the SUMS hop was refused.
+    assert_eq!(f.fs.hits("disk.img").len(), 2);
+    assert_eq!(f.fs.hits("SUMS-moved").len(), 1);
+    assert_eq!(
+        trap.connections(),
+        0,
+        "the SUMS URL reached a denied address"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_url_never_shows_its_secrets() {
+    let f = fixture(1000).await;
+    let app = app(|_| {}).await;
+    let url =
+        f.fs.url("missing.img?X-Amz-Signature=SIGSECRET&token=TOKSECRET&v=1")
+            .replace("http://", "http://bob:PWSECRET@");
+    let sums = f.fs.url("CHECKSUM?sig=SASSECRET");
+    let job = app
+        .submit(json!({"url": url, "checksum": format!("file:{sums}")}))
+        .await;
+    let id = job["id"].as_str().unwrap();
+    let done = app.wait_final(id, Duration::from_secs(20)).await;
+    assert_eq!(done["state"], "failed", "{done:#}");
+    assert_eq!(f.fs.hits("missing.img").len(), 1, "the real URL was used");
+    let shown = [
+        job.to_string(),
+        done.to_string(),
+        app.log_text(id).await,
+        app.get_text(&format!("/jobs/{id}")).await.1,
+        app.get_text("/").await.1,
+        app.get("/api/v1/jobs").await.1.to_string(),
+    ];
+    for (i, text) in shown.iter().enumerate() {
+        for secret in ["SIGSECRET", "TOKSECRET", "PWSECRET", "SASSECRET"] {
+            assert!(!text.contains(secret), "view {i} shows {secret}: {text}");
+        }
+    }
+    assert!(
+        done["url"]
+            .as_str()
+            .unwrap()
+            .contains("X-Amz-Signature=***"),
         "{done:#}"
     );
 }

@@ -32,6 +32,7 @@ struct St {
     root: PathBuf,
     behaviour: Arc<Mutex<Behaviour>>,
     hits: Arc<Mutex<HashMap<String, Vec<Option<String>>>>>,
+    redirects: Arc<Mutex<HashMap<String, String>>>,
 }
 
 pub struct FileServer {
@@ -52,6 +53,7 @@ impl FileServer {
             root: root.into(),
             behaviour: Arc::default(),
             hits: Arc::default(),
+            redirects: Arc::default(),
         };
         let app = Router::new()
             .route("/{*path}", get(serve))
@@ -83,6 +85,14 @@ impl FileServer {
             .unwrap_or_default()
     }
 
+    /// Answers requests for `path` with `302 Location: location`.
+    pub fn redirect(&self, path: &str, location: &str) {
+        self.st.redirects.lock().unwrap().insert(
+            path.trim_start_matches('/').to_string(),
+            location.to_string(),
+        );
+    }
+
     pub fn all_hits(&self) -> HashMap<String, Vec<Option<String>>> {
         self.st.hits.lock().unwrap().clone()
     }
@@ -100,6 +110,9 @@ async fn serve(State(st): State<St>, Path(path): Path<String>, headers: HeaderMa
         .or_default()
         .push(range.clone());
     let b = st.behaviour.lock().unwrap().clone();
+    if let Some(to) = st.redirects.lock().unwrap().get(&path) {
+        return (StatusCode::FOUND, [("location", to.clone())]).into_response();
+    }
     if let Some(s) = b.status {
         return (
             StatusCode::from_u16(s).unwrap(),

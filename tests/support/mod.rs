@@ -15,6 +15,7 @@ pub mod slapd;
 pub mod smtp;
 pub mod sshd;
 pub mod tls;
+pub mod trap;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -84,8 +85,11 @@ pub async fn test_config(backend: Backend, data_dir: &std::path::Path) -> Config
     cfg.worker.lease_secs = 5;
     cfg.worker.shutdown_grace_secs = 5;
     cfg.pipeline.retry_backoff_secs = 1;
-    // Tests look at a finished job's files; tests/api/workdir.rs checks the deletion.
+    // Tests look at a finished job's files; tests/api/runner.rs checks the deletion.
     cfg.storage.keep_work_secs = 3600;
+    // The fake servers listen on 127.0.0.1: re-allow loopback, the explicit way
+    // an operator would (the built-in deny list stays).
+    cfg.fetch.deny_cidrs = Vec::new();
     // Tests name requesters' colleagues at example.com as "also tell".
     cfg.auth.notify_domains = vec!["example.com".into()];
     cfg

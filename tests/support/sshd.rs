@@ -25,6 +25,8 @@ pub struct SshdSetup {
     /// Put first on the sessions' PATH (`SetEnv`): commands to stand in for
     /// the system's.
     pub path_prefix: Option<PathBuf>,
+    /// Offer password login (a honeypot: no password works, each try is logged).
+    pub passwords: bool,
 }
 
 impl Sshd {
@@ -72,6 +74,10 @@ impl Sshd {
                 dir.display()
             ));
         }
+        if setup.passwords {
+            // Later lines lose to earlier ones in sshd_config: replace, not append.
+            config = config.replace("PasswordAuthentication no", "PasswordAuthentication yes");
+        }
         let config_path = d.join("sshd_config");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(d.join("sshd.log")).unwrap();
@@ -116,6 +122,20 @@ impl Sshd {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    /// Password logins tried so far (sshd logs each, right or wrong).
+    pub fn password_attempts(&self) -> usize {
+        let log = self.log();
+        log.matches("Failed password for").count() + log.matches("Accepted password for").count()
+    }
+
+    /// Key logins tried so far (offered or signed).
+    pub fn key_attempts(&self) -> usize {
+        let log = self.log();
+        log.matches("Failed publickey for").count()
+            + log.matches("Accepted publickey for").count()
+            + log.matches("Postponed publickey for").count()
     }
 
     /// What `ssh-keygen -l` says about the host key, e.g. `SHA256:…`.
