@@ -7,6 +7,7 @@
 mod client;
 mod config;
 mod upload;
+pub mod v4;
 
 use std::time::{Duration, Instant};
 
