@@ -186,6 +186,53 @@ async fn a_bit_flipped_in_transit_fails_prisms_checksum_and_the_upload_is_sent_a
     p.delete_image(&image.id).await.unwrap();
 }
 
+/// The fake answers in the shapes real Prism Central was recorded with.
+#[tokio::test]
+async fn the_fake_answers_like_recorded_prism_central() {
+    let fake = FakeNutanix::start().await;
+    let p = provider(&fake).await;
+    let (_d, img) = image().await;
+    let image = p
+        .upload_image(JobId::new(), &img, &|_, _| {})
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("{}/api/nutanix/v3{path}", fake.url()))
+            .basic_auth(USER, Some(PASSWORD))
+    };
+    // Headers of every answer (prism-go-client keploy recordings).
+    let resp = call(reqwest::Method::GET, &format!("/images/{}", image.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-ntnx-env"], "pc");
+    assert!(resp.headers()["x-ntnx-product"]
+        .to_str()
+        .unwrap()
+        .starts_with("pc."));
+    let one: serde_json::Value = resp.json().await.unwrap();
+    let r = &one["status"]["resources"];
+    assert_eq!(r["source_uri"], format!("file://{}", image.id));
+    assert_eq!(r["size_bytes"], 64 << 20);
+    assert!(one["status"]["execution_context"]["task_uuid"].is_array());
+    // A list names the tasks task_uuids (terraform-provider-nutanix out.txt).
+    let list: serde_json::Value = call(reqwest::Method::POST, "/images/list")
+        .json(&serde_json::json!({"kind": "image"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ec = &list["entities"][0]["status"]["execution_context"];
+    assert!(
+        ec["task_uuids"].is_array() && ec.get("task_uuid").is_none(),
+        "{ec}"
+    );
+    p.delete_image(&image.id).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_wrong_password_fails_at_once_with_a_clear_error() {
     let fake = FakeNutanix::start().await;

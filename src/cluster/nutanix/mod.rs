@@ -478,6 +478,15 @@ fn job_image_name(job: JobId) -> String {
     image_name(job)
 }
 
+/// Text for an XML element's content.
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,13 +504,4 @@ mod tests {
         let pe = json!({"status": {"resources": {"config": {"service_list": ["AOS"]}}}});
         assert!(!is_prism_central(&pe));
     }
-}
-
-/// Text for an XML element's content.
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
 }
