@@ -315,6 +315,7 @@ async fn publishes_to_artifactory_with_properties_and_archives_the_previous_vers
         })
         .await;
     let (url, bytes) = images.write("rocky-9.4-x86_64.qcow2", 20);
+    // Every separator of the properties grammar, literally: one value back.
     let desc = "Rocky 9; CIS level 1, a|b=c \\ done";
     let job = scan(
         &app,

@@ -181,7 +181,8 @@ async fn boots_the_fixture_answers_ssh_and_leaves_nothing_behind() {
         assert!(done <= total);
         last.store(done, Ordering::SeqCst);
     };
-    let image = p.upload_image(job, &disk, &progress).await.unwrap();
+    let file = vmscan::cluster::ImageFile::read(&disk).await.unwrap();
+    let image = p.upload_image(job, &file, &progress).await.unwrap();
     assert_eq!(image.name, image_name(job));
     assert_eq!(image.size, std::fs::metadata(&disk).unwrap().len());
     assert_eq!(last.load(Ordering::SeqCst), image.size);
@@ -337,7 +338,8 @@ async fn a_disk_that_never_boots_fails_on_the_ssh_banner_and_is_still_deleted() 
     let zero = tmp.path().join("zero.raw");
     std::fs::write(&zero, vec![0u8; 1 << 20]).unwrap();
     let job = JobId::new();
-    let image = p.upload_image(job, &zero, &|_, _| {}).await.unwrap();
+    let file = vmscan::cluster::ImageFile::read(&zero).await.unwrap();
+    let image = p.upload_image(job, &file, &|_, _| {}).await.unwrap();
     assert!(image.id.ends_with(".raw"), "{}", image.id);
     let vm = p
         .create_vm(&spec(job, image.clone(), "#cloud-config\n".into()))

@@ -470,17 +470,16 @@ impl ClusterProvider for WindowsCluster {
     async fn upload_image(
         &self,
         job: JobId,
-        path: &Path,
+        image: &vmscan::cluster::ImageFile,
         _progress: Progress<'_>,
     ) -> Result<ClusterImage, ClusterError> {
-        let size = std::fs::metadata(path)
-            .map_err(|e| ClusterError::Local(e.to_string()))?
-            .len();
+        let size = image.file_size;
         self.calls.lock().unwrap().push("upload_image".into());
         Ok(ClusterImage {
             id: format!("img-{}", job.short()),
             name: image_name(job),
             size,
+            virtual_size: image.virtual_size,
         })
     }
 

@@ -54,14 +54,16 @@ pub fn matrix_params(props: &Properties) -> String {
         .collect()
 }
 
-/// The `properties=` value of the storage API: `k=v;k2=v2`. The separators
-/// `\ , | = ;` inside keys and values are backslash-escaped, then the whole
-/// key and value percent-encoded (the backslash becomes `%5C`).
+/// The `properties=` value of the storage API: `k=v;k2=v2`. JFrog's Set
+/// Item Properties docs: `, \ | =` inside a key or value take a backslash
+/// (sent as `%5C`). A `;` must not: `%5C;` separates *values* there, so it
+/// is only percent-encoded (`%3B`), as jfrog-client-go's
+/// `ToEncodedString` sends a parsed `\;`.
 pub fn properties_param(props: &Properties) -> String {
     fn esc(s: &str) -> String {
         let mut out = String::with_capacity(s.len());
         for c in s.chars() {
-            if "\\,|=;".contains(c) {
+            if "\\,|=".contains(c) {
                 out.push('\\');
             }
             out.push(c);
@@ -518,7 +520,7 @@ mod tests {
         p.insert("vmscan.name".into(), "rocky".into());
         assert_eq!(
             properties_param(&p),
-            "vmscan.description=a%5C%2Cb%5C%7Cc%5C%3Dd%5C%3Be%5C%5Cf%20g;vmscan.name=rocky"
+            "vmscan.description=a%5C%2Cb%5C%7Cc%5C%3Dd%3Be%5C%5Cf%20g;vmscan.name=rocky"
         );
         assert_eq!(
             matrix_params(&p),

@@ -2,6 +2,7 @@
 //! the local QEMU provider is the embedded default, Nutanix and OpenStack
 //! are chosen by configuration.
 
+mod image;
 pub mod nutanix;
 pub mod openstack;
 pub mod probe;
@@ -9,9 +10,9 @@ pub mod qemu;
 mod registry;
 mod tls;
 
+pub use image::{ImageFile, ImageFileError};
 pub use registry::{ClusterInfo, Clusters};
 
-use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -81,7 +82,11 @@ impl ClusterError {
 pub struct ClusterImage {
     pub id: String,
     pub name: String,
+    /// Bytes uploaded (the file).
     pub size: u64,
+    /// Bytes of the disk it holds, as the cluster reports it.
+    #[serde(default)]
+    pub virtual_size: u64,
 }
 
 /// What a VM is created from and with.
@@ -166,7 +171,7 @@ pub trait ClusterProvider: Send + Sync {
     async fn upload_image(
         &self,
         job: JobId,
-        path: &Path,
+        image: &ImageFile,
         progress: Progress<'_>,
     ) -> Result<ClusterImage, ClusterError>;
     /// Creates and powers on the VM (replacing an earlier one of the same name).

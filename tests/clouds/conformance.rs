@@ -1,12 +1,12 @@
 //! The provider conformance suite: what every cluster provider (local QEMU,
 //! Nutanix, OpenStack) must do, run against each fake cloud.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use vmscan::cluster::{
-    guest_hostname, vm_name, ClusterError, ClusterProvider, ClusterVm, Deadlines, Owned, VmSpec,
+    guest_hostname, vm_name, ClusterError, ClusterProvider, ClusterVm, Deadlines, ImageFile, Owned,
+    VmSpec,
 };
 use vmscan::domain::{JobId, OsFamily};
 
@@ -47,9 +47,9 @@ async fn owned_by(p: &dyn ClusterProvider, job: JobId) -> (Vec<String>, Vec<Stri
 
 /// create → address → retry keeps the name → delete → verify gone (twice:
 /// missing counts as done), for a VM and its image.
-pub async fn lifecycle(p: &dyn ClusterProvider, image_file: &Path) {
+pub async fn lifecycle(p: &dyn ClusterProvider, image_file: &ImageFile) {
     let job = JobId::new();
-    let size = std::fs::metadata(image_file).unwrap().len();
+    let size = image_file.file_size;
     let last = AtomicU64::new(0);
     let progress = |done: u64, total: u64| {
         assert!(done <= total, "progress {done} > {total}");
@@ -60,6 +60,10 @@ pub async fn lifecycle(p: &dyn ClusterProvider, image_file: &Path) {
         .await
         .expect("upload");
     assert_eq!(image.size, size, "uploaded size");
+    assert_eq!(
+        image.virtual_size, image_file.virtual_size,
+        "the disk's size, as the cluster reports it"
+    );
     assert_eq!(
         last.load(Ordering::Relaxed),
         size,
@@ -114,7 +118,7 @@ pub async fn lifecycle(p: &dyn ClusterProvider, image_file: &Path) {
 /// A VM that never gets an address: the named deadline, then teardown works.
 pub async fn teardown_after_no_address(
     p: &dyn ClusterProvider,
-    image_file: &Path,
+    image_file: &ImageFile,
     make_next_vm_addressless: impl FnOnce(),
 ) {
     let job = JobId::new();

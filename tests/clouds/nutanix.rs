@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use vmscan::cluster::nutanix::{NutanixConfig, NutanixProvider};
-use vmscan::cluster::{ClusterError, ClusterProvider};
+use vmscan::cluster::{ClusterError, ClusterProvider, ImageFile};
 use vmscan::domain::JobId;
 
 use crate::conformance;
@@ -35,8 +35,9 @@ async fn provider(fake: &FakeNutanix) -> NutanixProvider {
     NutanixProvider::new("pc1", config(fake, banner_port().await)).unwrap()
 }
 
-/// A small qcow2 image (real bytes, so sizes and contents can be compared).
-fn image() -> (tempfile::TempDir, PathBuf) {
+/// A small qcow2 image (real bytes, so sizes and contents can be compared):
+/// like every qcow2, its file is much smaller than its 64 MiB disk.
+async fn image() -> (tempfile::TempDir, ImageFile) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.qcow2");
     let ok = std::process::Command::new("qemu-img")
@@ -47,7 +48,9 @@ fn image() -> (tempfile::TempDir, PathBuf) {
         .unwrap()
         .success();
     assert!(ok);
-    (dir, path)
+    let file = ImageFile::read(&path).await.unwrap();
+    assert!(file.file_size < file.virtual_size, "{file:?}");
+    (dir, file)
 }
 
 fn no_leftovers(fake: &FakeNutanix) {
@@ -59,7 +62,7 @@ fn no_leftovers(fake: &FakeNutanix) {
 async fn nutanix_passes_the_conformance_suite() {
     let fake = FakeNutanix::start().await;
     let p = provider(&fake).await;
-    let (_d, img) = image();
+    let (_d, img) = image().await;
     conformance::lifecycle(&p, &img).await;
     conformance::teardown_after_no_address(&p, &img, || fake.make_next_vm_addressless()).await;
     no_leftovers(&fake);
@@ -71,12 +74,12 @@ async fn nutanix_passes_the_conformance_suite() {
 async fn the_vm_is_cloned_from_the_image_powered_on_and_customized() {
     let fake = FakeNutanix::start().await;
     let p = provider(&fake).await;
-    let (_d, img) = image();
+    let (_d, img) = image().await;
     let job = JobId::new();
     let image = p.upload_image(job, &img, &|_, _| {}).await.unwrap();
     assert_eq!(
         fake.image_bytes(&image.name).unwrap(),
-        std::fs::read(&img).unwrap(),
+        std::fs::read(&img.path).unwrap(),
         "Prism holds exactly the bytes sent"
     );
     let spec = conformance::spec(job, image.clone());
@@ -107,13 +110,136 @@ async fn the_vm_is_cloned_from_the_image_powered_on_and_customized() {
     no_leftovers(&fake);
 }
 
+/// Real Prism reports `size_bytes` as the disk it made (a qcow2's virtual
+/// size), and checks the sha256 sent with the bytes.
+#[tokio::test]
+async fn a_qcow2_passes_the_size_check_by_its_virtual_size_and_is_sent_with_its_sha256() {
+    let fake = FakeNutanix::start().await;
+    let p = provider(&fake).await;
+    let (_d, img) = image().await;
+    let image = p
+        .upload_image(JobId::new(), &img, &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(fake.image_size_bytes(&image.name), Some(64 << 20));
+    assert_eq!((image.size, image.virtual_size), (img.file_size, 64 << 20));
+    assert_eq!(
+        fake.upload_checksums(),
+        vec![Some(("SHA_256".to_string(), img.sha256().to_string()))]
+    );
+    p.delete_image(&image.id).await.unwrap();
+    no_leftovers(&fake);
+}
+
+#[tokio::test]
+async fn a_size_prism_does_not_confirm_fails_the_upload_naming_both_sizes() {
+    let fake = FakeNutanix::start().await;
+    let mut cfg = config(&fake, 22);
+    cfg.max_attempts = 1;
+    let p = NutanixProvider::new("pc1", cfg).unwrap();
+    let (_d, img) = image().await;
+    // vmscan believes in a bigger disk than the file holds.
+    let wrong = ImageFile::new(
+        img.path.clone(),
+        img.format,
+        img.file_size,
+        1 << 30,
+        img.sha256(),
+    )
+    .unwrap();
+    let err = p
+        .upload_image(JobId::new(), &wrong, &|_, _| {})
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "Prism Central reports a disk of {} bytes for the image, vmscan's holds {} bytes (virtual size)",
+            64 << 20,
+            1u64 << 30
+        )),
+        "{err}"
+    );
+    no_leftovers(&fake);
+}
+
+#[tokio::test]
+async fn a_bit_flipped_in_transit_fails_prisms_checksum_and_the_upload_is_sent_again() {
+    let fake = FakeNutanix::start().await;
+    let p = provider(&fake).await;
+    let (_d, img) = image().await;
+    fake.corrupt_next_upload();
+    let image = p
+        .upload_image(JobId::new(), &img, &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(fake.count("PUT", "/images/"), 2, "uploaded twice");
+    assert_eq!(
+        fake.image_bytes(&image.name).unwrap(),
+        std::fs::read(&img.path).unwrap()
+    );
+    let images = fake
+        .entities()
+        .into_iter()
+        .filter(|(k, _)| k == "image")
+        .count();
+    assert_eq!(images, 1, "the corrupt image was deleted");
+    p.delete_image(&image.id).await.unwrap();
+}
+
+/// The fake answers in the shapes real Prism Central was recorded with.
+#[tokio::test]
+async fn the_fake_answers_like_recorded_prism_central() {
+    let fake = FakeNutanix::start().await;
+    let p = provider(&fake).await;
+    let (_d, img) = image().await;
+    let image = p
+        .upload_image(JobId::new(), &img, &|_, _| {})
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("{}/api/nutanix/v3{path}", fake.url()))
+            .basic_auth(USER, Some(PASSWORD))
+    };
+    // Headers of every answer (prism-go-client keploy recordings).
+    let resp = call(reqwest::Method::GET, &format!("/images/{}", image.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-ntnx-env"], "pc");
+    assert!(resp.headers()["x-ntnx-product"]
+        .to_str()
+        .unwrap()
+        .starts_with("pc."));
+    let one: serde_json::Value = resp.json().await.unwrap();
+    let r = &one["status"]["resources"];
+    assert_eq!(r["source_uri"], format!("file://{}", image.id));
+    assert_eq!(r["size_bytes"], 64 << 20);
+    assert!(one["status"]["execution_context"]["task_uuid"].is_array());
+    // A list names the tasks task_uuids (terraform-provider-nutanix out.txt).
+    let list: serde_json::Value = call(reqwest::Method::POST, "/images/list")
+        .json(&serde_json::json!({"kind": "image"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ec = &list["entities"][0]["status"]["execution_context"];
+    assert!(
+        ec["task_uuids"].is_array() && ec.get("task_uuid").is_none(),
+        "{ec}"
+    );
+    p.delete_image(&image.id).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_wrong_password_fails_at_once_with_a_clear_error() {
     let fake = FakeNutanix::start().await;
     let mut cfg = config(&fake, 22);
     cfg.password = Some(SecretString::from("wrong"));
     let p = NutanixProvider::new("pc1", cfg).unwrap();
-    let (_d, img) = image();
+    let (_d, img) = image().await;
     let err = p
         .upload_image(JobId::new(), &img, &|_, _| {})
         .await
@@ -132,7 +258,7 @@ async fn a_wrong_password_fails_at_once_with_a_clear_error() {
 async fn server_errors_are_retried_with_back_off() {
     let fake = FakeNutanix::start().await;
     let p = provider(&fake).await;
-    let (_d, img) = image();
+    let (_d, img) = image().await;
     fake.fail_next_requests(2);
     let image = p
         .upload_image(JobId::new(), &img, &|_, _| {})
@@ -152,7 +278,7 @@ async fn server_errors_are_retried_with_back_off() {
 async fn a_dropped_upload_deletes_the_half_made_image_and_starts_again() {
     let fake = FakeNutanix::start().await;
     let p = provider(&fake).await;
-    let (_d, img) = image();
+    let (_d, img) = image().await;
     fake.drop_next_uploads(1);
     let image = p
         .upload_image(JobId::new(), &img, &|_, _| {})
@@ -183,7 +309,7 @@ async fn a_failed_upload_task_is_reported_and_cleaned_up() {
     let mut cfg = config(&fake, 22);
     cfg.max_attempts = 1;
     let p = NutanixProvider::new("pc1", cfg).unwrap();
-    let (_d, img) = image();
+    let (_d, img) = image().await;
     fake.fail_next_upload_task("Image upload failed: checksum mismatch on the storage container");
     let err = p
         .upload_image(JobId::new(), &img, &|_, _| {})
@@ -202,7 +328,7 @@ async fn a_failed_upload_task_is_reported_and_cleaned_up() {
 async fn a_failed_vm_task_shows_prisms_error_and_teardown_finds_the_vm() {
     let fake = FakeNutanix::start().await;
     let p = provider(&fake).await;
-    let (_d, img) = image();
+    let (_d, img) = image().await;
     let job = JobId::new();
     let image = p.upload_image(job, &img, &|_, _| {}).await.unwrap();
     fake.fail_next_vm_task("Not enough memory on host to power on the VM");
@@ -233,7 +359,7 @@ async fn a_failed_vm_task_shows_prisms_error_and_teardown_finds_the_vm() {
 async fn a_conflicting_delete_is_retried() {
     let fake = FakeNutanix::start().await;
     let p = provider(&fake).await;
-    let (_d, img) = image();
+    let (_d, img) = image().await;
     let image = p
         .upload_image(JobId::new(), &img, &|_, _| {})
         .await
@@ -256,7 +382,7 @@ async fn unknown_cluster_or_subnet_names_are_named_in_the_error() {
     let mut cfg = config(&fake, 22);
     cfg.subnet_name = "no-such-net".into();
     let p = NutanixProvider::new("pc1", cfg).unwrap();
-    let (_d, img) = image();
+    let (_d, img) = image().await;
     let job = JobId::new();
     let image = p.upload_image(job, &img, &|_, _| {}).await.unwrap();
     let err = p
@@ -296,7 +422,7 @@ async fn a_task_that_never_ends_times_out_with_its_state() {
     cfg.task_timeout_secs = 1;
     cfg.max_attempts = 1;
     let p = NutanixProvider::new("pc1", cfg).unwrap();
-    let (_d, img) = image();
+    let (_d, img) = image().await;
     let err = p
         .upload_image(JobId::new(), &img, &|_, _| {})
         .await
@@ -326,7 +452,7 @@ async fn https_with_the_certificate_as_ca_bundle_passes_the_conformance_suite() 
     cfg.verify_tls = true;
     cfg.ca_bundle = Some(bundle);
     let p = NutanixProvider::new("pc1", cfg).unwrap();
-    let (_d, img) = image();
+    let (_d, img) = image().await;
     conformance::lifecycle(&p, &img).await;
     no_leftovers(&fake);
     assert!(fake.tls_handshakes() >= 1);
@@ -339,7 +465,7 @@ async fn an_untrusted_certificate_fails_at_once_and_says_so() {
     cfg.verify_tls = true;
     cfg.ca_bundle = None;
     let p = NutanixProvider::new("pc1", cfg).unwrap();
-    let (_d, img) = image();
+    let (_d, img) = image().await;
     let err = p
         .upload_image(JobId::new(), &img, &|_, _| {})
         .await
@@ -365,14 +491,14 @@ async fn https_without_verification_accepts_the_self_signed_certificate() {
     cfg.verify_tls = false;
     cfg.ca_bundle = None;
     let p = NutanixProvider::new("pc1", cfg).unwrap();
-    let (_d, img) = image();
+    let (_d, img) = image().await;
     let image = p
         .upload_image(JobId::new(), &img, &|_, _| {})
         .await
         .unwrap();
     assert_eq!(
         fake.image_bytes(&image.name).unwrap(),
-        std::fs::read(&img).unwrap()
+        std::fs::read(&img.path).unwrap()
     );
     p.delete_image(&image.id).await.unwrap();
     no_leftovers(&fake);
@@ -507,6 +633,13 @@ async fn a_scan_runs_end_to_end_on_nutanix_with_a_real_guest() {
     assert!(
         upload["size_human"].as_str().unwrap().ends_with("MiB"),
         "{upload}"
+    );
+    // The converted qcow2's disk is bigger than its file; Prism reports the disk.
+    let image = &upload["image"];
+    assert_eq!(image["virtual_size"], 32 << 20, "{upload}");
+    assert!(
+        image["size"].as_u64().unwrap() < 32 << 20,
+        "the qcow2 file is smaller than its disk: {upload}"
     );
     let vm = &stage(&done, "vm-create")["detail"];
     assert_eq!(vm["cluster"], "nutanix:pc1");
@@ -655,7 +788,10 @@ async fn bench_nutanix_upload() {
 
     // Baseline: an image record made by the provider's client, then curl streams the file.
     let job = JobId::new();
-    let image = p.upload_image(job, &image().1, &|_, _| {}).await.unwrap();
+    let image = p
+        .upload_image(job, &image().await.1, &|_, _| {})
+        .await
+        .unwrap();
     let url = format!("{}/api/nutanix/v3/images/{}/file", fake.url(), image.id);
     let t = Instant::now();
     let out = std::process::Command::new("curl")
@@ -681,8 +817,9 @@ async fn bench_nutanix_upload() {
     p.delete_image(&image.id).await.unwrap();
 
     let t = Instant::now();
+    let bench = ImageFile::read(&file).await.unwrap();
     let image = p
-        .upload_image(JobId::new(), &file, &|_, _| {})
+        .upload_image(JobId::new(), &bench, &|_, _| {})
         .await
         .unwrap();
     let ours = t.elapsed().as_secs_f64();
@@ -716,7 +853,7 @@ async fn a_janitor_leaves_other_installations_vms_alone() {
 
     let fake = FakeNutanix::start().await;
     let p: Arc<dyn ClusterProvider> = Arc::new(provider(&fake).await);
-    let (_dir, file) = image();
+    let (_dir, file) = image().await;
     let tmp = tempfile::tempdir().unwrap();
     let open = |name: &str| {
         let url = format!("sqlite:{}", tmp.path().join(name).display());

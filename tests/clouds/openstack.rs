@@ -13,6 +13,7 @@ use vmscan::domain::JobId;
 
 use crate::conformance::{self, deadlines, spec};
 use crate::support::guest::{banner_port, fixture_dir, GuestBackend};
+use crate::support::image_of;
 use crate::support::openstack::{self as os, FakeOpenStack};
 use crate::support::tls;
 
@@ -64,14 +65,16 @@ fn api_error(e: &ClusterError) -> (&str, bool) {
 }
 
 async fn upload(p: &OpenStackProvider, job: JobId, file: &Path) -> vmscan::cluster::ClusterImage {
-    p.upload_image(job, file, &|_, _| {}).await.expect("upload")
+    p.upload_image(job, &image_of(file).await, &|_, _| {})
+        .await
+        .expect("upload")
 }
 
 #[tokio::test]
 async fn openstack_passes_the_conformance_lifecycle() {
     let (fake, p) = cloud().await;
     let file = image_file();
-    conformance::lifecycle(&p, file.path()).await;
+    conformance::lifecycle(&p, &image_of(file.path()).await).await;
     assert!(fake.images().is_empty() && fake.servers().is_empty());
     // The lists were paged (two items a page) and followed.
     assert!(fake.count(Method::GET, "/flavors/detail") >= 2);
@@ -82,8 +85,10 @@ async fn openstack_tears_down_a_vm_that_never_gets_an_address() {
     let (fake, p) = cloud().await;
     let file = image_file();
     let f = fake.clone();
-    conformance::teardown_after_no_address(&p, file.path(), move || f.make_next_vm_addressless())
-        .await;
+    conformance::teardown_after_no_address(&p, &image_of(file.path()).await, move || {
+        f.make_next_vm_addressless()
+    })
+    .await;
     assert!(fake.images().is_empty() && fake.servers().is_empty());
 }
 
@@ -119,7 +124,7 @@ async fn openstack_a_wrong_password_fails_clearly_and_is_not_retried() {
     let p = OpenStackProvider::new("t", cfg).unwrap();
     let file = image_file();
     let err = p
-        .upload_image(JobId::new(), file.path(), &|_, _| {})
+        .upload_image(JobId::new(), &image_of(file.path()).await, &|_, _| {})
         .await
         .expect_err("wrong password");
     let (msg, retryable) = api_error(&err);
@@ -195,7 +200,7 @@ async fn openstack_a_killed_upload_fails_clearly_and_deletes_the_image() {
     let file = image_file();
     fake.kill_next_upload();
     let err = p
-        .upload_image(JobId::new(), file.path(), &|_, _| {})
+        .upload_image(JobId::new(), &image_of(file.path()).await, &|_, _| {})
         .await
         .expect_err("killed");
     let (msg, _) = api_error(&err);
@@ -212,7 +217,7 @@ async fn openstack_detects_a_hash_mismatch_and_deletes_the_image() {
     let file = image_file();
     fake.corrupt_next_hash();
     let err = p
-        .upload_image(JobId::new(), file.path(), &|_, _| {})
+        .upload_image(JobId::new(), &image_of(file.path()).await, &|_, _| {})
         .await
         .expect_err("mismatch");
     let (msg, _) = api_error(&err);
@@ -227,7 +232,7 @@ async fn openstack_detects_a_hash_mismatch_and_deletes_the_image() {
     let img = upload(&p, JobId::new(), file.path()).await;
     fake.corrupt_next_hash();
     let err = p
-        .upload_image(JobId::new(), file.path(), &|_, _| {})
+        .upload_image(JobId::new(), &image_of(file.path()).await, &|_, _| {})
         .await
         .expect_err("mismatch");
     assert!(err.to_string().contains("Glance has sha256"), "{err}");
@@ -543,7 +548,7 @@ async fn openstack_over_https_with_the_certificate_as_ca_bundle_passes_the_confo
     cfg.ca_bundle = Some(bundle);
     let p = OpenStackProvider::new("t", cfg).unwrap();
     let file = image_file();
-    conformance::lifecycle(&p, file.path()).await;
+    conformance::lifecycle(&p, &image_of(file.path()).await).await;
     assert!(fake.images().is_empty() && fake.servers().is_empty());
     assert!(fake.tls_handshakes() >= 1);
 }
@@ -557,7 +562,7 @@ async fn openstack_an_untrusted_certificate_fails_at_once_and_says_so() {
     let p = OpenStackProvider::new("t", cfg).unwrap();
     let file = image_file();
     let err = p
-        .upload_image(JobId::new(), file.path(), &|_, _| {})
+        .upload_image(JobId::new(), &image_of(file.path()).await, &|_, _| {})
         .await
         .expect_err("untrusted certificate");
     let (msg, retryable) = api_error(&err);

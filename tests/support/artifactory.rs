@@ -102,38 +102,63 @@ fn pct_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Splits on `sep` where not preceded by a backslash; then removes the escapes.
-fn split_unescaped(s: &str, sep: char) -> Vec<String> {
-    let mut parts = vec![String::new()];
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            parts.last_mut().unwrap().push(c);
-            if let Some(n) = chars.next() {
-                parts.last_mut().unwrap().push(n);
-            }
-        } else if c == sep {
-            parts.push(String::new());
+/// The `properties=` grammar of Set Item Properties (JFrog REST docs):
+/// properties are separated by a raw `;` or `|` / `%7C`; within one, `=`
+/// splits key from value and `,` or `%5C;` separates values; `\`
+/// (`%5C`) before `, \ | =` makes them literal. A literal `;` can only be
+/// sent percent-encoded (`%3B`) without a backslash before it.
+fn parse_properties(raw: &str) -> Vec<(String, Vec<String>)> {
+    // Properties split on the raw text, before decoding: `%3B` is no separator.
+    let mut props = Vec::new();
+    let mut cur = String::new();
+    let mut rest = raw;
+    while let Some(c) = rest.chars().next() {
+        let sep = if c == ';' || c == '|' {
+            1
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case("%7C") {
+            3
         } else {
-            parts.last_mut().unwrap().push(c);
+            0
+        };
+        let escaped = cur.len() >= 3 && cur[cur.len() - 3..].eq_ignore_ascii_case("%5C");
+        if sep > 0 && !escaped {
+            props.push(std::mem::take(&mut cur));
+            rest = &rest[sep..];
+            continue;
         }
+        cur.push(c);
+        rest = &rest[c.len_utf8()..];
     }
-    parts
-}
-
-fn unescape(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            if let Some(n) = chars.next() {
-                out.push(n);
+    props.push(cur);
+    props
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let text = pct_decode(&p);
+            let mut key = String::new();
+            let mut values = vec![String::new()];
+            let mut in_key = true;
+            let mut chars = text.chars();
+            while let Some(c) = chars.next() {
+                let target = if in_key {
+                    &mut key
+                } else {
+                    values.last_mut().unwrap()
+                };
+                match c {
+                    '\\' => match chars.next() {
+                        Some(';') if !in_key => values.push(String::new()),
+                        Some(n) => target.push(n),
+                        None => target.push('\\'),
+                    },
+                    '=' if in_key => in_key = false,
+                    ',' if !in_key => values.push(String::new()),
+                    _ => target.push(c),
+                }
             }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+            (key, values)
+        })
+        .collect()
 }
 
 fn sums(bytes: &[u8]) -> (String, String, String) {
@@ -175,11 +200,16 @@ impl FakeArtifactory {
     }
 
     /// A property's single value.
+    /// A single-valued property; several values come back as their list
+    /// (`["a", "b"]`), so a value split by a separator never looks whole.
     pub fn property(&self, repo: &str, path: &str, key: &str) -> Option<String> {
         self.item(repo, path)?
             .properties
             .get(key)
-            .map(|v| v.join(","))
+            .map(|v| match v.as_slice() {
+                [one] => one.clone(),
+                many => format!("{many:?}"),
+            })
     }
 
     pub fn paths(&self, repo: &str) -> Vec<String> {
@@ -367,13 +397,7 @@ async fn respond(
             let Some(raw) = query_param(query, "properties") else {
                 return error(400, "properties parameter missing");
             };
-            for pair in raw.split(';').filter(|p| !p.is_empty()) {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                let k = unescape(&pct_decode(k));
-                let values = split_unescaped(&pct_decode(v), ',')
-                    .iter()
-                    .map(|v| unescape(v))
-                    .collect();
+            for (k, values) in parse_properties(raw) {
                 it.properties.insert(k, values);
             }
             return StatusCode::NO_CONTENT.into_response();

@@ -67,7 +67,8 @@ impl GuestBackend {
     pub async fn boot(&self, cloud_id: &str, disk: &Path, user_data: String, hostname: String) {
         let job = JobId::new();
         let progress = |_: u64, _: u64| {};
-        let image = self.qemu.upload_image(job, disk, &progress).await.unwrap();
+        let file = vmscan::cluster::ImageFile::read(disk).await.unwrap();
+        let image = self.qemu.upload_image(job, &file, &progress).await.unwrap();
         let spec = VmSpec {
             job,
             name: vmscan::cluster::vm_name(job),

@@ -17,7 +17,12 @@ pub mod sshd;
 pub mod tls;
 pub mod trap;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// The file as clusters are given it: format, virtual size and sha256 read from it.
+pub async fn image_of(path: &Path) -> vmscan::cluster::ImageFile {
+    vmscan::cluster::ImageFile::read(path).await.unwrap()
+}
 use std::time::{Duration, Instant};
 
 use serde_json::Value;

@@ -2,7 +2,11 @@
 //! reference notes (terraform-provider-nutanix, prism-go-client recordings):
 //! Basic auth with a non-JSON 401; mutations answer 202 with
 //! `status.execution_context.task_uuid` (a string), later GETs carry it as a
-//! list; tasks go QUEUED → RUNNING → SUCCEEDED/FAILED over time, whether or
+//! list and list answers as `task_uuids`; an image's `size_bytes` is the disk
+//! Prism made of it (a qcow2's virtual size), absent until its task ends;
+//! uploads and source_uri downloads are checked against the sha256 given
+//! (`X-Nutanix-Checksum-*` headers, `resources.checksum`) and a mismatch
+//! fails the task; tasks go QUEUED → RUNNING → SUCCEEDED/FAILED over time, whether or
 //! not anyone polls; deletes leave the entity DELETE_PENDING until their
 //! task ends, then GET answers the v3 404 `ENTITY_NOT_FOUND` body; lists
 //! page with offset/length/total_matches and include Prism Central itself
@@ -63,7 +67,7 @@ struct Entity {
 #[derive(Clone, Debug)]
 enum Effect {
     None,
-    ImageUploaded { uuid: String, bytes: u64 },
+    ImageUploaded { uuid: String },
     VmCreated { uuid: String },
     Remove { uuid: String },
 }
@@ -101,6 +105,9 @@ struct Inner {
     fail_vm_task: Option<String>,
     conflict_deletes: u32,
     addressless_next_vm: bool,
+    corrupt_uploads: bool,
+    /// The checksum headers of each upload, (type, hex) or none.
+    upload_checksums: Vec<Option<(String, String)>>,
     uploads_dir: PathBuf,
     guest: Option<Arc<GuestBackend>>,
     /// For guest boots that finish after the request that started them.
@@ -198,10 +205,11 @@ impl Inner {
                     }
                 }
                 (Some(_), _) => {}
-                (None, Effect::ImageUploaded { uuid, bytes }) => {
+                (None, Effect::ImageUploaded { uuid, .. }) => {
                     if let Some(e) = self.entities.get_mut(&uuid) {
                         e.state = "COMPLETE";
-                        e.size_bytes = Some(bytes);
+                        // Prism reports the vDisk it made, not the file it got.
+                        e.size_bytes = e.file.as_deref().and_then(disk_size);
                     }
                 }
                 (None, Effect::VmCreated { uuid }) => {
@@ -298,6 +306,15 @@ impl Inner {
         if e.kind == "image" {
             if let Some(n) = e.size_bytes {
                 resources["size_bytes"] = json!(n);
+                // Recorded GETs (OVHcloud docs): an uploaded image's source is
+                // `file://<uuid>`, and Prism serves it back from `/file`.
+                resources["retrieval_uri_list"] = json!([format!(
+                    "https://127.0.0.1:9440/api/nutanix/v3/images/{}/file",
+                    e.uuid
+                )]);
+                if resources.get("source_uri").is_none() {
+                    resources["source_uri"] = json!(format!("file://{}", e.uuid));
+                }
             }
         }
         if e.kind == "vm" {
@@ -368,6 +385,8 @@ impl FakeNutanix {
                 fail_vm_task: None,
                 conflict_deletes: 0,
                 addressless_next_vm: false,
+                corrupt_uploads: false,
+                upload_checksums: Vec::new(),
                 uploads_dir: dir.path().to_path_buf(),
                 guest,
                 me: me.clone(),
@@ -433,6 +452,22 @@ impl FakeNutanix {
     }
     pub fn conflict_next_deletes(&self, n: u32) {
         self.inner.lock().unwrap().conflict_deletes = n;
+    }
+    /// Flips a bit in the next upload as it arrives.
+    pub fn corrupt_next_upload(&self) {
+        self.inner.lock().unwrap().corrupt_uploads = true;
+    }
+    pub fn upload_checksums(&self) -> Vec<Option<(String, String)>> {
+        self.inner.lock().unwrap().upload_checksums.clone()
+    }
+    /// What Prism reports as the named image's `size_bytes`.
+    pub fn image_size_bytes(&self, name: &str) -> Option<u64> {
+        let mut s = self.inner.lock().unwrap();
+        s.settle();
+        s.entities
+            .values()
+            .find(|e| e.kind == "image" && e.spec["name"] == name)
+            .and_then(|e| e.size_bytes)
     }
     pub fn make_next_vm_addressless(&self) {
         self.inner.lock().unwrap().addressless_next_vm = true;
@@ -550,6 +585,15 @@ async fn gate(
         path,
         status: resp.status().as_u16(),
     });
+    // Every recorded Prism Central answer carries these (prism-go-client
+    // keploy recordings, TestOperations_GetPrismCentral.yaml).
+    let mut resp = resp;
+    let h = resp.headers_mut();
+    h.insert("x-ntnx-env", axum::http::HeaderValue::from_static("pc"));
+    h.insert(
+        "x-ntnx-product",
+        axum::http::HeaderValue::from_static("pc.2024.1.0.1"),
+    );
     resp
 }
 
@@ -590,7 +634,19 @@ async fn list(
         "vm" | "image" => {
             let mut v: Vec<&Entity> = s.entities.values().filter(|e| e.kind == kind).collect();
             v.sort_by(|a, b| a.uuid.cmp(&b.uuid));
-            v.into_iter().map(|e| s.entity_json(e)).collect()
+            // A recorded `vms/list` (terraform-provider-nutanix out.txt) names
+            // the entity's tasks `task_uuids`; single GETs say `task_uuid`.
+            v.into_iter()
+                .map(|e| {
+                    let mut j = s.entity_json(e);
+                    let ec = &mut j["status"]["execution_context"];
+                    ec["task_uuids"] = ec["task_uuid"].take();
+                    if let Some(o) = ec.as_object_mut() {
+                        o.remove("task_uuid");
+                    }
+                    j
+                })
+                .collect()
         }
         _ => {
             return v3_error(
@@ -681,6 +737,10 @@ async fn create_image(State(inner): State<Arc<Mutex<Inner>>>, body: Bytes) -> Re
         .pointer("/resources/source_uri")
         .and_then(Value::as_str)
         .map(str::to_string);
+    let expected = spec.pointer("/resources/checksum").map(|c| {
+        let f = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        (f("checksum_algorithm"), f("checksum_value"))
+    });
     let mut s = inner.lock().unwrap();
     let e = new_entity("image", spec, categories);
     let uuid = e.uuid.clone();
@@ -690,16 +750,17 @@ async fn create_image(State(inner): State<Arc<Mutex<Inner>>>, body: Bytes) -> Re
         return accepted(&s, &uuid, &t);
     };
     // Prism downloads the source within the create task.
-    let effect = Effect::ImageUploaded {
-        uuid: uuid.clone(),
-        bytes: 0,
-    };
+    let effect = Effect::ImageUploaded { uuid: uuid.clone() };
     let t = s.add_task("create_image_intentful", "image", &uuid, None, effect);
     s.tasks.get_mut(&t).unwrap().hold = true;
     let file = s.uploads_dir.join(&uuid);
     let (me, task, image) = (s.me.clone(), t.clone(), uuid.clone());
     tokio::spawn(async move {
-        let result = download(&source, &file).await;
+        let algo = expected
+            .as_ref()
+            .map(|(a, _)| a.clone())
+            .unwrap_or_default();
+        let result = download(&source, &file, &algo).await;
         let Some(inner) = me.upgrade() else { return };
         let mut s = inner.lock().unwrap();
         let task_time = s.task_time;
@@ -707,10 +768,21 @@ async fn create_image(State(inner): State<Arc<Mutex<Inner>>>, body: Bytes) -> Re
         t.hold = false;
         t.created = Instant::now() - task_time;
         match result {
-            Ok(n) => {
+            // A source_uri download is checked against spec.resources.checksum
+            // (v3 ImageResources: "used to validate the image when a source is given").
+            Ok(got)
+                if expected
+                    .as_ref()
+                    .is_some_and(|(_, want)| !want.eq_ignore_ascii_case(&got)) =>
+            {
+                let want = &expected.as_ref().unwrap().1;
+                t.fail = Some(format!(
+                    "Image checksum mismatch: expected {want}, computed {got}"
+                ));
+            }
+            Ok(_) => {
                 t.effect = Effect::ImageUploaded {
                     uuid: image.clone(),
-                    bytes: n,
                 };
                 if let Some(e) = s.entities.get_mut(&image) {
                     e.file = Some(file);
@@ -722,8 +794,9 @@ async fn create_image(State(inner): State<Arc<Mutex<Inner>>>, body: Bytes) -> Re
     accepted(&s, &uuid, &t)
 }
 
-/// How Prism fetches a `source_uri`: a plain GET, the body to a file.
-async fn download(url: &str, to: &std::path::Path) -> Result<u64, String> {
+/// How Prism fetches a `source_uri`: a plain GET, the body to a file;
+/// answers the hex digest of `algo` (SHA_256 / SHA_1) over the bytes.
+async fn download(url: &str, to: &std::path::Path, algo: &str) -> Result<String, String> {
     use tokio::io::AsyncWriteExt;
     let resp = reqwest::get(url).await.map_err(|e| e.to_string())?;
     if !resp.status().is_success() {
@@ -733,14 +806,59 @@ async fn download(url: &str, to: &std::path::Path) -> Result<u64, String> {
         .await
         .map_err(|e| e.to_string())?;
     let mut stream = resp.bytes_stream();
-    let mut n = 0u64;
+    let mut hash = Hasher::new(algo);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
         f.write_all(&chunk).await.map_err(|e| e.to_string())?;
-        n += chunk.len() as u64;
+        hash.update(&chunk);
     }
     f.flush().await.map_err(|e| e.to_string())?;
-    Ok(n)
+    Ok(hash.hex())
+}
+
+/// The digests Prism knows (`SHA_1`, `SHA_256`), fed while bytes arrive.
+enum Hasher {
+    Sha1(sha1::Sha1),
+    Sha256(sha2::Sha256),
+}
+
+impl Hasher {
+    fn new(algo: &str) -> Hasher {
+        use digest::Digest;
+        match algo {
+            "SHA_1" => Hasher::Sha1(sha1::Sha1::new()),
+            _ => Hasher::Sha256(sha2::Sha256::new()),
+        }
+    }
+    fn update(&mut self, b: &[u8]) {
+        use digest::Digest;
+        match self {
+            Hasher::Sha1(h) => h.update(b),
+            Hasher::Sha256(h) => h.update(b),
+        }
+    }
+    fn hex(self) -> String {
+        use digest::Digest;
+        match self {
+            Hasher::Sha1(h) => hex::encode(h.finalize()),
+            Hasher::Sha256(h) => hex::encode(h.finalize()),
+        }
+    }
+}
+
+/// The size of the disk Prism makes of an image file: a qcow2 header's
+/// virtual size (bytes 24..32, big-endian), else the file's length. Real
+/// Prism reports a ~600 MB Ubuntu cloud qcow2 as `size_bytes` 2361393152,
+/// its virtual size (recorded GETs in the OVHcloud docs).
+fn disk_size(path: &std::path::Path) -> Option<u64> {
+    use std::io::Read;
+    let mut head = [0u8; 32];
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    if f.read_exact(&mut head).is_ok() && head.starts_with(b"QFI\xfb") {
+        return Some(u64::from_be_bytes(head[24..32].try_into().ok()?));
+    }
+    Some(len)
 }
 
 async fn upload_file(
@@ -779,6 +897,32 @@ async fn upload_file(
         }
         (s.uploads_dir.join(&uuid), d)
     };
+    // terraform-provider-nutanix UploadImage sends the spec's checksum as
+    // these headers (type SHA_1/SHA_256, value hex); Prism checks the bytes
+    // and fails the upload task on a mismatch (terraform PR #481).
+    let header = |k: &str| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let claimed = match (
+        header("x-nutanix-checksum-type"),
+        header("x-nutanix-checksum-bytes"),
+    ) {
+        (None, None) => None,
+        (Some(t), Some(v)) if matches!(t.as_str(), "SHA_1" | "SHA_256") => Some((t, v)),
+        (t, v) => {
+            return v3_error(
+                400,
+                "image",
+                &format!("invalid checksum headers: type {t:?}, bytes {v:?}"),
+                "INVALID_REQUEST",
+            )
+        }
+    };
+    let corrupt = std::mem::take(&mut inner.lock().unwrap().corrupt_uploads);
+    let mut hash = Hasher::new(claimed.as_ref().map(|(t, _)| t.as_str()).unwrap_or(""));
     let mut file = tokio::fs::File::create(&path).await.unwrap();
     let mut stream = body.into_data_stream();
     let mut n: u64 = 0;
@@ -787,6 +931,12 @@ async fn upload_file(
             return v3_error(400, "image", "upload interrupted", "INVALID_REQUEST");
         };
         use tokio::io::AsyncWriteExt;
+        let mut chunk = chunk.to_vec();
+        if corrupt && n == 0 && !chunk.is_empty() {
+            // A bit flipped on the way: what the checksum is for.
+            chunk[0] ^= 1;
+        }
+        hash.update(&chunk);
         file.write_all(&chunk).await.unwrap();
         n += chunk.len() as u64;
         if drop_it {
@@ -800,8 +950,15 @@ async fn upload_file(
             std::panic::resume_unwind(Box::new("fake prism drops the upload"));
         }
     }
+    let got = hash.hex();
     let mut s = inner.lock().unwrap();
-    let fail = s.fail_upload_task.take();
+    s.upload_checksums.push(claimed.clone());
+    let mut fail = s.fail_upload_task.take();
+    if let Some((t, want)) = claimed.filter(|(_, want)| !want.eq_ignore_ascii_case(&got)) {
+        fail = Some(format!(
+            "Image checksum mismatch: {t} given {want}, computed {got}"
+        ));
+    }
     if let Some(e) = s.entities.get_mut(&uuid) {
         e.file = Some(path);
         e.state = "PENDING";
@@ -811,10 +968,7 @@ async fn upload_file(
         "image",
         &uuid,
         fail,
-        Effect::ImageUploaded {
-            uuid: uuid.clone(),
-            bytes: n,
-        },
+        Effect::ImageUploaded { uuid: uuid.clone() },
     );
     (StatusCode::ACCEPTED, "").into_response()
 }

@@ -129,16 +129,23 @@ pub fn error_message(body: &str) -> String {
     }
 }
 
-/// `status.execution_context.task_uuid`: a string in a 202 answer, a list in later GETs.
+/// The entity's tasks: `execution_context.task_uuid` is a string in a 202
+/// answer and a list in later GETs; list answers may carry `task_uuids`
+/// (terraform-provider-nutanix out.txt, a recorded `vms/list`).
 pub fn task_uuids(entity: &Value) -> Vec<String> {
-    match entity.pointer("/status/execution_context/task_uuid") {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
+    let mut out = Vec::new();
+    for key in ["task_uuid", "task_uuids"] {
+        match entity.pointer(&format!("/status/execution_context/{key}")) {
+            Some(Value::String(s)) => out.push(s.clone()),
+            Some(Value::Array(a)) => {
+                out.extend(a.iter().filter_map(|v| v.as_str().map(str::to_string)))
+            }
+            _ => {}
+        }
     }
+    out.sort();
+    out.dedup();
+    out
 }
 
 pub struct PrismClient {
@@ -389,8 +396,10 @@ mod tests {
     fn task_uuid_is_a_string_or_a_list() {
         let a = json!({"status": {"execution_context": {"task_uuid": "t1"}}});
         let b = json!({"status": {"execution_context": {"task_uuid": ["t1", "t2"]}}});
+        let listed = json!({"status": {"execution_context": {"task_uuids": ["t3"]}}});
         assert_eq!(task_uuids(&a), vec!["t1"]);
         assert_eq!(task_uuids(&b), vec!["t1", "t2"]);
+        assert_eq!(task_uuids(&listed), vec!["t3"]);
         assert!(task_uuids(&json!({})).is_empty());
     }
 }

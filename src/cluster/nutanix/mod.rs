@@ -7,8 +7,8 @@
 mod client;
 mod config;
 mod upload;
+pub mod v4;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -21,7 +21,7 @@ pub use config::{ImageSource, NutanixConfig};
 
 use super::{
     image_name, job_of_name, probe, ClusterError, ClusterImage, ClusterProvider, ClusterVm,
-    Deadlines, Owned, Progress, VmSpec,
+    Deadlines, ImageFile, Owned, Progress, VmSpec,
 };
 use crate::domain::{JobId, OsFamily};
 
@@ -331,10 +331,10 @@ impl ClusterProvider for NutanixProvider {
     async fn upload_image(
         &self,
         job: JobId,
-        path: &Path,
+        image: &ImageFile,
         progress: Progress<'_>,
     ) -> Result<ClusterImage, ClusterError> {
-        upload::upload(self, job, path, progress).await
+        upload::upload(self, job, image, progress).await
     }
 
     async fn create_vm(&self, spec: &VmSpec) -> Result<ClusterVm, ClusterError> {

@@ -1,9 +1,9 @@
 //! Image upload: create the image record, stream the bytes with
-//! `PUT /images/{uuid}/file`, then check every task the image carries.
+//! `PUT /images/{uuid}/file` (with their sha256 for Prism to check), then
+//! check every task the image carries and the disk size Prism reports.
 //! Large uploads are where Prism fails in practice: the timeout scales with
 //! the size, and a failed attempt deletes its half-made image before the next.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,20 +15,16 @@ use serde_json::{json, Value};
 
 use super::client::{error_message, task_uuids, PrismError};
 use super::{job_image_name, tag, ImageSource, NutanixConfig, NutanixProvider};
-use crate::cluster::{ClusterError, ClusterImage, Progress};
+use crate::cluster::{ClusterError, ClusterImage, ImageFile, Progress};
 use crate::domain::JobId;
 
 pub(super) async fn upload(
     p: &NutanixProvider,
     job: JobId,
-    path: &Path,
+    image: &ImageFile,
     progress: Progress<'_>,
 ) -> Result<ClusterImage, ClusterError> {
     let name = job_image_name(job);
-    let size = tokio::fs::metadata(path)
-        .await
-        .map_err(|e| ClusterError::Local(format!("{}: {e}", path.display())))?
-        .len();
     // Images of earlier attempts (complete or half-made) go first: one image per job.
     for (uuid, n, _) in p.owned("image").await? {
         if n == name {
@@ -42,7 +38,7 @@ pub(super) async fn upload(
     let mut attempt = 1;
     loop {
         let mut created = None;
-        let result = once(p, job, &name, path, size, progress, &mut created).await;
+        let result = once(p, job, &name, image, progress, &mut created).await;
         let e = match result {
             Ok(image) => return Ok(image),
             Err(e) => e,
@@ -77,19 +73,24 @@ async fn once(
     p: &NutanixProvider,
     job: JobId,
     name: &str,
-    path: &Path,
-    size: u64,
+    image: &ImageFile,
     progress: Progress<'_>,
     created: &mut Option<String>,
 ) -> Result<ClusterImage, PrismError> {
     let cfg = &p.client.cfg;
+    let size = image.file_size;
     let mut body = json!({
         "api_version": "3.1.0",
         "metadata": {"kind": "image", "categories": p.categories()},
         "spec": {
             "name": name,
             "description": tag(job),
-            "resources": {"image_type": "DISK_IMAGE"},
+            "resources": {
+                // terraform-provider-nutanix: ISO_IMAGE by extension, else DISK_IMAGE.
+                "image_type": if image.is_iso() { "ISO_IMAGE" } else { "DISK_IMAGE" },
+                // Checked by Prism against a source_uri download (v3 ImageResources.checksum).
+                "checksum": {"checksum_algorithm": "SHA_256", "checksum_value": image.sha256()},
+            },
         },
     });
     let pull = cfg.image_source == ImageSource::Url;
@@ -132,7 +133,7 @@ async fn once(
         for t in task_uuids(&answer) {
             p.client.wait_task(&t).await?;
         }
-        put_file(p, &uuid, path, size, progress).await?;
+        put_file(p, &uuid, image, progress).await?;
     }
     // Prism records the upload as further tasks on the image: all must succeed.
     let image_path = format!("/images/{uuid}");
@@ -148,15 +149,17 @@ async fn once(
             .unwrap_or("");
         match state {
             "COMPLETE" => {
-                // Prism reports the bytes it holds: they must be all of them.
+                // `size_bytes` is the disk Prism made of the image (a qcow2's
+                // virtual size, not the file's length): it must be all of it.
                 let held = img
                     .pointer("/status/resources/size_bytes")
                     .and_then(Value::as_u64);
-                if held != Some(size) {
+                let want = image.virtual_size;
+                if held != Some(want) {
                     return Err(PrismError::Protocol(format!(
-                        "Prism Central holds {} of the image, vmscan has {size} bytes",
+                        "Prism Central reports a disk of {} for the image, vmscan's holds {want} bytes (virtual size)",
                         held.map(|n| format!("{n} bytes"))
-                            .unwrap_or_else(|| "an unknown number of bytes".into())
+                            .unwrap_or_else(|| "an unknown size".into())
                     )));
                 }
                 progress(size, size);
@@ -164,6 +167,7 @@ async fn once(
                     id: uuid,
                     name: name.to_string(),
                     size,
+                    virtual_size: want,
                 });
             }
             "ERROR" => {
@@ -193,11 +197,11 @@ fn upload_timeout(cfg: &NutanixConfig, size: u64) -> Duration {
 async fn put_file(
     p: &NutanixProvider,
     uuid: &str,
-    path: &Path,
-    size: u64,
+    image: &ImageFile,
     progress: Progress<'_>,
 ) -> Result<(), PrismError> {
     let cfg = &p.client.cfg;
+    let (path, size) = (image.path.as_path(), image.file_size);
     let timeout =
         Duration::from_secs(cfg.upload_base_secs + size / cfg.upload_min_bytes_per_sec.max(1));
     let sent = Arc::new(AtomicU64::new(0));
@@ -217,6 +221,10 @@ async fn put_file(
         .put(p.client.url(&url_path))
         .header(CONTENT_TYPE, "application/octet-stream")
         .header(CONTENT_LENGTH, size)
+        // Prism verifies the bytes against these and fails the upload task on
+        // a mismatch (terraform-provider-nutanix UploadImage; hex as in checksum_value).
+        .header("X-Nutanix-Checksum-Type", "SHA_256")
+        .header("X-Nutanix-Checksum-Bytes", image.sha256())
         .timeout(timeout)
         .body(reqwest::Body::wrap_stream(stream))
         .send();

@@ -10,7 +10,6 @@ mod http;
 mod neutron;
 mod nova;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,8 +21,8 @@ pub use config::OpenStackConfig;
 pub use error::OsError;
 
 use super::{
-    image_name, probe, ClusterError, ClusterImage, ClusterProvider, ClusterVm, Deadlines, Owned,
-    Progress, VmSpec,
+    image_name, probe, ClusterError, ClusterImage, ClusterProvider, ClusterVm, Deadlines,
+    ImageFile, Owned, Progress, VmSpec,
 };
 use crate::domain::{JobId, OsFamily};
 use http::Api;
@@ -253,9 +252,10 @@ impl ClusterProvider for OpenStackProvider {
     async fn upload_image(
         &self,
         job: JobId,
-        path: &Path,
+        image: &ImageFile,
         progress: Progress<'_>,
     ) -> Result<ClusterImage, ClusterError> {
+        let path = image.path.as_path();
         let name = image_name(job);
         // A retried upload replaces the job's earlier image: one per job.
         self.delete_images_named(&name, None).await?;
@@ -270,6 +270,7 @@ impl ClusterProvider for OpenStackProvider {
             id: img.id,
             name,
             size,
+            virtual_size: image.virtual_size,
         })
     }
 

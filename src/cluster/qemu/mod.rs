@@ -23,8 +23,8 @@ use tokio::process::Child;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{
-    image_name, ClusterError, ClusterImage, ClusterProvider, ClusterVm, Deadlines, Owned, Progress,
-    VmSpec,
+    image_name, ClusterError, ClusterImage, ClusterProvider, ClusterVm, Deadlines, ImageFile,
+    Owned, Progress, VmSpec,
 };
 use crate::config::QemuConfig;
 use crate::domain::JobId;
@@ -456,9 +456,10 @@ impl ClusterProvider for QemuProvider {
     async fn upload_image(
         &self,
         job: JobId,
-        path: &Path,
+        image: &ImageFile,
         progress: Progress<'_>,
     ) -> Result<ClusterImage, ClusterError> {
+        let path = image.path.as_path();
         let format = image::detect_format(path)
             .await
             .map_err(|e| local(format!("{}: {e}", path.display())))?;
@@ -480,7 +481,12 @@ impl ClusterProvider for QemuProvider {
             .map_err(|e| local(format!("{}: {e}", dest.display())))?
             .len();
         tracing::info!(image = %id, size, "image in repository ({how:?})");
-        Ok(ClusterImage { id, name, size })
+        Ok(ClusterImage {
+            id,
+            name,
+            size,
+            virtual_size: image.virtual_size,
+        })
     }
 
     async fn create_vm(&self, spec: &VmSpec) -> Result<ClusterVm, ClusterError> {
