@@ -175,6 +175,8 @@ pub struct ExtractConfig {
     pub max_total_bytes: u64,
     /// Most bytes out per byte in; more is a decompression bomb. Enforced once 64 MiB came out.
     pub max_expansion_ratio: u64,
+    /// Most entries an archive may hold (a tar of a million empty files is refused).
+    pub max_entries: u64,
     /// Free disk always left in the data directory while extracting.
     pub min_free_bytes: u64,
     /// Several disk images in one archive: fail (listing them), or take the largest or the first.
@@ -236,6 +238,7 @@ impl Default for ExtractConfig {
         ExtractConfig {
             max_total_bytes: 256 * 1024 * 1024 * 1024,
             max_expansion_ratio: 1000,
+            max_entries: 10_000,
             min_free_bytes: 1024 * 1024 * 1024,
             candidate_rule: CandidateRule::Fail,
         }

@@ -113,6 +113,7 @@ impl Stage for ExtractStage {
             limits: Limits {
                 max_total_bytes: self.cfg.max_total_bytes,
                 max_expansion_ratio: self.cfg.max_expansion_ratio,
+                max_entries: self.cfg.max_entries,
                 min_free_bytes: self.cfg.min_free_bytes,
             },
             rule: self.cfg.candidate_rule,

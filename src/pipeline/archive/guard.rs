@@ -25,6 +25,8 @@ const DISK_CHECK_EVERY: u64 = 256 << 20;
 pub struct Limits {
     pub max_total_bytes: u64,
     pub max_expansion_ratio: u64,
+    /// Most entries an archive may hold.
+    pub max_entries: u64,
     pub min_free_bytes: u64,
 }
 
@@ -138,7 +140,9 @@ impl Budget {
         self.counters.unpacked.load(Ordering::Relaxed)
     }
 
-    /// Before writing `declared` bytes: refuse what cannot fit.
+    /// Before writing `declared` bytes: refuse what cannot fit, and an
+    /// entry that would expand past the ratio (a GNU sparse entry declares
+    /// its real size while storing almost nothing).
     pub fn reserve(&self, name: &str, declared: u64) -> Result<(), ArchiveError> {
         if declared > self.limits.max_total_bytes {
             return Err(ArchiveError::TooBig {
@@ -147,7 +151,31 @@ impl Budget {
                 limit: fmt_bytes(self.limits.max_total_bytes),
             });
         }
-        self.check_disk(declared)
+        self.check_disk(declared)?;
+        let ratio_cap = self
+            .input_size
+            .max(1)
+            .saturating_mul(self.limits.max_expansion_ratio);
+        if declared > RATIO_FLOOR_BYTES && declared > ratio_cap {
+            return Err(ArchiveError::Bomb {
+                out: fmt_bytes(declared),
+                input: fmt_bytes(self.input_size),
+                why: format!(
+                    "expanding more than {}x (extract.max_expansion_ratio) with entry {name:?}",
+                    self.limits.max_expansion_ratio
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Remembers a limit a reader hit (archive readers wrap the I/O error).
+    pub fn trip(&self, e: ArchiveError) {
+        *self.tripped.borrow_mut() = Some(e);
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
     }
 
     fn check_disk(&self, needed: u64) -> Result<(), ArchiveError> {
@@ -401,6 +429,7 @@ mod tests {
             Limits {
                 max_total_bytes: total,
                 max_expansion_ratio: ratio,
+                max_entries: 10_000,
                 min_free_bytes: 0,
             },
             input,

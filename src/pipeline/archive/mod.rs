@@ -3,6 +3,7 @@
 
 mod guard;
 mod tarball;
+mod targuard;
 mod zipfile;
 
 use std::fs::File;
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use guard::{read_head, write_entry, Budget, CountingReader, Metered};
 pub use guard::{Counters, Limits};
+use targuard::TarGuard;
 
 use super::image_format::{container_of, image_signatures, is_tar, Container, ImageFormat};
 use crate::config::CandidateRule;
@@ -49,6 +51,16 @@ pub enum ArchiveError {
         free: String,
         reserve: String,
     },
+    #[error("hostile archive: archive entry name too long ({what} of {size} bytes, over {limit})")]
+    NameTooLong {
+        what: &'static str,
+        size: u64,
+        limit: u64,
+    },
+    #[error(
+        "hostile archive: more than {limit} entries (extract.max_entries); the last was {last:?}"
+    )]
+    TooManyEntries { limit: u64, last: String },
     #[error("archive holds {0:?} twice")]
     Duplicate(String),
     #[error("archive is damaged or truncated: {0}")]
@@ -170,9 +182,10 @@ pub fn unpack(job: &Job, container: Container) -> Result<Unpacked, ArchiveError>
         ),
         Container::Tar => {
             let metered = Metered::new(BufReader::with_capacity(1 << 20, input), &budget);
+            let guarded = TarGuard::new(metered, &budget, job.limits.max_entries);
             (
                 "tar".to_string(),
-                tarball::unpack(metered, &job.dest, &budget)?,
+                tarball::unpack(guarded, &job.dest, &budget)?,
             )
         }
         compressed => {
@@ -193,7 +206,11 @@ pub fn unpack(job: &Job, container: Container) -> Result<Unpacked, ArchiveError>
             head.truncate(n);
             let ext = short_ext(compressed);
             if is_tar(&head) {
-                let stream = Cursor::new(head).chain(metered);
+                let stream = TarGuard::new(
+                    Cursor::new(head).chain(metered),
+                    &budget,
+                    job.limits.max_entries,
+                );
                 (
                     format!("tar.{ext}"),
                     tarball::unpack(stream, &job.dest, &budget)?,

@@ -8,8 +8,115 @@ fn limits() -> Limits {
     Limits {
         max_total_bytes: 1 << 30,
         max_expansion_ratio: 1000,
+        max_entries: 10_000,
         min_free_bytes: 0,
     }
+}
+
+/// One raw tar header block: `name`, `kind` and `size`, checksummed.
+fn raw_header(name: &str, kind: u8, size: u64) -> Vec<u8> {
+    let mut h = vec![0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = kind;
+    h[257..263].copy_from_slice(b"ustar ");
+    h[263..265].copy_from_slice(b" \0");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| *b as u32).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
+#[test]
+fn refuses_a_huge_gnu_long_name_before_reading_it() {
+    let f = Fixture::new();
+    // 256 MiB of long name: the tar crate would hold all of it in memory.
+    let size = 256u64 << 20;
+    let mut t = raw_header("././@LongLink", b'L', size);
+    // Only the start of the name is sent (gzip of zeros is small anyway): the
+    // guard must refuse on the header alone.
+    t.extend(vec![b'a'; 4096]);
+    let e = f
+        .unpack_with("t.tar.gz", &gzip(&t), limits(), CandidateRule::Fail)
+        .unwrap_err();
+    assert!(matches!(e, ArchiveError::NameTooLong { .. }), "{e}");
+    assert!(e.to_string().contains("archive entry name too long"), "{e}");
+    // A PAX header the same.
+    let t = raw_header("PaxHeaders/x", b'x', 1 << 20);
+    let e = f
+        .unpack_with("p.tar", &t, limits(), CandidateRule::Fail)
+        .unwrap_err();
+    assert!(e.to_string().contains("PAX extended header"), "{e}");
+}
+
+#[test]
+fn a_long_name_within_the_cap_still_works() {
+    let f = Fixture::new();
+    let long = format!("{}disk.raw", "dir/".repeat(75));
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(4096);
+    h.set_mode(0o644);
+    b.append_data(&mut h, &long, &vec![1u8; 4096][..]).unwrap();
+    let t = b.into_inner().unwrap();
+    let u = f
+        .unpack_with("t.tar", &t, limits(), CandidateRule::Fail)
+        .unwrap();
+    assert!(u.image.name.ends_with("disk.raw"), "{}", u.image.name);
+}
+
+#[test]
+fn refuses_an_archive_with_too_many_entries() {
+    let f = Fixture::new();
+    let mut t = Vec::new();
+    for i in 0..50 {
+        t.extend(raw_header(&format!("f{i}"), b'0', 0));
+    }
+    t.extend(vec![0u8; 1024]);
+    let few = Limits {
+        max_entries: 20,
+        ..limits()
+    };
+    let e = f
+        .unpack_with("many.tar", &t, few, CandidateRule::Fail)
+        .unwrap_err();
+    assert!(
+        matches!(e, ArchiveError::TooManyEntries { limit: 20, .. }),
+        "{e}"
+    );
+}
+
+#[test]
+fn counts_a_sparse_entrys_real_size_against_the_ratio() {
+    let f = Fixture::new();
+    // A GNU sparse entry declaring 4 GiB of real size with no data.
+    let mut h = raw_header("disk.raw", b'S', 0);
+    // realsize (GNU header offset 483, 12 bytes) and one sparse map entry.
+    h[483..495].copy_from_slice(format!("{:011o}\0", 4u64 << 30).as_bytes());
+    // One hole up to the real size: the whole file is a hole.
+    h[386..398].copy_from_slice(format!("{:011o}\0", 4u64 << 30).as_bytes());
+    h[398..410].copy_from_slice(b"00000000000\0");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| *b as u32).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut t = h;
+    t.extend(vec![0u8; 1024]);
+    let big = Limits {
+        max_total_bytes: 1 << 40,
+        max_expansion_ratio: 100,
+        ..limits()
+    };
+    let e = f
+        .unpack_with("sparse.tar", &t, big, CandidateRule::Fail)
+        .unwrap_err();
+    assert!(
+        matches!(e, ArchiveError::Bomb { .. } | ArchiveError::NoSpace { .. }),
+        "{e}"
+    );
 }
 
 struct Fixture {
