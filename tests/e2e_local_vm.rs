@@ -296,6 +296,7 @@ async fn a_daemon_killed_mid_scan_resumes_and_still_tears_down() {
     // Inventory lags, so the job is mid-scan (VM up, inventory pending) when the daemon dies.
     flexera.set_reconcile_delay(Duration::from_secs(12));
     let tmp = tempfile::tempdir().unwrap();
+    support::share_with_qemu(tmp.path());
     let p = flexera.addr.port();
     let agent = repo().join("tests/fixtures/flexera-test-agent.sh");
     let env: Vec<(String, String)> = [

@@ -50,7 +50,15 @@ fn require_qemu() {
     );
 }
 
+/// Run as root, QEMU runs as `nobody`: it must be able to enter the test's
+/// temporary directory (created 0700) to reach the images and VM dirs.
+fn share_with_qemu(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 fn provider(data: &Path) -> QemuProvider {
+    share_with_qemu(data);
     let cfg = QemuConfig {
         memory_mib: 256,
         max_vms: 4,
@@ -71,6 +79,7 @@ fn spec(job: JobId, image: vmscan::cluster::ClusterImage, user_data: String) -> 
         user_data,
         hostname: "scan-test".into(),
         os: vmscan::domain::OsFamily::Linux,
+        egress: Vec::new(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! the local QEMU provider is the embedded default, Nutanix and OpenStack
 //! are chosen by configuration.
 
+pub mod egress;
 pub mod nutanix;
 pub mod openstack;
 pub mod probe;
@@ -97,6 +98,9 @@ pub struct VmSpec {
     pub hostname: String,
     /// Picks the guest customization (cloud-init or sysprep) and the shell port.
     pub os: OsFamily,
+    /// Where the guest may connect to (the agent's servers); a provider that
+    /// restricts the guest's network allows these and nothing else.
+    pub egress: Vec<egress::Destination>,
 }
 
 /// A VM the cluster runs.

@@ -28,6 +28,7 @@ pub fn spec(job: JobId, image: vmscan::cluster::ClusterImage) -> VmSpec {
         user_data: "#cloud-config\nhostname: conformance\n".into(),
         hostname: guest_hostname(job),
         os: OsFamily::Linux,
+        egress: Vec::new(),
     }
 }
 

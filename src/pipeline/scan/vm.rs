@@ -13,6 +13,7 @@ use super::shell::{
     job_key, run_ps_logged, ssh_options, winrm_not_ready, winrm_options, ShellError,
 };
 use super::ScanEnv;
+use crate::cluster::egress::{Destination, EgressError, GuestNetwork};
 use crate::cluster::{
     guest_hostname, vm_name, ClusterError, ClusterImage, ClusterVm, Deadlines, VmSpec,
 };
@@ -35,6 +36,8 @@ pub enum VmError {
         last: String,
         console: Option<String>,
     },
+    #[error("guest network: {0}")]
+    Egress(#[from] EgressError),
 }
 
 impl StageFailure for VmError {
@@ -51,6 +54,46 @@ impl VmCreateStage {
     pub fn new(env: Arc<ScanEnv>) -> Self {
         VmCreateStage { env }
     }
+}
+
+/// Where the job's guest may connect to: the agent profile's upload and
+/// download servers and `vm.allowed_destinations`. The installer is not
+/// among them: vmscan fetches it on the host and uploads it over the shell.
+pub fn job_egress(env: &ScanEnv, os: OsFamily) -> Result<Vec<Destination>, EgressError> {
+    let profile = match os {
+        OsFamily::Linux => env.agent.as_ref(),
+        OsFamily::Windows => env.windows_agent.as_ref(),
+    };
+    let urls = profile
+        .into_iter()
+        .flat_map(|p| [&p.upload_url, &p.download_url])
+        .filter(|u| !u.is_empty());
+    let mut dests = urls
+        .map(|u| Destination::from_url(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    for d in &env.vm.allowed_destinations {
+        dests.push(d.parse()?);
+    }
+    dests.sort();
+    dests.dedup();
+    Ok(dests)
+}
+
+/// The guest network a provider recorded in a VM's detail (none: unrestricted).
+fn guest_network_of(detail: &Value) -> GuestNetwork {
+    detail
+        .get("guest_network")
+        .and_then(|n| serde_json::from_value(n.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// The job's guest network as vm-create recorded it: later stages rewrite
+/// the URLs they hand to the guest through it.
+pub fn recorded_guest_network(ctx: &StageCtx) -> GuestNetwork {
+    ctx.output_of(StageName::VmCreate)
+        .and_then(|o| o.get("vm_detail"))
+        .map(guest_network_of)
+        .unwrap_or_default()
 }
 
 /// cloud-init user-data: the job's key for the login user, the hostname.
@@ -278,6 +321,7 @@ impl Stage for VmCreateStage {
             ),
             hostname: hostname.clone(),
             os: job_os(ctx),
+            egress: job_egress(&self.env, job_os(ctx)).map_err(VmError::from)?,
         };
         let provider = self.env.provider(ctx)?;
         let cluster = provider.name();
@@ -293,6 +337,7 @@ impl Stage for VmCreateStage {
             .await?;
         ctx.set_detail(json!({"vm": vm.id, "vm_detail": vm.detail}), true)
             .await?;
+        ctx.info(guest_network_of(&vm.detail).describe()).await?;
 
         let deadlines = Deadlines {
             power_on: Duration::from_secs(self.env.vm.power_on_secs),
