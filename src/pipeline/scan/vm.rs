@@ -87,6 +87,31 @@ fn guest_network_of(detail: &Value) -> GuestNetwork {
         .unwrap_or_default()
 }
 
+/// What the job page says the guest may reach: the restricted QEMU network,
+/// an OpenStack per-job security group, or that the cluster must isolate it.
+fn network_line(detail: &Value) -> String {
+    let g = &detail["security_group"];
+    let list = |k: &str| {
+        g[k].as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "nothing".into())
+    };
+    match g["name"].as_str() {
+        Some(name) => format!(
+            "guest network: security group {name}; in from {}; may reach {}",
+            list("ingress"),
+            list("egress")
+        ),
+        None => guest_network_of(detail).describe(),
+    }
+}
+
 /// The job's guest network as vm-create recorded it: later stages rewrite
 /// the URLs they hand to the guest through it.
 pub fn recorded_guest_network(ctx: &StageCtx) -> GuestNetwork {
@@ -337,7 +362,7 @@ impl Stage for VmCreateStage {
             .await?;
         ctx.set_detail(json!({"vm": vm.id, "vm_detail": vm.detail}), true)
             .await?;
-        ctx.info(guest_network_of(&vm.detail).describe()).await?;
+        ctx.info(network_line(&vm.detail)).await?;
 
         let deadlines = Deadlines {
             power_on: Duration::from_secs(self.env.vm.power_on_secs),
@@ -429,6 +454,23 @@ mod tests {
             "runcmd:\n  - echo hi",
         );
         assert!(rocky.contains("  - name: rocky") && rocky.ends_with("  - echo hi\n"));
+    }
+
+    #[test]
+    fn the_network_line_names_what_the_guest_may_reach() {
+        let qemu = json!({"guest_network": {"restricted": true, "routes": [
+            {"dest": {"host": "127.0.0.1", "port": 8443}, "guest_addr": "10.0.2.100"}]}});
+        assert_eq!(
+            network_line(&qemu),
+            "guest network: restricted; may reach 127.0.0.1:8443 (as 10.0.2.100:8443)"
+        );
+        let sg = json!({"security_group": {"name": "vmscan-x",
+            "ingress": ["192.0.2.10/32 tcp/22"], "egress": []}});
+        assert_eq!(
+            network_line(&sg),
+            "guest network: security group vmscan-x; in from 192.0.2.10/32 tcp/22; may reach nothing"
+        );
+        assert!(network_line(&json!({})).contains("not restricted by vmscan"));
     }
 
     #[test]
