@@ -185,6 +185,10 @@ async fn scans_the_fixture_image_from_a_tar_gz_end_to_end() {
         "{log}"
     );
     assert!(
+        log.contains("QEMU process: seccomp sandbox on; runs as "),
+        "{log}"
+    );
+    assert!(
         log.contains("installing managesoft agent"),
         "installer output streamed into the job log"
     );

@@ -101,7 +101,7 @@ fn pid_of(vm: &ClusterVm) -> u32 {
 }
 
 /// A one-file HTTP server on 127.0.0.1 serving `body` for any path; the guest
-/// reaches it as 10.0.2.2 through QEMU user networking.
+/// reaches it through its guestfwd address (10.0.2.100) when allowed as a destination.
 async fn serve_once(body: Vec<u8>) -> (u16, tokio::task::JoinHandle<String>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

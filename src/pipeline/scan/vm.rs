@@ -363,6 +363,16 @@ impl Stage for VmCreateStage {
         ctx.set_detail(json!({"vm": vm.id, "vm_detail": vm.detail}), true)
             .await?;
         ctx.info(network_line(&vm.detail)).await?;
+        // qemu-local: how the VM's process is confined (a QEMU without seccomp is said, not hidden).
+        if let Some(sandbox) = vm.detail["sandbox"].as_str() {
+            let user = vm.detail["run_as"].as_str().unwrap_or("vmscan's own user");
+            let line = format!("QEMU process: seccomp sandbox {sandbox}; runs as {user}");
+            if sandbox == "on" {
+                ctx.info(line).await?;
+            } else {
+                ctx.warn(line).await?;
+            }
+        }
 
         let deadlines = Deadlines {
             power_on: Duration::from_secs(self.env.vm.power_on_secs),
