@@ -403,6 +403,9 @@ pub struct QemuConfig {
     pub bios_serial_console: bool,
     /// Extra arguments appended to the qemu-system command line.
     pub extra_args: Vec<String>,
+    /// The unprivileged user QEMU runs as when vmscan runs as root (unset:
+    /// `nobody`; `""`: vmscan's own user). Needs to read the image repository.
+    pub run_as: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,6 +435,7 @@ impl Default for QemuConfig {
             quit_secs: 3,
             bios_serial_console: true,
             extra_args: Vec::new(),
+            run_as: None,
         }
     }
 }

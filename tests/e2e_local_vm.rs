@@ -43,9 +43,9 @@ fn agent_profile(flexera: &FakeFlexera, mode: &str) -> AgentProfile {
             .join("tests/fixtures/flexera-test-agent.sh")
             .display()
             .to_string(),
-        // The guest reaches the host's loopback as 10.0.2.2 (QEMU user networking).
-        upload_url: format!("http://10.0.2.2:{}/ManageSoftRL/", flexera.addr.port()),
-        download_url: format!("http://10.0.2.2:{}/ManageSoftDL/", flexera.addr.port()),
+        // The agent's real (host) URLs: vmscan hands them to the guest as its guestfwd address.
+        upload_url: format!("http://127.0.0.1:{}/ManageSoftRL/", flexera.addr.port()),
+        download_url: format!("http://127.0.0.1:{}/ManageSoftDL/", flexera.addr.port()),
         install_command: format!("AGENT_MODE={mode} sh {{installer}}"),
         service_check: "kill -0 \"$(cat /var/run/ndtask.pid)\"".into(),
         required_patterns: vec![
@@ -176,6 +176,18 @@ async fn scans_the_fixture_image_from_a_tar_gz_end_to_end() {
         "{uploads:?}"
     );
     let log = w.app.log_text(id).await;
+    // The guest reached the beacon only through its guestfwd address, and the job says so.
+    let beacon = w.flexera.addr.port();
+    assert!(
+        log.contains(&format!(
+            "guest network: restricted; may reach 127.0.0.1:{beacon} (as 10.0.2.100:{beacon})"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("QEMU process: seccomp sandbox on; runs as "),
+        "{log}"
+    );
     assert!(
         log.contains("installing managesoft agent"),
         "installer output streamed into the job log"
@@ -296,6 +308,7 @@ async fn a_daemon_killed_mid_scan_resumes_and_still_tears_down() {
     // Inventory lags, so the job is mid-scan (VM up, inventory pending) when the daemon dies.
     flexera.set_reconcile_delay(Duration::from_secs(12));
     let tmp = tempfile::tempdir().unwrap();
+    support::share_with_qemu(tmp.path());
     let p = flexera.addr.port();
     let agent = repo().join("tests/fixtures/flexera-test-agent.sh");
     let env: Vec<(String, String)> = [
@@ -314,7 +327,7 @@ async fn a_daemon_killed_mid_scan_resumes_and_still_tears_down() {
         ),
         (
             "VMSCAN_AGENT__PROFILES__LINUX__UPLOAD_URL",
-            format!("http://10.0.2.2:{p}/ManageSoftRL/"),
+            format!("http://127.0.0.1:{p}/ManageSoftRL/"),
         ),
         (
             "VMSCAN_AGENT__PROFILES__LINUX__INSTALL_COMMAND",

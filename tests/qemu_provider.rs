@@ -50,7 +50,15 @@ fn require_qemu() {
     );
 }
 
+/// Run as root, QEMU runs as `nobody`: it must be able to enter the test's
+/// temporary directory (created 0700) to reach the images and VM dirs.
+fn share_with_qemu(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 fn provider(data: &Path) -> QemuProvider {
+    share_with_qemu(data);
     let cfg = QemuConfig {
         memory_mib: 256,
         max_vms: 4,
@@ -72,6 +80,7 @@ fn spec(job: JobId, image: vmscan::cluster::ClusterImage, user_data: String) -> 
         hostname: "scan-test".into(),
         os: vmscan::domain::OsFamily::Linux,
         admin_password: None,
+        egress: Vec::new(),
     }
 }
 
@@ -93,7 +102,7 @@ fn pid_of(vm: &ClusterVm) -> u32 {
 }
 
 /// A one-file HTTP server on 127.0.0.1 serving `body` for any path; the guest
-/// reaches it as 10.0.2.2 through QEMU user networking.
+/// reaches it through its guestfwd address (10.0.2.100) when allowed as a destination.
 async fn serve_once(body: Vec<u8>) -> (u16, tokio::task::JoinHandle<String>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -191,16 +200,16 @@ async fn boots_the_fixture_answers_ssh_and_leaves_nothing_behind() {
     // The seed carries a fresh key, a hostname, and an installer fetched from the host.
     let (key, public) = ssh_keygen(tmp.path());
     let (http_port, served) = serve_once(installer_tarball()).await;
+    // The guest's network is restricted: the server is its one allowed destination, at 10.0.2.100.
     let user_data = format!(
         "#cloud-config\nssh_authorized_keys:\n  - {public}\nruncmd:\n  - \
-         wget -q -O /tmp/agent.tgz http://10.0.2.2:{http_port}/agent.tgz && mkdir -p /tmp/agent && \
+         wget -q -O /tmp/agent.tgz http://10.0.2.100:{http_port}/agent.tgz && mkdir -p /tmp/agent && \
          tar -xzf /tmp/agent.tgz -C /tmp/agent && /bin/sh /tmp/agent/install.sh > /dev/ttyS0\n"
     );
     let t0 = Instant::now();
-    let vm = p
-        .create_vm(&spec(job, image.clone(), user_data))
-        .await
-        .unwrap();
+    let mut with_server = spec(job, image.clone(), user_data);
+    with_server.egress = vec![format!("127.0.0.1:{http_port}").parse().unwrap()];
+    let vm = p.create_vm(&with_server).await.unwrap();
     assert_eq!(vm.name, vm_name(job));
     let port = vm.port.unwrap();
     let deadlines = Deadlines {
@@ -266,7 +275,7 @@ async fn boots_the_fixture_answers_ssh_and_leaves_nothing_behind() {
     );
     assert!(stdout.starts_with("scan-test\n"), "{stdout}");
 
-    // The installer came over 10.0.2.2, unpacked with tar+gzip and ran under /bin/sh.
+    // The installer came over the guestfwd, unpacked with tar+gzip and ran under /bin/sh.
     let tail = wait_for_console(&p, &vm, "AGENT-INSTALLER-RAN", Duration::from_secs(60)).await;
     assert!(
         tail.contains("AGENT-INSTALLER-RAN on scan-test"),
@@ -407,4 +416,184 @@ async fn the_kvm_probe_guest_runs_under_tcg_and_decides_kvm() {
     }
     // The probe cleans up after itself.
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+/// A loopback (or other host address) listener that counts the connections
+/// it accepts: what the guest must not reach.
+async fn trap(ip: std::net::IpAddr) -> (u16, std::sync::Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = listener.accept().await {
+            h.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (port, hits)
+}
+
+/// The host's own non-loopback IPv4 address (a "LAN" address), if it has a route.
+fn host_lan_ip() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+fn uid_of(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn seccomp_mode(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Seccomp:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_guest_reaches_only_its_allowed_beacon_from_a_sandboxed_unprivileged_qemu() {
+    require_qemu();
+    let disk = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = provider(tmp.path());
+    let job = JobId::new();
+    let file = vmscan::cluster::ImageFile::read(&disk).await.unwrap();
+    let image = p.upload_image(job, &file, &|_, _| {}).await.unwrap();
+
+    // What the guest must not reach: a service on the host's loopback (the
+    // vmscan API, the database), another scan VM's forwarded SSH port, and a
+    // service on the host's LAN address.
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let (api_port, api_hits) = trap(loopback).await;
+    let (other_vm_port, other_vm_hits) = trap(loopback).await;
+    let lan = match host_lan_ip() {
+        Some(ip) => Some((ip, trap(ip).await)),
+        None => None,
+    };
+    // What it may reach: a beacon standing in for the agent's upload server.
+    let (beacon_port, beacon_seen) = serve_once(b"beacon-ok".to_vec()).await;
+
+    let (key, public) = ssh_keygen(tmp.path());
+    let mut s = spec(
+        job,
+        image.clone(),
+        format!("#cloud-config\nssh_authorized_keys:\n  - {public}\n"),
+    );
+    s.egress = vec![format!("127.0.0.1:{beacon_port}").parse().unwrap()];
+    let vm = p.create_vm(&s).await.unwrap();
+    assert_eq!(
+        vm.detail["guest_network"]["routes"][0]["guest_addr"],
+        "10.0.2.100"
+    );
+    let deadlines = Deadlines {
+        power_on: Duration::from_secs(30),
+        address: Duration::from_secs(30),
+        port_open: Duration::from_secs(180),
+    };
+    let ready = p.wait_ready(&vm, &deadlines).await.unwrap();
+    let pid = pid_of(&ready);
+
+    // The QEMU process: seccomp filter on (mode 2), and not root when we are.
+    assert_eq!(vm.detail["sandbox"], "on", "{:#}", vm.detail);
+    assert_eq!(seccomp_mode(pid), "2");
+    if nix::unistd::Uid::effective().is_root() {
+        assert_ne!(uid_of(pid), 0, "QEMU runs as root");
+        assert_eq!(vm.detail["run_as"], "nobody");
+    }
+
+    let mut probes = vec![
+        format!("10.0.2.2 {api_port}"),
+        format!("10.0.2.2 {other_vm_port}"),
+        "169.254.169.254 80".to_string(),
+        "192.168.1.1 80".to_string(),
+        "10.0.2.3 53".to_string(),
+        // The guestfwd address on another port is no way out either.
+        format!("10.0.2.100 {api_port}"),
+    ];
+    if let Some((ip, (port, _))) = &lan {
+        probes.push(format!("{ip} {port}"));
+    }
+    let script = format!(
+        "probe() {{ if timeout 3 nc $1 $2 </dev/null >/dev/null 2>&1; then echo \"$1:$2 OPEN\"; \
+         else echo \"$1:$2 closed\"; fi; }}\n{}\nwait\n\
+         printf 'GET /beacon HTTP/1.0\\r\\n\\r\\n' | timeout 4 nc 10.0.2.100 {beacon_port}\ntrue\n",
+        probes
+            .iter()
+            .map(|p| format!("probe {p} &"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let out = tokio::process::Command::new("ssh")
+        .arg("-i")
+        .arg(&key)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=20",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .args([
+            "-p",
+            &vm.port.unwrap().to_string(),
+            "root@127.0.0.1",
+            &script,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("guest probes:\n{stdout}");
+    assert!(
+        out.status.success(),
+        "ssh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for probe in &probes {
+        let want = format!("{} closed", probe.replace(' ', ":"));
+        assert!(stdout.contains(&want), "{want} missing:\n{stdout}");
+    }
+    assert!(!stdout.contains("OPEN"), "{stdout}");
+    assert_eq!(
+        api_hits.load(Ordering::SeqCst),
+        0,
+        "the loopback service was reached"
+    );
+    assert_eq!(
+        other_vm_hits.load(Ordering::SeqCst),
+        0,
+        "another VM's port was reached"
+    );
+    if let Some((ip, (_, hits))) = &lan {
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            0,
+            "the host's LAN address {ip} was reached"
+        );
+    }
+
+    // The allowed beacon answered the guest, and saw its request.
+    assert!(
+        stdout.contains("HTTP/1.0 200 OK") && stdout.contains("beacon-ok"),
+        "{stdout}"
+    );
+    let seen = tokio::time::timeout(Duration::from_secs(5), beacon_seen)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, "GET /beacon HTTP/1.0");
+
+    p.delete_vm(&vm.id).await.unwrap();
+    p.delete_image(&image.id).await.unwrap();
+    assert_eq!(p.list_owned().await.unwrap(), vec![]);
 }

@@ -2,6 +2,7 @@
 //! the local QEMU provider is the embedded default, Nutanix and OpenStack
 //! are chosen by configuration.
 
+pub mod egress;
 mod image;
 pub mod nutanix;
 pub mod openstack;
@@ -106,6 +107,9 @@ pub struct VmSpec {
     /// customization can set it (it then says so with `admin_password_set`
     /// in the VM's detail).
     pub admin_password: Option<secrecy::SecretString>,
+    /// Where the guest may connect to (the agent's servers); a provider that
+    /// restricts the guest's network allows these and nothing else.
+    pub egress: Vec<egress::Destination>,
 }
 
 /// A VM the cluster runs.

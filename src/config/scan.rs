@@ -43,6 +43,9 @@ pub struct VmConfig {
     pub extra_user_data: String,
     /// How Windows guests are reached (`[vm.winrm]`).
     pub winrm: WinRmConfig,
+    /// `host:port` pairs the guest may reach besides the agent profile's
+    /// upload/download servers (on clusters that restrict the guest network).
+    pub allowed_destinations: Vec<String>,
 }
 
 /// WinRM login to Windows guests.
@@ -99,6 +102,7 @@ impl Default for VmConfig {
             delete_image: true,
             extra_user_data: String::new(),
             winrm: WinRmConfig::default(),
+            allowed_destinations: Vec::new(),
         }
     }
 }

@@ -29,6 +29,7 @@ pub fn spec(job: JobId, image: vmscan::cluster::ClusterImage) -> VmSpec {
         hostname: guest_hostname(job),
         os: OsFamily::Linux,
         admin_password: None,
+        egress: Vec::new(),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::http::Method;
 use serde_json::json;
-use vmscan::cluster::openstack::{OpenStackConfig, OpenStackProvider};
+use vmscan::cluster::openstack::{OpenStackConfig, OpenStackProvider, SecurityGroupMode};
 use vmscan::cluster::{vm_name, ClusterError, ClusterProvider, Owned};
 use vmscan::domain::JobId;
 
@@ -114,6 +114,81 @@ async fn openstack_tags_the_image_and_server_with_the_job() {
     }));
     p.delete_vm(&vm.id).await.unwrap();
     p.delete_image(&image.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn openstack_gives_each_server_its_own_security_group_and_removes_it_at_teardown() {
+    let fake = FakeOpenStack::start().await;
+    let mut cfg = config(&fake, banner_port().await);
+    cfg.security_group = SecurityGroupMode::PerJob;
+    cfg.shell_from_cidr = "192.0.2.10/32".into();
+    let p = OpenStackProvider::new("t", cfg).unwrap();
+    let file = image_file();
+    let job = JobId::new();
+    let image = upload(&p, job, file.path()).await;
+    let mut s = spec(job, image.clone());
+    s.egress = vec![
+        "127.0.0.1:8443".parse().unwrap(),
+        "198.51.100.7:443".parse().unwrap(),
+    ];
+    let vm = p.create_vm(&s).await.unwrap();
+
+    // One group, named after the server and attached to it (instead of "default").
+    let groups = fake.security_groups();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    let (gid, gname, rules) = &groups[0];
+    assert_eq!(gname, &vm_name(job));
+    assert_eq!(
+        fake.server_security_groups(&vm.id).unwrap(),
+        vec![gid.clone()]
+    );
+    // Neutron's default allow-all egress rules are gone: exactly ours remain.
+    let mut shown: Vec<String> = rules
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {}:{}",
+                r["direction"].as_str().unwrap(),
+                r["ethertype"].as_str().unwrap(),
+                r["remote_ip_prefix"].as_str().unwrap_or("any"),
+                r["port_range_min"]
+            )
+        })
+        .collect();
+    shown.sort();
+    assert_eq!(
+        shown,
+        [
+            "egress IPv4 127.0.0.1/32:8443",
+            "egress IPv4 198.51.100.7/32:443",
+            &format!("ingress IPv4 192.0.2.10/32:{}", vm.port.unwrap()),
+        ]
+    );
+    assert_eq!(vm.detail["security_group"]["name"], vm_name(job));
+
+    // A retried create replaces the group with the server: still one.
+    let again = p.create_vm(&s).await.unwrap();
+    assert_eq!(fake.security_groups().len(), 1);
+    assert_eq!(
+        fake.server_security_groups(&again.id).unwrap(),
+        vec![fake.security_groups()[0].0.clone()]
+    );
+
+    // Teardown (and the janitor, which deletes through delete_vm) removes it after the server.
+    p.delete_vm(&again.id).await.unwrap();
+    assert!(fake.servers().is_empty());
+    assert!(
+        fake.security_groups().is_empty(),
+        "{:?}",
+        fake.security_groups()
+    );
+    p.delete_image(&image.id).await.unwrap();
+
+    // Per-job groups need vmscan's address.
+    let mut bad = config(&fake, 22);
+    bad.security_group = SecurityGroupMode::PerJob;
+    let err = OpenStackProvider::new("t", bad).err().unwrap().to_string();
+    assert!(err.contains("shell_from_cidr"), "{err}");
 }
 
 #[tokio::test]

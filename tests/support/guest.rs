@@ -25,6 +25,7 @@ pub struct GuestBackend {
 impl GuestBackend {
     pub async fn start() -> Arc<GuestBackend> {
         let dir = tempfile::tempdir().unwrap();
+        super::share_with_qemu(dir.path());
         let cfg = QemuConfig {
             accel: vmscan::config::QemuAccel::Tcg,
             max_vms: 1,
@@ -79,6 +80,7 @@ impl GuestBackend {
             hostname,
             os: OsFamily::Linux,
             admin_password: None,
+            egress: Vec::new(),
         };
         let vm = self.qemu.create_vm(&spec).await.unwrap();
         let deadlines = Deadlines {

@@ -40,6 +40,13 @@ pub enum Backend {
 
 /// The backends to test: SQLite always; PostgreSQL when the test script
 /// started one (`VMSCAN_TEST_PG_URL`). Under CI a missing PostgreSQL is an error.
+/// Run as root, QEMU runs as `nobody` (cluster.qemu.run_as): it must be able
+/// to enter a test's temporary directory (created 0700) to reach its images.
+pub fn share_with_qemu(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 pub fn backends() -> Vec<Backend> {
     let mut v = vec![Backend::Sqlite];
     if pg_admin_url().is_some() {
@@ -126,6 +133,7 @@ impl TestApp {
         pipeline: Option<Pipeline>,
     ) -> TestApp {
         let tmp = tempfile::tempdir().expect("temp dir");
+        share_with_qemu(tmp.path());
         let data_dir = tmp.path().join("data");
         let mut cfg = test_config(backend, &data_dir).await;
         tweak(&mut cfg);

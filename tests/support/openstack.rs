@@ -85,6 +85,16 @@ struct Srv {
     guest: Option<tokio::task::JoinHandle<()>>,
     guest_gone: Arc<Mutex<bool>>,
     created: String,
+    /// Security group ids (Nova takes a name or an id; the fake stores ids).
+    security_groups: Vec<String>,
+}
+
+/// A Neutron security group and its rules (as the API returns them).
+struct Sg {
+    id: String,
+    name: String,
+    description: String,
+    rules: Vec<Value>,
 }
 
 struct Fip {
@@ -112,6 +122,7 @@ struct Inner {
     images: Vec<Img>,
     servers: Vec<Srv>,
     fips: Vec<Fip>,
+    sgs: Vec<Sg>,
     injections: Vec<Injection>,
     expire_on: Vec<(Method, String)>,
     requests: Vec<(Method, String)>,
@@ -182,6 +193,7 @@ impl FakeOpenStack {
             images: Vec::new(),
             servers: Vec::new(),
             fips: Vec::new(),
+            sgs: Vec::new(),
             injections: Vec::new(),
             expire_on: Vec::new(),
             requests: Vec::new(),
@@ -224,6 +236,19 @@ impl FakeOpenStack {
             .route("/v2.0/ports", get(list_ports))
             .route("/v2.0/floatingips", get(list_fips).post(create_fip))
             .route("/v2.0/floatingips/{id}", axum::routing::delete(delete_fip))
+            .route("/v2.0/security-groups", get(list_sgs).post(create_sg))
+            .route(
+                "/v2.0/security-groups/{id}",
+                axum::routing::delete(delete_sg),
+            )
+            .route(
+                "/v2.0/security-group-rules",
+                get(list_sg_rules).post(create_sg_rule),
+            )
+            .route(
+                "/v2.0/security-group-rules/{id}",
+                axum::routing::delete(delete_sg_rule),
+            )
             .layer(middleware::from_fn_with_state(st.clone(), gate))
             .with_state(st.clone());
         let handshakes = Arc::new(AtomicUsize::new(0));
@@ -380,6 +405,24 @@ impl FakeOpenStack {
                 .map(|s| (s.id.clone(), s.name.clone(), s.status.clone()))
                 .collect()
         })
+    }
+
+    /// Every security group: (id, name, its rules).
+    pub fn security_groups(&self) -> Vec<(String, String, Vec<Value>)> {
+        let i = self.inner.lock().unwrap();
+        i.sgs
+            .iter()
+            .map(|g| (g.id.clone(), g.name.clone(), g.rules.clone()))
+            .collect()
+    }
+
+    /// The security group ids a server was created with.
+    pub fn server_security_groups(&self, id: &str) -> Option<Vec<String>> {
+        let i = self.inner.lock().unwrap();
+        i.servers
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.security_groups.clone())
     }
 
     pub fn floating_ips(&self) -> usize {
@@ -987,6 +1030,28 @@ async fn create_server(
         None => String::new(),
     };
     let mut i = st.inner.lock().unwrap();
+    // Nova resolves each group by name or id in Neutron; an unknown one is a 400.
+    let mut security_groups = Vec::new();
+    for g in s["security_groups"].as_array().into_iter().flatten() {
+        let want = g["name"].as_str().unwrap_or_default();
+        let found: Vec<&Sg> = i
+            .sgs
+            .iter()
+            .filter(|sg| sg.id == want || sg.name == want)
+            .collect();
+        match found.as_slice() {
+            [one] => security_groups.push(one.id.clone()),
+            [] if want == "default" => {}
+            [] => return error(p, 400, &format!("Security group {want} not found.")),
+            _ => {
+                return error(
+                    p,
+                    409,
+                    &format!("Multiple security_group matches found for name '{want}', use an ID to be more specific."),
+                )
+            }
+        }
+    }
     let disk = match i.images.iter().find(|m| m.id == image) {
         Some(m) if m.status == "active" => m.file.clone(),
         Some(_) => return error(p, 400, &format!("Image {image} is not active.")),
@@ -1025,6 +1090,7 @@ async fn create_server(
         guest,
         guest_gone,
         created: now(),
+        security_groups,
     };
     i.servers.push(srv);
     let location = format!("{}/v2.1/{project}/servers/{id}", st.base);
@@ -1267,4 +1333,136 @@ async fn delete_fip(State(st): State<St>, Path(id): Path<String>) -> Response {
         }
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+// Neutron security groups, after the Networking API v2.0 reference
+// (docs.openstack.org/api-ref/network/v2, "Security groups" and "Security
+// group rules"): POST /v2.0/security-groups → 201 with the group and the two
+// egress rules Neutron adds to every new group (IPv4 and IPv6, any protocol,
+// any remote); DELETE → 204, 404, or 409 while a port (here: a server that
+// is not gone yet) uses it; rules: POST → 201, 409 for a duplicate, DELETE → 204.
+
+fn sg_json(g: &Sg) -> Value {
+    json!({"id": g.id, "name": g.name, "description": g.description,
+           "stateful": true, "security_group_rules": g.rules})
+}
+
+fn rule_json(sg: &str, direction: &str, ethertype: &str, b: &Value) -> Value {
+    json!({
+        "id": new_id(),
+        "security_group_id": sg,
+        "direction": direction,
+        "ethertype": ethertype,
+        "protocol": b["protocol"],
+        "port_range_min": b["port_range_min"],
+        "port_range_max": b["port_range_max"],
+        "remote_ip_prefix": b["remote_ip_prefix"],
+        "remote_group_id": null,
+    })
+}
+
+async fn create_sg(State(st): State<St>, Json(body): Json<Value>) -> Response {
+    let b = &body["security_group"];
+    let id = new_id();
+    let defaults = ["IPv4", "IPv6"]
+        .map(|e| rule_json(&id, "egress", e, &json!({})))
+        .to_vec();
+    let g = Sg {
+        id: id.clone(),
+        name: b["name"].as_str().unwrap_or_default().to_string(),
+        description: b["description"].as_str().unwrap_or_default().to_string(),
+        rules: defaults,
+    };
+    let out = sg_json(&g);
+    st.inner.lock().unwrap().sgs.push(g);
+    (StatusCode::CREATED, Json(json!({"security_group": out}))).into_response()
+}
+
+async fn list_sgs(State(st): State<St>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let i = st.inner.lock().unwrap();
+    let groups: Vec<Value> = i
+        .sgs
+        .iter()
+        .filter(|g| q.get("name").is_none_or(|n| &g.name == n))
+        .map(sg_json)
+        .collect();
+    Json(json!({"security_groups": groups})).into_response()
+}
+
+async fn delete_sg(State(st): State<St>, Path(id): Path<String>) -> Response {
+    let mut i = st.inner.lock().unwrap();
+    let Some(pos) = i.sgs.iter().position(|g| g.id == id) else {
+        return error("/v2.0", 404, &format!("Security group {id} does not exist"));
+    };
+    if i.servers.iter().any(|s| s.security_groups.contains(&id)) {
+        return error("/v2.0", 409, &format!("Security Group {id} in use."));
+    }
+    i.sgs.remove(pos);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn list_sg_rules(State(st): State<St>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let i = st.inner.lock().unwrap();
+    let rules: Vec<Value> = i
+        .sgs
+        .iter()
+        .filter(|g| q.get("security_group_id").is_none_or(|id| &g.id == id))
+        .flat_map(|g| g.rules.clone())
+        .collect();
+    Json(json!({"security_group_rules": rules})).into_response()
+}
+
+async fn create_sg_rule(State(st): State<St>, Json(body): Json<Value>) -> Response {
+    let p = "/v2.0";
+    let b = &body["security_group_rule"];
+    let direction = b["direction"].as_str().unwrap_or_default();
+    let ethertype = b["ethertype"].as_str().unwrap_or("IPv4");
+    if !matches!(direction, "ingress" | "egress") || !matches!(ethertype, "IPv4" | "IPv6") {
+        return error(p, 400, "Invalid input for direction or ethertype.");
+    }
+    let sg = b["security_group_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut i = st.inner.lock().unwrap();
+    let Some(g) = i.sgs.iter_mut().find(|g| g.id == sg) else {
+        return error(p, 404, &format!("Security group {sg} does not exist"));
+    };
+    let rule = rule_json(&sg, direction, ethertype, b);
+    let same = |r: &Value| {
+        [
+            "direction",
+            "ethertype",
+            "protocol",
+            "port_range_min",
+            "port_range_max",
+            "remote_ip_prefix",
+        ]
+        .iter()
+        .all(|k| r[*k] == rule[*k])
+    };
+    if g.rules.iter().any(same) {
+        return error(p, 409, "Security group rule already exists.");
+    }
+    g.rules.push(rule.clone());
+    (
+        StatusCode::CREATED,
+        Json(json!({"security_group_rule": rule})),
+    )
+        .into_response()
+}
+
+async fn delete_sg_rule(State(st): State<St>, Path(id): Path<String>) -> Response {
+    let mut i = st.inner.lock().unwrap();
+    for g in i.sgs.iter_mut() {
+        if let Some(pos) = g.rules.iter().position(|r| r["id"] == id.as_str()) {
+            g.rules.remove(pos);
+            return StatusCode::NO_CONTENT.into_response();
+        }
+    }
+    error(
+        "/v2.0",
+        404,
+        &format!("Security group rule {id} does not exist"),
+    )
 }

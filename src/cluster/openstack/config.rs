@@ -5,6 +5,15 @@ use std::path::PathBuf;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecurityGroupMode {
+    /// `security_groups` (or the project's default) as configured.
+    #[default]
+    Configured,
+    PerJob,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OpenStackConfig {
@@ -40,8 +49,14 @@ pub struct OpenStackConfig {
     /// Nova key pair put on every server (the job's key always comes in the
     /// user-data); empty: none.
     pub key_name: String,
-    /// Security groups by name; empty: the project's default.
+    /// Security groups by name; empty: the project's default. Not used with
+    /// `security_group = "per-job"`.
     pub security_groups: Vec<String>,
+    /// "per-job": each server gets its own group allowing only SSH/WinRM from
+    /// `shell_from_cidr` and egress to the job's agent endpoints.
+    pub security_group: SecurityGroupMode,
+    /// vmscan's address as the guests see it, e.g. `192.0.2.10/32`.
+    pub shell_from_cidr: String,
     /// Ask Nova for a config drive (clouds without a metadata service).
     pub config_drive: bool,
     /// Port of the guest's remote shell as vmscan reaches it (22 for SSH).
@@ -85,6 +100,8 @@ impl Default for OpenStackConfig {
             floating_ip_pool: String::new(),
             key_name: String::new(),
             security_groups: Vec::new(),
+            security_group: SecurityGroupMode::Configured,
+            shell_from_cidr: String::new(),
             config_drive: false,
             ssh_port: 22,
             winrm_port: 5985,

@@ -9,15 +9,16 @@ mod glance;
 mod http;
 mod neutron;
 mod nova;
+mod secgroup;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
-pub use config::OpenStackConfig;
+pub use config::{OpenStackConfig, SecurityGroupMode};
 pub use error::OsError;
 
 use super::{
@@ -101,6 +102,13 @@ impl OpenStackProvider {
         }
         if cfg.flavor.is_empty() || cfg.network.is_empty() {
             return Err(bad("flavor and network (by name) are required"));
+        }
+        if cfg.security_group == SecurityGroupMode::PerJob
+            && cfg.shell_from_cidr.parse::<ipnet::IpNet>().is_err()
+        {
+            return Err(bad(
+                "security_group = \"per-job\" needs shell_from_cidr (vmscan's address, e.g. 192.0.2.10/32)",
+            ));
         }
         if !matches!(cfg.interface.as_str(), "public" | "internal" | "admin") {
             return Err(bad("interface must be public, internal or admin"));
@@ -196,7 +204,10 @@ impl OpenStackProvider {
             .filter(|s| s.name == name && Some(s.id.as_str()) != keep)
         {
             tracing::info!(server = %s.id, %name, "deleting another server of the job");
-            self.delete_server(&s.id).await.map_err(|e| self.err(e))?;
+            // A twin of the kept server shares its group: the group stays.
+            self.delete_server(&s.id, keep.is_none())
+                .await
+                .map_err(|e| self.err(e))?;
         }
         Ok(())
     }
@@ -222,11 +233,49 @@ impl OpenStackProvider {
         Ok(())
     }
 
-    async fn delete_server(&self, id: &str) -> Result<(), OsError> {
+    /// Deletes the server (floating IPs first) and, with `drop_group`, its
+    /// per-job security group once the server is gone.
+    async fn delete_server(&self, id: &str, drop_group: bool) -> Result<(), OsError> {
         if !self.cfg.floating_ip_pool.is_empty() {
             neutron::release_floating_ips(&self.api, id).await?;
         }
-        nova::delete(&self.api, id).await
+        // The per-job group is named after the server: learn the name while it exists.
+        let name = match nova::get(&self.api, id).await {
+            Ok(s) => Some(s.name),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        nova::delete(&self.api, id).await?;
+        match name {
+            Some(n) if drop_group && self.cfg.security_group == SecurityGroupMode::PerJob => {
+                secgroup::delete_named(&self.api, &n).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// With `security_group = "per-job"`: a fresh group for the job's server
+    /// (an earlier one of a retry removed); its id and its rules for the page.
+    async fn job_group(&self, spec: &VmSpec) -> Result<Option<(String, Value)>, ClusterError> {
+        if self.cfg.security_group != SecurityGroupMode::PerJob {
+            return Ok(None);
+        }
+        secgroup::delete_named(&self.api, &spec.name)
+            .await
+            .map_err(|e| self.err(e))?;
+        let egress = secgroup::resolve(&spec.egress)
+            .await
+            .map_err(|e| self.err(e))?;
+        let port = match spec.os {
+            OsFamily::Windows => self.cfg.winrm_port,
+            OsFamily::Linux => self.cfg.ssh_port,
+        };
+        let rules = secgroup::rules(&self.cfg.shell_from_cidr, port, &egress);
+        let id = secgroup::create(&self.api, &spec.name, &spec.job.to_string(), &rules)
+            .await
+            .map_err(|e| self.err(e))?;
+        tracing::info!(group = %id, name = %spec.name, "per-job security group created");
+        Ok(Some((id, secgroup::describe(&spec.name, &rules))))
     }
 }
 
@@ -281,6 +330,7 @@ impl ClusterProvider for OpenStackProvider {
         self.delete_servers_named(&spec.name, None).await?;
         let flavor = self.flavor_id().await?.clone();
         let network = self.network_id().await?.clone();
+        let group = self.job_group(spec).await?;
         let id = nova::create(
             &self.api,
             &nova::NewServer {
@@ -290,6 +340,7 @@ impl ClusterProvider for OpenStackProvider {
                 network: &network,
                 user_data: &spec.user_data,
                 job: spec.job.to_string(),
+                security_group: group.as_ref().map(|(id, _)| id.as_str()),
             },
         )
         .await
@@ -312,6 +363,7 @@ impl ClusterProvider for OpenStackProvider {
                 "network": self.cfg.network,
                 "image_id": spec.image.id,
                 "os": spec.os.as_str(),
+                "security_group": group.map(|(_, shown)| shown),
             }),
         })
     }
@@ -424,7 +476,9 @@ impl ClusterProvider for OpenStackProvider {
 
     async fn delete_vm(&self, vm_id: &str) -> Result<(), ClusterError> {
         check_id(vm_id)?;
-        self.delete_server(vm_id).await.map_err(|e| self.err(e))
+        self.delete_server(vm_id, true)
+            .await
+            .map_err(|e| self.err(e))
     }
 
     async fn delete_image(&self, image_id: &str) -> Result<(), ClusterError> {

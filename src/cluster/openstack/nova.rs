@@ -113,6 +113,8 @@ pub struct NewServer<'a> {
     pub network: &'a str,
     pub user_data: &'a str,
     pub job: String,
+    /// The per-job security group's id, instead of the configured ones.
+    pub security_group: Option<&'a str>,
 }
 
 /// `POST /servers` → 202 and the new server's id.
@@ -128,7 +130,10 @@ pub async fn create(api: &Api, s: &NewServer<'_>) -> Result<String, OsError> {
     if !api.cfg.key_name.is_empty() {
         server["key_name"] = json!(api.cfg.key_name);
     }
-    if !api.cfg.security_groups.is_empty() {
+    if let Some(g) = s.security_group {
+        // Nova takes a Neutron group's id where it takes a name.
+        server["security_groups"] = json!([{"name": g}]);
+    } else if !api.cfg.security_groups.is_empty() {
         server["security_groups"] = api
             .cfg
             .security_groups

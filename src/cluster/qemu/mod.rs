@@ -5,6 +5,7 @@
 //! delete it.
 
 mod accel;
+mod harden;
 mod image;
 mod ports;
 mod process;
@@ -22,6 +23,7 @@ use serde_json::json;
 use tokio::process::Child;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::egress::GuestNetwork;
 use super::{
     image_name, ClusterError, ClusterImage, ClusterProvider, ClusterVm, Deadlines, ImageFile,
     Owned, Progress, VmSpec,
@@ -30,6 +32,7 @@ use crate::config::QemuConfig;
 use crate::domain::JobId;
 
 pub use accel::{probe as probe_accel, Accel};
+pub use harden::{HardenError, RunAs};
 pub use process::is_our_qemu;
 
 /// The local cluster's name in the registry and on job pages.
@@ -53,6 +56,14 @@ pub struct VmState {
     pub image: PathBuf,
     pub accel: String,
     pub started_at: chrono::DateTime<chrono::Utc>,
+    #[serde(default)]
+    pub guest_network: GuestNetwork,
+    /// "on", or why QEMU runs without its seccomp sandbox.
+    #[serde(default)]
+    pub sandbox: String,
+    /// The user QEMU runs as, when vmscan dropped root for it.
+    #[serde(default)]
+    pub run_as: Option<String>,
 }
 
 /// A VM this process started: its child handle (killed if dropped) and its slot.
@@ -68,6 +79,9 @@ pub struct QemuProvider {
     vm_dir: PathBuf,
     slots: Arc<Semaphore>,
     running: Mutex<HashMap<String, Running>>,
+    run_as: Option<RunAs>,
+    /// Probed once: `Err` says why this QEMU has no `-sandbox`.
+    sandbox: tokio::sync::OnceCell<Result<(), String>>,
 }
 
 fn local(msg: impl Into<String>) -> ClusterError {
@@ -113,7 +127,10 @@ impl QemuProvider {
             .unwrap_or_else(|| data_dir.join("images"));
         let vm_dir = cfg.vm_dir.clone().unwrap_or_else(|| data_dir.join("vms"));
         let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+        let run_as = RunAs::from_config(cfg.run_as.as_deref()).map_err(|e| local(e.to_string()))?;
         Ok(QemuProvider {
+            run_as,
+            sandbox: tokio::sync::OnceCell::new(),
             slots: Arc::new(Semaphore::new(cfg.max_vms)),
             image_dir: abs(image_dir),
             vm_dir: abs(vm_dir),
@@ -133,6 +150,25 @@ impl QemuProvider {
     /// The accelerator new VMs get (probing KVM once per process).
     pub async fn accel(&self) -> Accel {
         accel::choose(&self.cfg, &self.vm_dir).await
+    }
+
+    /// Whether QEMU runs sandboxed; the first call probes the binary, and
+    /// says so in the log when it lacks seccomp.
+    async fn sandbox(&self) -> &Result<(), String> {
+        self.sandbox
+            .get_or_init(|| async {
+                let r = harden::probe_sandbox(&self.cfg.qemu_system).await;
+                if let Err(why) = &r {
+                    tracing::warn!("QEMU has no seccomp sandbox, VMs run without -sandbox: {why}");
+                }
+                r
+            })
+            .await
+    }
+
+    /// The user QEMU runs as (None: vmscan's own).
+    pub fn run_as(&self) -> Option<&RunAs> {
+        self.run_as.as_ref()
     }
 
     fn dir_of(&self, name: &str) -> PathBuf {
@@ -235,6 +271,13 @@ impl QemuProvider {
         } else {
             None
         };
+        let network = GuestNetwork::restricted(&spec.egress).map_err(|e| local(e.to_string()))?;
+        let sandbox = self.sandbox().await.clone();
+        if let Some(user) = &self.run_as {
+            user.check_readable(&image)
+                .and_then(|()| user.own_dir(dir))
+                .map_err(|e| local(e.to_string()))?;
+        }
         let accel = self.accel().await;
         let console = dir.join("console.log");
         let qmp_path = dir.join("qmp.sock");
@@ -262,17 +305,23 @@ impl QemuProvider {
                 qmp: qmp_path.clone(),
                 console: console.clone(),
                 bios_serial: bios_serial.clone(),
+                network: network.clone(),
+                sandbox: sandbox.is_ok(),
                 extra_args: self.cfg.extra_args.clone(),
             };
             let _ = tokio::fs::remove_file(&qmp_path).await;
-            let mut child =
-                process::spawn(&self.cfg.qemu_system, &launch.args(), &dir.join("qemu.log"))
-                    .map_err(|e| {
-                        local(format!(
-                            "cannot run {}: {e}",
-                            self.cfg.qemu_system.display()
-                        ))
-                    })?;
+            let mut child = process::spawn(
+                &self.cfg.qemu_system,
+                &launch.args(),
+                &dir.join("qemu.log"),
+                self.run_as.as_ref(),
+            )
+            .map_err(|e| {
+                local(format!(
+                    "cannot run {}: {e}",
+                    self.cfg.qemu_system.display()
+                ))
+            })?;
             match wait_started(&mut child, &qmp_path).await {
                 Ok(()) => break (child, port),
                 Err(None) => {
@@ -305,6 +354,12 @@ impl QemuProvider {
             image,
             accel: accel.as_str().into(),
             started_at: chrono::Utc::now(),
+            guest_network: network,
+            sandbox: match &sandbox {
+                Ok(()) => "on".into(),
+                Err(why) => format!("unavailable: {why}"),
+            },
+            run_as: self.run_as.as_ref().map(|u| u.name.clone()),
         };
         let state_json = serde_json::to_vec_pretty(&state).unwrap_or_default();
         let tmp = dir.join(".state.json.tmp");
@@ -443,6 +498,9 @@ fn vm_of(state: &VmState) -> ClusterVm {
             "disk": state.disk,
             "image": state.image,
             "started_at": state.started_at,
+            "guest_network": state.guest_network,
+            "sandbox": state.sandbox,
+            "run_as": state.run_as,
         }),
     }
 }
@@ -476,6 +534,9 @@ impl ClusterProvider for QemuProvider {
                 dest.display()
             ))
         })?;
+        if let Some(user) = &self.run_as {
+            user.share_image(&dest).map_err(|e| local(e.to_string()))?;
+        }
         let size = tokio::fs::metadata(&dest)
             .await
             .map_err(|e| local(format!("{}: {e}", dest.display())))?

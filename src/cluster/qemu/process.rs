@@ -9,6 +9,13 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 use super::accel::Accel;
+use super::harden::{RunAs, SANDBOX};
+use crate::cluster::egress::GuestNetwork;
+
+/// Reconnect delay of a guestfwd's host side. A guestfwd chardev carries one
+/// connection at a time; when the destination closes it, QEMU connects again
+/// for the guest's next connection (without this, only the first ever works).
+const GUESTFWD_RECONNECT_MS: u32 = 200;
 
 /// Everything that goes on one VM's qemu-system command line.
 #[derive(Clone, Debug)]
@@ -26,7 +33,36 @@ pub struct VmLaunch {
     /// A 2-byte file holding 0x3f8: SeaBIOS then prints its own messages
     /// ("No bootable device") on the serial console too.
     pub bios_serial: Option<PathBuf>,
+    /// `restricted`: `restrict=on` plus one guestfwd per route.
+    pub network: GuestNetwork,
+    /// `-sandbox` with every class denied (off only when QEMU lacks seccomp).
+    pub sandbox: bool,
     pub extra_args: Vec<String>,
+}
+
+impl VmLaunch {
+    /// The user-mode network: SSH forwarded from 127.0.0.1 only; with
+    /// `restrict=on` the guest reaches nothing but the guestfwd addresses
+    /// (slirp's DHCP and DNS answer, DNS lookups lead nowhere).
+    fn netdev(&self) -> String {
+        let mut n = format!("user,id=n0,hostfwd=tcp:127.0.0.1:{}-:22", self.ssh_port);
+        if self.network.restricted {
+            n.push_str(",restrict=on");
+        }
+        for r in &self.network.routes {
+            let host = if r.dest.host.contains(':') {
+                format!("[{}]", r.dest.host)
+            } else {
+                r.dest.host.clone()
+            };
+            // `,,` is a literal comma inside the netdev option: the chardev's own option.
+            n.push_str(&format!(
+                ",guestfwd=tcp:{}:{}-tcp:{host}:{},,reconnect-ms={GUESTFWD_RECONNECT_MS}",
+                r.guest_addr, r.dest.port, r.dest.port
+            ));
+        }
+        n
+    }
 }
 
 impl VmLaunch {
@@ -65,13 +101,17 @@ impl VmLaunch {
                 self.seed.display()
             ),
             "-netdev".into(),
-            format!("user,id=n0,hostfwd=tcp:127.0.0.1:{}-:22", self.ssh_port),
+            self.netdev(),
             "-device".into(),
             "virtio-net-pci,netdev=n0,romfile=".into(),
             "-device".into(),
             "virtio-rng-pci".into(),
         ] {
             push(s);
+        }
+        if self.sandbox {
+            push("-sandbox".into());
+            push(SANDBOX.into());
         }
         if let Some(f) = &self.bios_serial {
             push("-fw_cfg".into());
@@ -86,11 +126,20 @@ impl VmLaunch {
 
 /// Starts QEMU in its own process group (a Ctrl-C to vmscan's terminal is not
 /// the VM's business), stdout/stderr to `log`; killed when the handle drops.
-pub fn spawn(bin: &Path, args: &[OsString], log: &Path) -> std::io::Result<Child> {
+/// With `run_as`, the process is that user from its first instruction.
+pub fn spawn(
+    bin: &Path,
+    args: &[OsString],
+    log: &Path,
+    run_as: Option<&RunAs>,
+) -> std::io::Result<Child> {
     let out = std::fs::File::create(log)?;
     let err = out.try_clone()?;
-    Command::new(bin)
-        .args(args)
+    let mut cmd = Command::new(bin);
+    if let Some(user) = run_as {
+        user.apply(&mut cmd);
+    }
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
@@ -205,6 +254,9 @@ mod tests {
             qmp: "/vms/vmscan-abc/qmp.sock".into(),
             console: "/vms/vmscan-abc/console.log".into(),
             bios_serial: Some("/vms/vmscan-abc/sercon".into()),
+            network: GuestNetwork::restricted(&["beacon.example.com:8443".parse().unwrap()])
+                .unwrap(),
+            sandbox: true,
             extra_args: vec!["-device".into(), "virtio-balloon".into()],
         }
     }
@@ -219,7 +271,13 @@ mod tests {
         let line = args.join(" ");
         assert!(line.starts_with("-name guest=vmscan-abc "), "{line}");
         assert!(line.contains("-accel tcg"));
-        assert!(line.contains("hostfwd=tcp:127.0.0.1:40022-:22"));
+        assert!(line.contains(
+            "-netdev user,id=n0,hostfwd=tcp:127.0.0.1:40022-:22,restrict=on,\
+             guestfwd=tcp:10.0.2.100:8443-tcp:beacon.example.com:8443,,reconnect-ms=200 "
+        ));
+        assert!(line.contains(
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        ));
         assert!(line.contains("-device virtio-net-pci,netdev=n0"));
         assert!(line.contains("file=/vms/vmscan-abc/seed.img,format=raw,if=virtio,readonly=on"));
         assert!(line.contains("-qmp unix:/vms/vmscan-abc/qmp.sock,server=on,wait=off"));

@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::dhcp;
 use super::shell::{connect_vm, connect_winrm, run_logged, run_ps_logged};
-use super::vm::{job_os, IP_CONFIGURATION_SCRIPT};
+use super::vm::{job_os, recorded_guest_network, IP_CONFIGURATION_SCRIPT};
 use super::ScanEnv;
 use crate::cluster::guest_hostname;
 use crate::config::{installer_is_url, AgentProfile};
@@ -202,12 +202,13 @@ impl AgentInstallStage {
     }
 }
 
-/// Replaces `{name}` placeholders.
-/// The placeholders response files, install commands and MSI properties may use.
+/// The placeholders response files, install commands and MSI properties may
+/// use; the URLs as the guest must use them on a restricted guest network.
 fn template_vars(ctx: &StageCtx, profile: &AgentProfile) -> [(&'static str, String); 4] {
+    let net = recorded_guest_network(ctx);
     [
-        ("upload_url", profile.upload_url.clone()),
-        ("download_url", profile.download_url.clone()),
+        ("upload_url", net.rewrite_url(&profile.upload_url)),
+        ("download_url", net.rewrite_url(&profile.download_url)),
         ("hostname", guest_hostname(ctx.job.id)),
         ("job_id", ctx.job.id.to_string()),
     ]

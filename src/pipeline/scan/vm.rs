@@ -13,6 +13,7 @@ use super::shell::{
     job_key, job_password, run_ps_logged, ssh_options, winrm_not_ready, winrm_options, ShellError,
 };
 use super::ScanEnv;
+use crate::cluster::egress::{Destination, EgressError, GuestNetwork};
 use crate::cluster::{
     guest_hostname, vm_name, ClusterError, ClusterImage, ClusterVm, Deadlines, VmSpec,
 };
@@ -35,6 +36,8 @@ pub enum VmError {
         last: String,
         console: Option<String>,
     },
+    #[error("guest network: {0}")]
+    Egress(#[from] EgressError),
 }
 
 impl StageFailure for VmError {
@@ -51,6 +54,71 @@ impl VmCreateStage {
     pub fn new(env: Arc<ScanEnv>) -> Self {
         VmCreateStage { env }
     }
+}
+
+/// Where the job's guest may connect to: the agent profile's upload and
+/// download servers and `vm.allowed_destinations`. The installer is not
+/// among them: vmscan fetches it on the host and uploads it over the shell.
+pub fn job_egress(env: &ScanEnv, os: OsFamily) -> Result<Vec<Destination>, EgressError> {
+    let profile = match os {
+        OsFamily::Linux => env.agent.as_ref(),
+        OsFamily::Windows => env.windows_agent.as_ref(),
+    };
+    let urls = profile
+        .into_iter()
+        .flat_map(|p| [&p.upload_url, &p.download_url])
+        .filter(|u| !u.is_empty());
+    let mut dests = urls
+        .map(|u| Destination::from_url(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    for d in &env.vm.allowed_destinations {
+        dests.push(d.parse()?);
+    }
+    dests.sort();
+    dests.dedup();
+    Ok(dests)
+}
+
+/// The guest network a provider recorded in a VM's detail (none: unrestricted).
+fn guest_network_of(detail: &Value) -> GuestNetwork {
+    detail
+        .get("guest_network")
+        .and_then(|n| serde_json::from_value(n.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// What the job page says the guest may reach: the restricted QEMU network,
+/// an OpenStack per-job security group, or that the cluster must isolate it.
+fn network_line(detail: &Value) -> String {
+    let g = &detail["security_group"];
+    let list = |k: &str| {
+        g[k].as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "nothing".into())
+    };
+    match g["name"].as_str() {
+        Some(name) => format!(
+            "guest network: security group {name}; in from {}; may reach {}",
+            list("ingress"),
+            list("egress")
+        ),
+        None => guest_network_of(detail).describe(),
+    }
+}
+
+/// The job's guest network as vm-create recorded it: later stages rewrite
+/// the URLs they hand to the guest through it.
+pub fn recorded_guest_network(ctx: &StageCtx) -> GuestNetwork {
+    ctx.output_of(StageName::VmCreate)
+        .and_then(|o| o.get("vm_detail"))
+        .map(guest_network_of)
+        .unwrap_or_default()
 }
 
 /// cloud-init user-data: the job's key for the login user, the hostname.
@@ -329,6 +397,7 @@ impl Stage for VmCreateStage {
                 OsFamily::Windows => Some(job_password(ctx).await?),
                 OsFamily::Linux => None,
             },
+            egress: job_egress(&self.env, job_os(ctx)).map_err(VmError::from)?,
         };
         let provider = self.env.provider(ctx)?;
         let cluster = provider.name();
@@ -344,6 +413,17 @@ impl Stage for VmCreateStage {
             .await?;
         ctx.set_detail(json!({"vm": vm.id, "vm_detail": vm.detail}), true)
             .await?;
+        ctx.info(network_line(&vm.detail)).await?;
+        // qemu-local: how the VM's process is confined (a QEMU without seccomp is said, not hidden).
+        if let Some(sandbox) = vm.detail["sandbox"].as_str() {
+            let user = vm.detail["run_as"].as_str().unwrap_or("vmscan's own user");
+            let line = format!("QEMU process: seccomp sandbox {sandbox}; runs as {user}");
+            if sandbox == "on" {
+                ctx.info(line).await?;
+            } else {
+                ctx.warn(line).await?;
+            }
+        }
 
         let deadlines = Deadlines {
             power_on: Duration::from_secs(self.env.vm.power_on_secs),
@@ -435,6 +515,23 @@ mod tests {
             "runcmd:\n  - echo hi",
         );
         assert!(rocky.contains("  - name: rocky") && rocky.ends_with("  - echo hi\n"));
+    }
+
+    #[test]
+    fn the_network_line_names_what_the_guest_may_reach() {
+        let qemu = json!({"guest_network": {"restricted": true, "routes": [
+            {"dest": {"host": "127.0.0.1", "port": 8443}, "guest_addr": "10.0.2.100"}]}});
+        assert_eq!(
+            network_line(&qemu),
+            "guest network: restricted; may reach 127.0.0.1:8443 (as 10.0.2.100:8443)"
+        );
+        let sg = json!({"security_group": {"name": "vmscan-x",
+            "ingress": ["192.0.2.10/32 tcp/22"], "egress": []}});
+        assert_eq!(
+            network_line(&sg),
+            "guest network: security group vmscan-x; in from 192.0.2.10/32 tcp/22; may reach nothing"
+        );
+        assert!(network_line(&json!({})).contains("not restricted by vmscan"));
     }
 
     #[test]
