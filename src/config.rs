@@ -215,6 +215,9 @@ pub struct ConvertConfig {
     pub timeout_secs: u64,
     /// Parallel coroutines for qemu-img convert (-m), with out-of-order writes (-W).
     pub coroutines: u32,
+    /// Address space qemu-img convert/check may use on an untrusted image
+    /// (its CPU time is capped at `timeout_secs`).
+    pub qemu_memory_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,6 +267,7 @@ impl Default for ConvertConfig {
             target_format: TargetFormat::Qcow2,
             timeout_secs: 4 * 3600,
             coroutines: 8,
+            qemu_memory_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }

@@ -540,3 +540,24 @@ async fn measures_a_1gib_raw_image_in_a_tar_gz() {
     }
     eprintln!("whole job: {:.1} s", started.elapsed().as_secs_f64());
 }
+
+/// qemu-img convert runs under an address-space limit, like info: with too
+/// little, the conversion fails at convert (and says qemu-img failed)
+/// instead of running unbounded.
+#[tokio::test]
+async fn qemu_img_convert_runs_under_its_memory_limit() {
+    let images = Images::new();
+    make_raw(&images.path("disk.raw"), 8 << 20);
+    let app = images
+        .app(|c| c.convert.qemu_memory_bytes = 8 * 1024 * 1024)
+        .await;
+    let job = run(&app, json!({"url": images.url("disk.raw")})).await;
+    assert_eq!(job["state"], "failed", "{job:#}");
+    assert_eq!(stage(&job, "inspect")["state"], "succeeded");
+    let cv = stage(&job, "convert");
+    assert_eq!(cv["state"], "failed", "{cv:#}");
+    // With the default limit the same image converts.
+    let app = images.app(|_| {}).await;
+    let job = run(&app, json!({"url": images.url("disk.raw")})).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+}

@@ -112,7 +112,7 @@ impl Stage for ConvertStage {
             &out,
             target,
             Duration::from_secs(120),
-            None,
+            Some(self.limits()),
         )
         .await
         .map_err(ConvertError::from)?;
@@ -190,7 +190,7 @@ impl ConvertStage {
             src.into(),
             part.into(),
         ];
-        let mut child = qemu::command(&self.cfg.qemu_img, &args, None)
+        let mut child = qemu::command(&self.cfg.qemu_img, &args, Some(self.limits()))
             .spawn()
             .map_err(|source| {
                 ConvertError::from(QemuError::Spawn {
@@ -252,6 +252,15 @@ impl ConvertStage {
     }
 
     /// `qemu-img check`: 0 clean, 3 leaked clusters only (harmless), else broken.
+    /// What qemu-img may use on an image nobody vetted: convert can be made to
+    /// spin or allocate by a crafted header as much as info can.
+    fn limits(&self) -> qemu::RunLimits {
+        qemu::RunLimits {
+            cpu_secs: self.cfg.timeout_secs.max(60),
+            memory_bytes: self.cfg.qemu_memory_bytes,
+        }
+    }
+
     async fn check(&self, out: &Path) -> Result<(), ConvertError> {
         let args: Vec<OsString> = vec![
             "check".into(),
@@ -265,7 +274,7 @@ impl ConvertStage {
             "check",
             &args,
             Duration::from_secs(600),
-            None,
+            Some(self.limits()),
         )
         .await?;
         match status.code() {
