@@ -330,6 +330,10 @@ mod tests {
         assert_eq!(vm.winrm.user, "Administrator");
         vm.winrm.password = Some(SecretString::from("hunter2".to_string()));
         let shown = serde_json::to_string(&vm).unwrap();
-        assert!(!shown.contains("hunter2") && !shown.contains("password"));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            !shown.contains("\"password\"") && !shown.contains("ssh_password"),
+            "{shown}"
+        );
     }
 }
