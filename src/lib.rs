@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod artifacts;
+pub mod bounded_body;
 pub mod cli;
 mod cli_accounts;
 pub mod cluster;

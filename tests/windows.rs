@@ -1171,3 +1171,35 @@ async fn a_windows_template_scans_on_nutanix_with_sysprep_and_winrm() {
     );
     app.stop().await;
 }
+
+/// A guest whose WinRM listener answers endlessly: the client refuses the
+/// answer at its cap instead of holding it all in memory.
+#[tokio::test]
+async fn an_endless_winrm_answer_is_refused_at_the_cap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/soap+xml\r\ncontent-length: 100000000000\r\n\r\n")
+            .await;
+        let zeros = vec![b' '; 256 * 1024];
+        while s.write_all(&zeros).await.is_ok() {}
+    });
+    let mut o = WinRmOptions::new(
+        "127.0.0.1",
+        port,
+        "Administrator",
+        SecretString::from("pw".to_string()),
+    );
+    o.auth = WinRmAuth::Ntlm;
+    o.operation_timeout_secs = 2;
+    let err = WinRmShell::connect(&o).await.err().expect("refused");
+    assert!(
+        err.to_string().contains("larger than 8388608 bytes"),
+        "{err}"
+    );
+}

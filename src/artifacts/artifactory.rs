@@ -115,7 +115,9 @@ struct PropertiesBody {
 /// The message of an error answer: Artifactory's messages, else the body's start.
 async fn error_message(resp: Response) -> String {
     let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
+    let text = crate::bounded_body::text(resp, crate::bounded_body::API_BODY_LIMIT)
+        .await
+        .unwrap_or_else(|e| e.to_string());
     if let Ok(b) = serde_json::from_str::<ErrorBody>(&text) {
         let msgs: Vec<_> = b.errors.into_iter().map(|e| e.message).collect();
         if !msgs.is_empty() {
@@ -369,13 +371,21 @@ impl ArtifactStore for ArtifactoryStore {
             }
         };
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| ArtifactError::Unavailable {
-            store: STORE,
-            method: "PUT",
-            what: what.clone(),
-            attempts: 1,
-            message: format!("reading the answer: {}", chain(&e)),
-        })?;
+        let text = crate::bounded_body::text(resp, crate::bounded_body::API_BODY_LIMIT)
+            .await
+            .map_err(|e| ArtifactError::Unavailable {
+                store: STORE,
+                method: "PUT",
+                what: what.clone(),
+                attempts: 1,
+                message: format!(
+                    "reading the answer: {}",
+                    match &e {
+                        crate::bounded_body::BodyError::Transport(t) => chain(t),
+                        other => other.to_string(),
+                    }
+                ),
+            })?;
         let created: ItemCreated = serde_json::from_str(&text).map_err(|e| {
             ArtifactError::Protocol(format!(
                 "deploy of {what} answered {status} with unreadable JSON ({e}): {}",
@@ -462,10 +472,11 @@ impl ArtifactStore for ArtifactoryStore {
             }) if message.contains("No properties") => return Ok(Properties::new()),
             Err(e) => return Err(e),
         };
-        let body: PropertiesBody = resp
-            .json()
+        let text = crate::bounded_body::text(resp, crate::bounded_body::API_BODY_LIMIT)
             .await
-            .map_err(|e| ArtifactError::Protocol(format!("{what}: {}", chain(&e))))?;
+            .map_err(|e| ArtifactError::Protocol(format!("{what}: {e}")))?;
+        let body: PropertiesBody = serde_json::from_str(&text)
+            .map_err(|e| ArtifactError::Protocol(format!("{what}: {e}")))?;
         Ok(body
             .properties
             .into_iter()

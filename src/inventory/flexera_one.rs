@@ -144,7 +144,9 @@ impl FlexeraOne {
             .await
             .map_err(|e| err_connect(&self.cfg.token_url, e))?;
         let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
+        let body = crate::bounded_body::text(resp, crate::bounded_body::API_BODY_LIMIT)
+            .await
+            .unwrap_or_else(|e| format!("(unreadable answer: {e})"));
         if !status.is_success() {
             return Err(InventoryError::Token {
                 system: SYSTEM.into(),
@@ -226,7 +228,9 @@ impl InventoryClient for FlexeraOne {
                 *self.token.lock().await = None;
                 continue;
             }
-            let body = resp.text().await.unwrap_or_default();
+            let body = crate::bounded_body::text(resp, crate::bounded_body::API_BODY_LIMIT)
+                .await
+                .unwrap_or_else(|e| format!("(unreadable answer: {e})"));
             if !status.is_success() {
                 return Err(InventoryError::Status {
                     system: SYSTEM.into(),

@@ -90,7 +90,14 @@ impl JiraClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let text = resp.text().await.unwrap_or_default();
+        let text = match crate::bounded_body::text(resp, crate::bounded_body::API_BODY_LIMIT).await
+        {
+            Ok(t) => t,
+            Err(e) if status.is_success() => {
+                return Err(SendError::retry(format!("Jira's answer: {e}")))
+            }
+            Err(_) => String::new(),
+        };
         if status.is_success() {
             return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
         }

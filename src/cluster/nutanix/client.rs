@@ -239,7 +239,12 @@ impl PrismClient {
         let transport = |e: reqwest::Error| PrismError::unanswered(method.clone(), path, &e);
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
-        let text = resp.text().await.map_err(transport)?;
+        let text = match crate::bounded_body::text(resp, crate::bounded_body::API_BODY_LIMIT).await
+        {
+            Ok(t) => t,
+            Err(crate::bounded_body::BodyError::Transport(e)) => return Err(transport(e)),
+            Err(e) => return Err(PrismError::Protocol(format!("{method} {path}: {e}"))),
+        };
         if !status.is_success() {
             return Err(PrismError::Http {
                 method,

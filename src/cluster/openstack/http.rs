@@ -169,9 +169,15 @@ impl Api {
                 }
             };
             let status = r.status();
-            let text = match r.text().await {
+            let text = match crate::bounded_body::text(r, crate::bounded_body::API_BODY_LIMIT).await
+            {
                 Ok(t) => t,
-                Err(e) => {
+                Err(crate::bounded_body::BodyError::TooLarge { limit }) => {
+                    return Err(OsError::other(format!(
+                        "{label} {method} {shown}: the answer is larger than {limit} bytes; refused"
+                    )))
+                }
+                Err(crate::bounded_body::BodyError::Transport(e)) => {
                     if attempt < max {
                         tracing::warn!(
                             "{label} {method} {shown}: answer lost: {} (try {attempt}/{max})",

@@ -71,6 +71,10 @@ pub struct Transport {
     conn: Mutex<Option<Conn>>,
 }
 
+/// Largest WS-Management answer accepted (a Receive holds at most
+/// MaxEnvelopeSize, 150 KiB on Windows by default, or a little more).
+pub const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+
 impl Transport {
     pub fn new(o: &WinRmOptions) -> Result<Self, RemoteError> {
         let addr = format!("{}:{}", o.host, o.port);
@@ -194,15 +198,19 @@ impl Transport {
             })?;
             let status = resp.status();
             let headers = resp.headers().clone();
-            let body = resp
-                .into_body()
+            // A hostile guest could answer endlessly: cap what is held.
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
                 .map_err(|e| {
                     RemoteError::Protocol(format!(
                         "{what} at {}: {}",
                         self.endpoint,
-                        error_chain(&e)
+                        if e.is::<http_body_util::LengthLimitError>() {
+                            format!("the answer is larger than {MAX_ANSWER_BYTES} bytes; refused")
+                        } else {
+                            e.to_string()
+                        }
                     ))
                 })?
                 .to_bytes();
