@@ -11,7 +11,7 @@ if ! command -v cargo >/dev/null; then
 fi
 # qemu-img and qemu-system-x86_64 run the local "cluster" VMs.
 scripts/install-test-deps.sh --runtime
-cargo build --bin vmscan
+cargo build --release --bin vmscan
 config=()
 [ -f config/vmscan.toml ] && config=(--config config/vmscan.toml)
-exec target/debug/vmscan "${config[@]}" serve "$@"
+exec target/release/vmscan "${config[@]}" serve "$@"

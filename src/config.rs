@@ -138,6 +138,13 @@ pub struct FetchConfig {
     pub read_timeout_secs: u64,
     /// Largest image accepted, in bytes.
     pub max_bytes: u64,
+    /// A download slower than this (bytes/s) over `slow_window_secs` is
+    /// dropped and resumed on a later try (0: no minimum).
+    pub min_bytes_per_sec: u64,
+    pub slow_window_secs: u64,
+    /// Before fetching, free disk must hold the download plus this many
+    /// more copies of its size (extract's and convert's).
+    pub copies_after_fetch: u64,
     /// Directories `file://` URLs and plain paths may read from. Empty: none.
     pub allowed_roots: Vec<PathBuf>,
     /// Destinations never fetched from, checked on the resolved address of every
@@ -343,6 +350,9 @@ impl Default for FetchConfig {
             connect_timeout_secs: 15,
             read_timeout_secs: 60,
             max_bytes: 256 * 1024 * 1024 * 1024,
+            min_bytes_per_sec: 16 * 1024,
+            slow_window_secs: 300,
+            copies_after_fetch: 2,
             allowed_roots: Vec::new(),
             // Loopback; the rest of the deny list is built in (pipeline::netpolicy).
             deny_cidrs: vec!["127.0.0.0/8".into(), "::1/128".into()],

@@ -33,6 +33,21 @@ pub enum FetchError {
     Stalled { secs: u64, got: String },
     #[error("download interrupted after {got}: {reason}; it resumes on the next try")]
     Interrupted { got: String, reason: String },
+    #[error("not enough free disk for this image: it is {size}, so the download and its extracted and converted copies need about {needed} plus the reserve of {reserve} (extract.min_free_bytes), but {dir} has {free} free")]
+    NoSpace {
+        size: String,
+        needed: String,
+        reserve: String,
+        free: String,
+        dir: String,
+    },
+    #[error("download too slow: {rate}/s over the last {secs} s, below fetch.min_bytes_per_sec ({min}/s) after {got}; it resumes on the next try")]
+    TooSlow {
+        rate: String,
+        secs: u64,
+        min: String,
+        got: String,
+    },
     #[error("image is too large: {size} exceeds the limit of {limit} (fetch.max_bytes)")]
     TooLarge { size: String, limit: String },
     #[error(transparent)]
@@ -75,6 +90,7 @@ impl StageFailure for FetchError {
             FetchError::Status { code, .. } => *code >= 500 || *code == 429 || *code == 408,
             FetchError::Connect { .. }
             | FetchError::Stalled { .. }
+            | FetchError::TooSlow { .. }
             | FetchError::Interrupted { .. } => true,
             FetchError::Io(_) => true,
             _ => false,
@@ -138,12 +154,15 @@ struct Progress {
     base: u64,
     bytes: u64,
     total: Option<u64>,
+    /// The slow-source check's window: since when, and the bytes at its start.
+    window: (Instant, u64),
 }
 
 impl Progress {
     fn new(base: u64, total: Option<u64>) -> Self {
         let now = Instant::now();
         Progress {
+            window: (now, base),
             started: now,
             last: now - Duration::from_secs(1),
             base,
@@ -327,6 +346,9 @@ impl FetchStage {
                 limit: fmt_bytes(self.cfg.max_bytes),
             }
             .into());
+        }
+        if let Some(t) = total {
+            self.check_space(ctx, t, t.saturating_sub(have))?;
         }
         if let Some(v) = resp
             .headers()
@@ -611,6 +633,9 @@ impl FetchStage {
             }
             .into());
         }
+        if let Some(t) = total {
+            self.check_space(ctx, t, t)?;
+        }
         let dir = ctx.work_dir.join("download");
         tokio::fs::create_dir_all(&dir)
             .await
@@ -709,7 +734,53 @@ impl FetchStage {
         out.write_all(chunk)
             .await
             .map_err(|e| io_err("cannot write", part, e))?;
+        self.check_rate(progress)?;
         progress.report(ctx, false).await
+    }
+
+    /// A source that drip-feeds (below `fetch.min_bytes_per_sec` over
+    /// `fetch.slow_window_secs`) is dropped, to be resumed on a later try,
+    /// so it cannot hold a worker forever.
+    fn check_rate(&self, p: &mut Progress) -> Result<(), FetchError> {
+        let min = self.cfg.min_bytes_per_sec;
+        let window = Duration::from_secs(self.cfg.slow_window_secs.max(1));
+        let (since, at) = p.window;
+        let elapsed = since.elapsed();
+        if min == 0 || elapsed < window {
+            return Ok(());
+        }
+        let rate = (p.bytes.saturating_sub(at) as f64 / elapsed.as_secs_f64()) as u64;
+        p.window = (Instant::now(), p.bytes);
+        if rate < min {
+            return Err(FetchError::TooSlow {
+                rate: fmt_bytes(rate),
+                secs: elapsed.as_secs(),
+                min: fmt_bytes(min),
+                got: fmt_bytes(p.bytes),
+            });
+        }
+        Ok(())
+    }
+
+    /// Before downloading `remaining` of an image of `size`: room for it and
+    /// for extract's and convert's copies, refused up front with the numbers
+    /// rather than failing half-way through.
+    fn check_space(&self, ctx: &StageCtx, size: u64, remaining: u64) -> Result<(), FetchError> {
+        let Some((_, free)) = crate::worker::workdir::fs_usage(&ctx.work_dir) else {
+            return Ok(());
+        };
+        let reserve = ctx.config.extract.min_free_bytes;
+        let needed = remaining.saturating_add(size.saturating_mul(self.cfg.copies_after_fetch));
+        if free < needed.saturating_add(reserve) {
+            return Err(FetchError::NoSpace {
+                size: fmt_bytes(size),
+                needed: fmt_bytes(needed),
+                reserve: fmt_bytes(reserve),
+                free: fmt_bytes(free),
+                dir: ctx.work_dir.display().to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// `file://`: open once, judge the file that was opened (not the path, which

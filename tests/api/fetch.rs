@@ -402,3 +402,74 @@ async fn a_signed_url_never_shows_its_secrets() {
         "{done:#}"
     );
 }
+
+/// An image that cannot fit is refused from its announced size, before the
+/// download, with the numbers, instead of filling the disk half-way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_larger_than_the_free_disk_is_refused_before_downloading() {
+    let dir = tempfile::tempdir().unwrap();
+    // 4 TiB apparent, nothing allocated: more than this machine's disk.
+    let f = std::fs::File::create(dir.path().join("huge.raw")).unwrap();
+    f.set_len(4 << 40).unwrap();
+    let fs = FileServer::start(dir.path()).await;
+    let app = app(|c| c.fetch.max_bytes = 8 << 40).await;
+    let job = app.submit(json!({"url": fs.url("huge.raw")})).await;
+    let done = app
+        .wait_final(job["id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    assert_eq!(done["state"], "failed", "{done:#}");
+    let err = done["error"].as_str().unwrap();
+    assert!(
+        err.contains("not enough free disk for this image: it is 4.0 TiB"),
+        "{err}"
+    );
+    let part = app.data_dir.join("jobs").join(done["id"].as_str().unwrap());
+    assert!(crate_size(&part) < 1 << 20, "nothing was downloaded");
+}
+
+fn crate_size(dir: &std::path::Path) -> u64 {
+    walk(dir)
+}
+
+fn walk(dir: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                walk(&e.path())
+            } else {
+                m.len()
+            }
+        })
+        .sum()
+}
+
+/// A source that drip-feeds below `fetch.min_bytes_per_sec` is dropped (and
+/// resumed later) instead of holding the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drip_feeding_source_is_dropped_below_the_minimum_rate() {
+    let f = fixture(2_000_000).await;
+    f.fs.set(Behaviour {
+        rate: 40_000,
+        ..Default::default()
+    });
+    let app = app(|c| {
+        c.fetch.min_bytes_per_sec = 200_000;
+        c.fetch.slow_window_secs = 1;
+        c.pipeline.retry_limit = 0;
+    })
+    .await;
+    let job = app.submit(json!({"url": f.fs.url("disk.img")})).await;
+    let done = app
+        .wait_final(job["id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    assert_eq!(done["state"], "failed", "{done:#}");
+    let err = done["error"].as_str().unwrap();
+    assert!(
+        err.contains("download too slow") && err.contains("fetch.min_bytes_per_sec"),
+        "{err}"
+    );
+}
