@@ -216,7 +216,11 @@ async fn gpt_partitions(disk: &dyn DiskBytes, head: &[u8]) -> Result<Vec<Partiti
     if !(128..=4096).contains(&esize) || !esize.is_power_of_two() {
         return Ok(Vec::new());
     }
-    let raw = disk.read_at(entries_lba * SECTOR, count * esize).await?;
+    // LBAs are the image's to choose: one past any byte offset is no table.
+    let Some(entries_at) = entries_lba.checked_mul(SECTOR) else {
+        return Ok(Vec::new());
+    };
+    let raw = disk.read_at(entries_at, count * esize).await?;
     let mut parts = Vec::new();
     for (i, e) in raw.chunks_exact(esize as usize).enumerate() {
         if e[..16].iter().all(|b| *b == 0) {
@@ -226,11 +230,19 @@ async fn gpt_partitions(disk: &dyn DiskBytes, head: &[u8]) -> Result<Vec<Partiti
         if last < first {
             continue;
         }
+        let (Some(start), Some(size)) = (
+            first.checked_mul(SECTOR),
+            (last - first)
+                .checked_add(1)
+                .and_then(|n| n.checked_mul(SECTOR)),
+        ) else {
+            continue;
+        };
         let guid = guid(&e[..16]);
         parts.push(Partition {
             number: i as u32 + 1,
-            start: first * SECTOR,
-            size: (last - first + 1) * SECTOR,
+            start,
+            size,
             kind: gpt_type_name(&guid).map_or(guid, str::to_string),
             filesystem: None,
         });
@@ -641,6 +653,20 @@ mod tests {
         let r = detect(&Mem(d)).await.unwrap();
         assert_eq!(r.partitions.len(), 1);
         assert_eq!(r.family, None);
+    }
+
+    #[tokio::test]
+    async fn gpt_lbas_past_any_byte_offset_are_skipped() {
+        // Found by tests/parsers_prop.rs: these multiplied out of u64 and panicked.
+        let mut d = gpt(8, &[(LINUX, 1, 6), (LINUX, 1, 1)]);
+        put(&mut d, 1024 + 128 + 32, &(u64::MAX / 2).to_le_bytes());
+        put(&mut d, 1024 + 128 + 40, &u64::MAX.to_le_bytes());
+        let r = detect(&Mem(d.clone())).await.unwrap();
+        assert_eq!(r.partitions.len(), 1, "{r:?}");
+        assert_eq!(r.family, Some(OsFamily::Linux));
+        put(&mut d, 512 + 72, &(u64::MAX / 4).to_le_bytes());
+        let r = detect(&Mem(d)).await.unwrap();
+        assert_eq!(r.evidence, "the partition table lists no partitions");
     }
 
     #[tokio::test]

@@ -120,7 +120,7 @@ pub async fn examine(path: &Path) -> Result<Verdict, InspectError> {
                 ));
             }
             if h.has_backing_file {
-                let name = qcow2_backing_name(&mut f, &head).await.map_err(io)?;
+                let name = qcow2_backing_name(&mut f, &head, len).await.map_err(io)?;
                 return refuse(format!(
                     "qcow2 image has a backing file ({name}); only standalone images are accepted"
                 ));
@@ -192,8 +192,17 @@ async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<u
     Ok(n)
 }
 
-async fn qcow2_backing_name(f: &mut tokio::fs::File, head: &[u8]) -> std::io::Result<String> {
+async fn qcow2_backing_name(
+    f: &mut tokio::fs::File,
+    head: &[u8],
+    len: u64,
+) -> std::io::Result<String> {
     let off = u64::from_be_bytes(head[8..16].try_into().expect("8 bytes"));
+    // The offset is the image's to choose: seeking past i64::MAX fails, and
+    // that I/O error would be retried as if the disk were at fault.
+    if off >= len {
+        return Ok(format!("named at byte {off}, outside the file"));
+    }
     let size = u32::from_be_bytes(head[16..20].try_into().expect("4 bytes")).min(1023);
     let mut name = vec![0u8; size as usize];
     f.seek(std::io::SeekFrom::Start(off)).await?;
@@ -720,6 +729,21 @@ mod tests {
         std::fs::write(&p, bytes).unwrap();
         let e = examine(&p).await.unwrap_err().to_string();
         assert!(e.contains("polyglot"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_backing_file_named_outside_the_image_is_refused_not_retried() {
+        // Found by tests/parsers_prop.rs: the seek to u64::MAX was an I/O error.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.qcow2");
+        let mut h = vec![0u8; 512];
+        h[..8].copy_from_slice(b"QFI\xfb\0\0\0\x03");
+        h[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
+        h[16..20].copy_from_slice(&4u32.to_be_bytes());
+        std::fs::write(&p, &h).unwrap();
+        let e = examine(&p).await.unwrap_err();
+        assert!(matches!(e, InspectError::Refused(_)), "{e:?}");
+        assert!(e.to_string().contains("backing file"), "{e}");
     }
 
     #[tokio::test]

@@ -29,6 +29,19 @@ use crate::store::StoreError;
 pub use context::StageCtx;
 pub use inspect::{inspect_file, InspectError, InspectReport};
 
+/// The parsers of untrusted bytes, reachable by the property tests in
+/// `tests/parsers_prop.rs` (an integration test binary, so it can install its
+/// own counting allocator). Not an API.
+#[doc(hidden)]
+pub mod untrusted {
+    pub use super::archive::{
+        sniff, unpack, ArchiveError, Candidate, Counters, Job, Limits, Unpacked,
+    };
+    pub use super::checksum::{parse_sums, SumsEntry};
+    pub use super::guest_os::{detect, DetectError, Detection, DiskBytes, Partition};
+    pub use super::inspect::{examine, Verdict};
+}
+
 /// Stages this build has. Anything else is absent from the pipeline, never faked.
 pub const BUILT_STAGES: &[StageName] = &[
     StageName::Fetch,

@@ -67,6 +67,8 @@ pub enum ArchiveError {
     Corrupt(String),
     #[error("archive entry {0:?} is encrypted; vmscan cannot extract it")]
     Encrypted(String),
+    #[error("the archive uses something vmscan cannot extract: {0}")]
+    Unsupported(String),
     #[error("the archive holds no disk image (qcow2, vmdk, vhd, vhdx, vdi, raw/img, iso); it holds: {0}")]
     NoImage(String),
     #[error("the archive holds several disk images: {0}; set extract.candidate_rule to \"largest\" or \"first\" to pick one")]
@@ -95,6 +97,8 @@ impl ArchiveError {
             UnexpectedEof | InvalidData | InvalidInput | Other => {
                 ArchiveError::Corrupt(e.to_string())
             }
+            // e.g. a zip compression method we do not build: retrying won't help.
+            Unsupported => ArchiveError::Unsupported(e.to_string()),
             _ => ArchiveError::io("cannot read the archive", e),
         }
     }

@@ -498,3 +498,17 @@ fn names_single_file_outputs() {
     assert_eq!(decompressed_name(".gz", Container::Gzip), ".gz.raw");
     assert_eq!(decompressed_name("", Container::Gzip), "image.raw");
 }
+
+#[test]
+fn an_unsupported_zip_method_is_not_retried() {
+    // Found by tests/parsers_prop.rs: it was an I/O error, retried as if the disk failed.
+    let f = Fixture::new();
+    let mut z = zip_of(&[("disk.qcow2", &qcow2_bytes())], None);
+    // The method field of the local header (offset 8) and the central one (10).
+    z[8..10].copy_from_slice(&44296u16.to_le_bytes());
+    let cd = z.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
+    z[cd + 10..cd + 12].copy_from_slice(&44296u16.to_le_bytes());
+    let e = f.unpack("x.zip", &z).unwrap_err();
+    assert!(matches!(e, ArchiveError::Unsupported(_)), "{e:?}");
+    assert!(!e.is_retryable());
+}

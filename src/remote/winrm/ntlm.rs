@@ -50,6 +50,8 @@ pub enum NtlmError {
     Unsupported(&'static str),
     #[error("an NTLM-sealed message from the server failed its signature check")]
     BadSignature,
+    #[error("the server's NTLM challenge carries so much target info that the answer would not fit its 64 KiB fields")]
+    TooLong,
 }
 
 /// RC4, the cipher of NTLM sealing; its state runs on across messages.
@@ -426,6 +428,11 @@ impl Client {
         let user = utf16le(&self.user);
         let workstation = utf16le("VMSCAN");
         let payloads: [&[u8]; 6] = [&lm_resp, &nt_resp, &domain, &user, &workstation, &enc_key];
+        // Each length is a u16: a longer payload would be cut and the
+        // offsets after it would point into the wrong bytes.
+        if payloads.iter().any(|p| p.len() > usize::from(u16::MAX)) {
+            return Err(NtlmError::TooLong);
+        }
         let mut m = SIGNATURE.to_vec();
         m.extend_from_slice(&3u32.to_le_bytes());
         let mut offset = 88u32;
@@ -500,6 +507,31 @@ mod tests {
         let (sig, sealed) = s.seal(&utf16le("Plaintext"));
         assert_eq!(sealed, h("54e50165bf1936dc996020c1811b0f06fb5f"));
         assert_eq!(sig.to_vec(), h("010000007fb38ec5c55d497600000000"));
+    }
+
+    #[test]
+    fn a_challenge_whose_answer_cannot_fit_is_refused() {
+        // Found by tests/parsers_prop.rs: near 64 KiB of target info made the
+        // NT response longer than its u16 length field, silently cut.
+        let mut c = Client::new("user", PASSWORD);
+        c.negotiate();
+        let info = encode_av_pairs(&[
+            (2u16, vec![b'x'; 65_500]),
+            (AV_TIMESTAMP, 5u64.to_le_bytes().to_vec()),
+        ]);
+        let mut ch = SIGNATURE.to_vec();
+        ch.extend_from_slice(&2u32.to_le_bytes());
+        ch.extend_from_slice(&[0, 0, 0, 0, 56, 0, 0, 0]);
+        ch.extend_from_slice(&CLIENT_FLAGS.to_le_bytes());
+        ch.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        ch.extend_from_slice(&[0; 8]);
+        ch.extend_from_slice(&(info.len() as u16).to_le_bytes());
+        ch.extend_from_slice(&(info.len() as u16).to_le_bytes());
+        ch.extend_from_slice(&56u32.to_le_bytes());
+        ch.extend_from_slice(&VERSION);
+        ch.extend_from_slice(&info);
+        let e = c.authenticate(&ch, None).err();
+        assert_eq!(e, Some(NtlmError::TooLong));
     }
 
     #[test]
