@@ -196,7 +196,16 @@ pub fn unpack(job: &Job, container: Container) -> Result<Unpacked, ArchiveError>
             let raw = BufReader::with_capacity(1 << 20, input);
             let decoder: Box<dyn Read> = match compressed {
                 Container::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(raw)),
-                Container::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(raw)),
+                Container::Xz => {
+                    // liblzma has no memory limit of its own: a tiny hostile
+                    // .xz can declare a 1.5 GiB dictionary. `xz -9` needs 65 MiB.
+                    let stream = liblzma::stream::Stream::new_stream_decoder(
+                        XZ_MEMLIMIT,
+                        liblzma::stream::CONCATENATED,
+                    )
+                    .map_err(|e| ArchiveError::io("cannot start xz", e.into()))?;
+                    Box::new(liblzma::bufread::XzDecoder::new_stream(raw, stream))
+                }
                 Container::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(raw)),
                 Container::Zstd => Box::new(
                     zstd::stream::read::Decoder::with_buffer(raw)
@@ -265,6 +274,9 @@ pub fn unpack(job: &Job, container: Container) -> Result<Unpacked, ArchiveError>
         unpacked_bytes: budget.unpacked(),
     })
 }
+
+/// Most memory the xz decoder may use (liblzma's memlimit).
+const XZ_MEMLIMIT: u64 = 128 * 1024 * 1024;
 
 fn short_ext(c: Container) -> &'static str {
     match c {

@@ -512,3 +512,24 @@ fn an_unsupported_zip_method_is_not_retried() {
     assert!(matches!(e, ArchiveError::Unsupported(_)), "{e:?}");
     assert!(!e.is_retryable());
 }
+
+#[test]
+fn an_xz_declaring_a_huge_dictionary_is_refused_not_allocated() {
+    let f = Fixture::new();
+    let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
+    e.write_all(&[7u8; 4096]).unwrap();
+    let mut xz = e.finish().unwrap();
+    // The first block header (after the 12-byte stream header): size, flags,
+    // filter 0x21 (LZMA2), props size 1, then the dictionary byte; its CRC32
+    // follows the padded header. 40 declares a 1.5 GiB dictionary.
+    let hsize = (xz[12] as usize + 1) * 4;
+    assert_eq!((xz[14], xz[15]), (0x21, 0x01), "an LZMA2 block header");
+    xz[16] = 40;
+    let mut crc = flate2::Crc::new();
+    crc.update(&xz[12..12 + hsize - 4]);
+    xz[12 + hsize - 4..12 + hsize].copy_from_slice(&crc.sum().to_le_bytes());
+    let e = f
+        .unpack_with("disk.raw.xz", &xz, limits(), CandidateRule::Fail)
+        .unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("memory"), "{e}");
+}
