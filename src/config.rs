@@ -409,6 +409,10 @@ pub struct QemuConfig {
     pub max_vms: usize,
     /// How long a create waits for a free slot before failing (retryably).
     pub slot_wait_secs: u64,
+    /// On delete, press the ACPI power button and wait for the guest to shut
+    /// down first. Off (the default): a scan VM is thrown away, so QEMU is
+    /// told to quit at once (its disk is a throwaway overlay anyway).
+    pub clean_shutdown: bool,
     /// On delete: how long the guest may take to power off after the ACPI button.
     pub powerdown_secs: u64,
     /// Then how long QEMU may take to quit (QMP `quit`) before it is killed.
@@ -445,6 +449,7 @@ impl Default for QemuConfig {
             memory_mib: 512,
             max_vms: 2,
             slot_wait_secs: 60,
+            clean_shutdown: false,
             powerdown_secs: 10,
             quit_secs: 3,
             bios_serial_console: true,

@@ -54,6 +54,10 @@ pub enum ClusterError {
         secs: u64,
         console_tail: Option<String>,
     },
+    /// The guest's console already says it will never boot (no bootable
+    /// device, a kernel panic): no point waiting for the deadlines.
+    #[error("VM cannot boot: its serial console says {line:?}; serial console ends with:\n{console_tail}")]
+    BootFailed { line: String, console_tail: String },
     #[error("{provider}: {message}")]
     Api {
         provider: String,

@@ -21,6 +21,8 @@ fn env_for(db: &str, data: &Path, lease_secs: u64) -> Vec<(&'static str, String)
         ("VMSCAN_SERVER__LISTEN", "127.0.0.1:0".into()),
         ("VMSCAN_WORKER__LEASE_SECS", lease_secs.to_string()),
         ("VMSCAN_WORKER__POLL_INTERVAL_MS", "100".into()),
+        // The file server listens on loopback: re-allowed the explicit way.
+        ("VMSCAN_FETCH__DENY_CIDRS", "[]".into()),
         (
             "VMSCAN_PIPELINE__STAGES",
             "[\"fetch\", \"checksum\"]".into(),

@@ -84,6 +84,14 @@ pub struct QemuProvider {
     sandbox: tokio::sync::OnceCell<Result<(), String>>,
 }
 
+/// What SeaBIOS and Linux print when a guest will never boot.
+const BOOT_FAILURES: [&str; 4] = [
+    "No bootable device",
+    "Boot failed: ",
+    "Kernel panic - not syncing",
+    "No bootable medium",
+];
+
 fn local(msg: impl Into<String>) -> ClusterError {
     ClusterError::Local(msg.into())
 }
@@ -200,6 +208,18 @@ impl QemuProvider {
     fn tail_of(&self, name: &str) -> Option<String> {
         process::read_tail(&self.dir_of(name).join("console.log"), CONSOLE_TAIL_BYTES)
             .filter(|t| !t.trim().is_empty())
+    }
+
+    /// A console line that means the guest will never come up.
+    fn boot_failure(&self, name: &str) -> Option<ClusterError> {
+        let tail = self.tail_of(name)?;
+        let line = tail
+            .lines()
+            .find(|l| BOOT_FAILURES.iter().any(|m| l.contains(m)))?;
+        Some(ClusterError::BootFailed {
+            line: line.trim().to_string(),
+            console_tail: tail.clone(),
+        })
     }
 
     fn deadline(&self, name: &str, what: &str, limit: Duration) -> ClusterError {
@@ -409,7 +429,8 @@ impl QemuProvider {
         Ok(())
     }
 
-    /// Stops the VM's QEMU: ACPI power button, then QMP quit, then SIGKILL.
+    /// Stops the VM's QEMU: QMP quit (after the ACPI power button with
+    /// `clean_shutdown`), then SIGKILL.
     async fn stop(&self, state: &VmState, mut child: Option<Child>) -> Result<(), ClusterError> {
         let name = &state.name;
         let alive = match &mut child {
@@ -419,13 +440,14 @@ impl QemuProvider {
         if !alive {
             return Ok(());
         }
-        let steps: [(&str, Duration); 2] = [
-            (
+        let mut steps: Vec<(&str, Duration)> = Vec::new();
+        if self.cfg.clean_shutdown {
+            steps.push((
                 "system_powerdown",
                 Duration::from_secs(self.cfg.powerdown_secs),
-            ),
-            ("quit", Duration::from_secs(self.cfg.quit_secs)),
-        ];
+            ));
+        }
+        steps.push(("quit", Duration::from_secs(self.cfg.quit_secs)));
         for (cmd, wait) in steps {
             match qmp::command(&state.qmp, cmd, QMP_TIMEOUT).await {
                 Ok(_) => {
@@ -620,6 +642,9 @@ impl ClusterProvider for QemuProvider {
             if !self.is_alive(&state) {
                 return Err(self.exited(name, "during boot"));
             }
+            if let Some(e) = self.boot_failure(name) {
+                return Err(e);
+            }
             if start.elapsed() > limit {
                 return Err(self.deadline(name, "ssh port open", limit));
             }
@@ -635,6 +660,9 @@ impl ClusterProvider for QemuProvider {
             }
             if !self.is_alive(&state) {
                 return Err(self.exited(name, "during boot"));
+            }
+            if let Some(e) = self.boot_failure(name) {
+                return Err(e);
             }
             if start.elapsed() > limit {
                 return Err(self.deadline(name, "ssh banner", limit));
