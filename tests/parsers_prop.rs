@@ -294,6 +294,7 @@ fn limits() -> Limits {
         // for every valid sample.
         max_total_bytes: 8 << 20,
         max_expansion_ratio: 1000,
+        max_entries: 10_000,
         min_free_bytes: 0,
     }
 }
