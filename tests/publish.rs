@@ -104,9 +104,13 @@ async fn publishes_to_the_local_store_with_a_json_sidecar_and_demotes_the_previo
         props["vmscan.sha256"],
         sidecar(&first)["checksums"]["sha256"]
     );
-    // The image was copied (it lives outside vmscan's work directory), not linked.
+    // fetch copied the filer's image into the work directory (so a swap on the
+    // filer changes nothing); publish links that copy, never the original.
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(&first).unwrap().nlink(), 1);
+    let original = std::fs::metadata(url.strip_prefix("file://").unwrap()).unwrap();
+    let published = std::fs::metadata(&first).unwrap();
+    assert_ne!(published.ino(), original.ino());
+    assert_eq!(original.nlink(), 1, "the filer's file is untouched");
 
     let (url2, _) = images.write("rocky-9.5-x86_64.qcow2", 2);
     let job2 = scan(
