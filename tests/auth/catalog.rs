@@ -317,3 +317,79 @@ async fn published_versions_are_immutable_names_are_owned_and_only_admins_promot
         app.stop().await;
     }
 }
+
+/// A name an admin gave to a directory group is published by the group's
+/// members, not by other requesters; with `auth.new_image_names = "admins"`
+/// only admins start new names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_owned_names_and_admin_only_new_names() {
+    use vmscan::domain::Role;
+    use vmscan::store::auth::NewUser;
+    const TEAM: &str = "cn=Template-Builders,ou=groups,dc=example,dc=com";
+    let images = Images::new();
+    let app = images
+        .app(Backend::Sqlite, |c| {
+            c.auth.new_image_names = vmscan::config::NewNames::Admins;
+        })
+        .await;
+    // Two directory users as a login would have copied them in.
+    for (name, groups) in [("gina", vec![TEAM.to_string()]), ("hank", vec![])] {
+        app.store
+            .upsert_directory_user(&NewUser {
+                name: name.into(),
+                display_name: None,
+                email: Some(format!("{name}@example.com")),
+                role: Role::Requester,
+                source: "ldap".into(),
+                password_hash: None,
+                groups,
+            })
+            .await
+            .unwrap();
+    }
+    let gina = app.token_for("gina", "requester").await;
+    let hank = app.token_for("hank", "requester").await;
+    let (url, _) = images.write("centos.qcow2", 3);
+    // A new name: requesters may not start it.
+    let (s, e) = post_with(
+        &app.base,
+        &gina,
+        "/api/v1/jobs",
+        json!({"url": url, "name": "centos", "version": "1"}),
+    )
+    .await;
+    assert_eq!(s, 422, "{e}");
+    assert!(
+        error_of(&e).contains("only admins may publish new names"),
+        "{e}"
+    );
+    // The admin hands the name to the group (the DN compared as directories do).
+    let client = app.client.clone();
+    let r = client
+        .put(app.url("/api/v1/images/centos/owner"))
+        .json(&json!({"group": "CN=template-builders, OU=groups, DC=example, DC=com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let done = scan_as(
+        &app,
+        &gina,
+        json!({"url": url, "name": "centos", "version": "1"}),
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let (_, h) = app.get("/api/v1/images/centos").await;
+    assert_eq!(h["current"], "1", "{h}");
+    // Someone outside the group may not add a version.
+    let (s, e) = post_with(
+        &app.base,
+        &hank,
+        "/api/v1/jobs",
+        json!({"url": url, "name": "centos", "version": "2"}),
+    )
+    .await;
+    assert_eq!(s, 422, "{e}");
+    assert!(error_of(&e).contains("belongs to group"), "{e}");
+    app.stop().await;
+}

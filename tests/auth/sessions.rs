@@ -385,3 +385,48 @@ async fn a_disabled_user_loses_tokens_and_sessions_and_the_first_admin_can_log_i
         app.stop().await;
     }
 }
+
+/// One address trying many user names is limited too (4x the per-user limit),
+/// so guessing across accounts is as slow as guessing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_guessing_many_names_is_rate_limited() {
+    let app = crate::support::TestApp::spawn(crate::support::Backend::Sqlite, |c| {
+        c.worker.pool_size = 0;
+        c.auth.max_failed_logins = 2;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let try_login = |user: String| {
+        let http = http.clone();
+        let url = app.url("/login");
+        async move {
+            http.post(url)
+                .json(&serde_json::json!({"username": user, "password": "wrong-password-0"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // Each name fails once: under its own limit, but they add up per address.
+    for i in 0..8 {
+        assert_eq!(try_login(format!("guess{i}")).await, 401);
+    }
+    let r = http
+        .post(app.url("/login"))
+        .json(&serde_json::json!({"username": "guess9", "password": "wrong-password-0"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("from your address"),
+        "{body}"
+    );
+    app.stop().await;
+}
