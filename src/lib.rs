@@ -17,5 +17,6 @@ pub mod pipeline;
 pub mod remote;
 pub mod store;
 pub mod submit;
+pub mod tls;
 pub mod web;
 pub mod worker;
