@@ -177,15 +177,14 @@ pub trait CatalogStore: Send + Sync {
     async fn set_image_deleted(&self, id: i64, deleted: bool) -> StoreResult<Option<Image>>;
 }
 
-const IMAGE_COLS: &str = "id, name, version, description, format, size_bytes, sha256, sha1, md5, store, repo, path, url, \
-     properties, job_id, state, published_at, deprecated_at, archived_at, purged_at, deleted_at, published_by";
-
 macro_rules! image_cols {
     () => {
         "id, name, version, description, format, size_bytes, sha256, sha1, md5, store, repo, path, url, \
          properties, job_id, state, published_at, deprecated_at, archived_at, purged_at, deleted_at, published_by"
     };
 }
+
+const IMAGE_COLS: &str = image_cols!();
 
 const RESERVE_IMAGE: &str =
     "INSERT INTO images (name, version, format, size_bytes, sha256, sha1, md5, store, repo, \

@@ -345,8 +345,25 @@ async fn get_log(
     ))
 }
 
-/// A requester acts on their own jobs only; operators on anyone's.
-async fn own_job(st: &AppState, me: &Identity, id: JobId, what: &str) -> ApiResult<Job> {
+/// A requester acts on their own jobs only; operators on anyone's. A refusal
+/// is recorded in the audit trail under `action`.
+async fn own_job(st: &AppState, me: &Identity, id: JobId, action: AuditAction) -> ApiResult<Job> {
+    let r = check_owner(st, me, id, action.as_str()).await;
+    if let Err(e) = &r {
+        record(
+            st,
+            me,
+            action,
+            Some(id.to_string()),
+            Outcome::Refused,
+            Some(e.to_string()),
+        )
+        .await;
+    }
+    r
+}
+
+async fn check_owner(st: &AppState, me: &Identity, id: JobId, what: &str) -> ApiResult<Job> {
     let job = st
         .store
         .get_job(id)
@@ -372,18 +389,7 @@ async fn cancel_job(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id)?;
-    if let Err(e) = own_job(&st, &me, id, "cancel").await {
-        record(
-            &st,
-            &me,
-            AuditAction::Cancel,
-            Some(id.to_string()),
-            Outcome::Refused,
-            Some(e.to_string()),
-        )
-        .await;
-        return Err(e);
-    }
+    own_job(&st, &me, id, AuditAction::Cancel).await?;
     let outcome = st.store.request_cancel(id).await?;
     let (status, msg) = match outcome {
         CancelOutcome::Cancelled => (StatusCode::OK, "cancelled before it started".to_string()),
@@ -425,18 +431,7 @@ async fn retry_job(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id)?;
-    if let Err(e) = own_job(&st, &me, id, "retry").await {
-        record(
-            &st,
-            &me,
-            AuditAction::Retry,
-            Some(id.to_string()),
-            Outcome::Refused,
-            Some(e.to_string()),
-        )
-        .await;
-        return Err(e);
-    }
+    own_job(&st, &me, id, AuditAction::Retry).await?;
     st.store.retry_job(id).await?;
     st.store
         .append_system_log(

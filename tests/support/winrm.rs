@@ -205,8 +205,12 @@ impl Drop for FakeWinRm {
 }
 
 impl FakeWinRm {
-    /// What sysprep does with `<AdministratorPassword>`: from now on only
-    /// this password logs in.
+    /// What Windows setup does with the answer file's
+    /// `Microsoft-Windows-Shell-Setup/UserAccounts/AdministratorPassword`
+    /// (Microsoft's unattend reference: it sets the built-in Administrator's
+    /// password in the oobeSystem pass): from now on only this password logs
+    /// in. The test hands it over from the answer file the fake Prism Central
+    /// received, so the fake never echoes what the client sent at login.
     pub fn set_password(&self, pw: &str) {
         *self.inner.password.lock().unwrap() = Some(pw.to_string());
     }
