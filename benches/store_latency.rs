@@ -34,13 +34,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use serde_json::{json, Value};
-use sqlx::{Connection, Executor};
+use sqlx::Executor;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use vmscan::app::{Application, Role};
 use vmscan::config::Config;
 use vmscan::domain::{JobId, JobState, StageName};
 use vmscan::store::DynStore;
+
+mod support;
+use support::{drop_pg_database, env_usize, fresh_pg_database, loadavg, Stats};
 
 /// Jobs per multi-row INSERT batch. Keeps every statement under SQLite's
 /// 32,766 bind parameters (job_log: 4 rows × 5 columns per job).
@@ -68,43 +71,6 @@ struct Settings {
     requests: usize,
     submits: usize,
     keep: bool,
-}
-
-fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a number")),
-        _ => Ok(default),
-    }
-}
-
-/// Percentiles of one measured series, in milliseconds.
-#[derive(Clone, Copy, Debug)]
-struct Stats {
-    p50: f64,
-    p99: f64,
-    max: f64,
-    n: usize,
-}
-
-impl Stats {
-    fn of(mut ms: Vec<f64>) -> Stats {
-        assert!(!ms.is_empty(), "no samples");
-        ms.sort_by(f64::total_cmp);
-        // Nearest rank.
-        let pick = |p: f64| {
-            let rank = (p * ms.len() as f64).ceil() as usize;
-            ms[rank.clamp(1, ms.len()) - 1]
-        };
-        Stats {
-            p50: pick(0.50),
-            p99: pick(0.99),
-            max: ms[ms.len() - 1],
-            n: ms.len(),
-        }
-    }
 }
 
 /// One store's measurements, in table order.
@@ -185,14 +151,6 @@ async fn run() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     Ok(())
-}
-
-/// The 1, 5 and 15 minute load averages (Linux), or "?".
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "?".into())
 }
 
 fn ratio(x: f64, base: f64) -> String {
@@ -277,32 +235,6 @@ fn table(results: &[(Backend, Scenario, Scenario)]) -> String {
     out
 }
 
-/// A fresh PostgreSQL database next to the admin URL's; returns its URL and name.
-async fn fresh_pg_database(admin: &str) -> anyhow::Result<(String, String)> {
-    let name = format!("vmscan_bench_{}", Uuid::now_v7().simple());
-    let mut conn = sqlx::PgConnection::connect(admin)
-        .await
-        .context("connect to VMSCAN_BENCH_PG_URL")?;
-    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .context("CREATE DATABASE")?;
-    conn.close().await?;
-    let (base, _) = admin
-        .rsplit_once('/')
-        .context("VMSCAN_BENCH_PG_URL has no /database part")?;
-    Ok((format!("{base}/{name}"), name))
-}
-
-async fn drop_pg_database(admin: &str, name: &str) -> anyhow::Result<()> {
-    let mut conn = sqlx::PgConnection::connect(admin).await?;
-    conn.execute(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .await?;
-    conn.close().await?;
-    Ok(())
-}
-
 async fn run_scenario(
     backend: &Backend,
     jobs: usize,
@@ -385,6 +317,35 @@ async fn run_scenario(
 
 type Measured = (Vec<(&'static str, Stats)>, Vec<String>);
 
+/// The API needs a login (issue 12): an admin's token, made through the store.
+async fn admin_client(store: &DynStore) -> anyhow::Result<reqwest::Client> {
+    use vmscan::domain::Role;
+    use vmscan::identity::accounts::{add_local_user, issue_token, TokenRequest};
+    add_local_user(store, "bench", Role::Admin, None, None, None).await?;
+    let (secret, _) = issue_token(
+        store,
+        &TokenRequest {
+            user: "bench",
+            role: None,
+            name: "store_latency bench",
+            expires_days: None,
+            created_by: "bench",
+            ceiling: Role::Admin,
+            max_days: 0,
+        },
+    )
+    .await?;
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {secret}").parse()?,
+    );
+    Ok(reqwest::Client::builder()
+        .default_headers(h)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
 async fn measure(
     base: &str,
     store: &DynStore,
@@ -393,9 +354,7 @@ async fn measure(
     jobs: usize,
     settings: Settings,
 ) -> anyhow::Result<Measured> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
+    let client = admin_client(store).await?;
     // Wait until the server answers.
     let ready = Instant::now();
     loop {
@@ -775,6 +734,17 @@ macro_rules! fill_batches {
                 .context("INSERT INTO job_log")?;
             tx.commit().await?;
         }
+        // The daemon keeps these totals as stages finish; rows written
+        // behind its back get them the way migration 0007 backfills.
+        sqlx::query("DELETE FROM stage_totals").execute(pool).await?;
+        sqlx::query(
+            "INSERT INTO stage_totals (stage, state, runs, total_ms) \
+             SELECT stage, state, COUNT(*), COALESCE(SUM(duration_ms), 0) \
+             FROM stage_runs WHERE finished_at IS NOT NULL GROUP BY stage, state",
+        )
+        .execute(pool)
+        .await
+        .context("INSERT INTO stage_totals")?;
         ids
     }};
 }

@@ -290,11 +290,21 @@ macro_rules! store_impl {
             }
 
             async fn interrupt_stale_runs(&self, lease: &Lease) -> StoreResult<u64> {
-                let r = leased!(sqlx::query(sql::INTERRUPT_STALE), lease)
+                let mut tx = self.pool.begin().await?;
+                let runs: Vec<(String, i64)> = leased!(sqlx::query_as(sql::INTERRUPT_STALE), lease)
                     .bind(now_millis())
-                    .execute(&self.pool)
+                    .fetch_all(&mut *tx)
                     .await?;
-                Ok(r.rows_affected())
+                for (stage, ms) in &runs {
+                    sqlx::query(sql::ADD_STAGE_TOTAL)
+                        .bind(stage)
+                        .bind(StageState::Interrupted.as_str())
+                        .bind(ms)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(runs.len() as u64)
             }
 
             async fn start_stage(&self, lease: &Lease, stage: StageName) -> StoreResult<i64> {
@@ -339,15 +349,26 @@ macro_rules! store_impl {
                 detail: &serde_json::Value,
                 error: Option<&str>,
             ) -> StoreResult<()> {
-                let r = leased!(sqlx::query(sql::FINISH_STAGE), lease)
+                // The run and its stage total change together, so /metrics
+                // never counts a run twice or misses one.
+                let mut tx = self.pool.begin().await?;
+                let done: Option<(String, i64)> = leased!(sqlx::query_as(sql::FINISH_STAGE), lease)
                     .bind(run)
                     .bind(state.as_str())
                     .bind(detail.to_string())
                     .bind(error)
                     .bind(now_millis())
-                    .execute(&self.pool)
+                    .fetch_optional(&mut *tx)
                     .await?;
-                fenced(r.rows_affected(), lease)
+                let (stage, ms) = done.ok_or(StoreError::Fenced(lease.job_id))?;
+                sqlx::query(sql::ADD_STAGE_TOTAL)
+                    .bind(&stage)
+                    .bind(state.as_str())
+                    .bind(ms)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
             }
 
             async fn append_log(

@@ -67,8 +67,13 @@ pub const RESOURCES: &str =
     "SELECT id, job_id, kind, provider, external_id, detail, created_at, deleted_at \
      FROM resources WHERE job_id = $1 ORDER BY id";
 
-pub const STAGE_STATS: &str = "SELECT stage, state, COUNT(*) AS n, CAST(COALESCE(SUM(duration_ms), 0) AS BIGINT) AS total_ms \
-     FROM stage_runs WHERE finished_at IS NOT NULL GROUP BY stage, state ORDER BY stage, state";
+/// Running totals, one row per (stage, state): a scrape costs the same at any job count.
+pub const STAGE_STATS: &str =
+    "SELECT stage, state, runs, total_ms FROM stage_totals ORDER BY stage, state";
+
+/// Adds one finished run to its (stage, state) total.
+pub const ADD_STAGE_TOTAL: &str = "INSERT INTO stage_totals (stage, state, runs, total_ms) VALUES ($1, $2, 1, $3) \
+     ON CONFLICT (stage, state) DO UPDATE SET runs = stage_totals.runs + 1, total_ms = stage_totals.total_ms + excluded.total_ms";
 
 /// Marks a resource deleted outside any lease (the janitor, after the job ended).
 pub const RESOURCE_GONE: &str = "UPDATE resources SET deleted_at = $4 \
@@ -113,7 +118,8 @@ pub const CANCEL_FLAG: &str = concat!("SELECT cancel_requested FROM jobs WHERE "
 
 pub const INTERRUPT_STALE: &str = concat!("UPDATE stage_runs SET state = 'interrupted', finished_at = $4, duration_ms = $4 - started_at, \
      error = 'the worker running this stage was lost (crash or expired lease)' \
-     WHERE job_id = $1 AND attempt < $3 AND state = 'running' AND", " ", fence_exists!());
+     WHERE job_id = $1 AND attempt < $3 AND state = 'running' AND", " ", fence_exists!(),
+     " RETURNING stage, duration_ms");
 
 pub const START_STAGE: &str = concat!(
     "INSERT INTO stage_runs (job_id, attempt, stage, state, started_at, detail) \
@@ -136,7 +142,7 @@ pub const UPDATE_STAGE_DETAIL: &str = concat!(
 );
 
 pub const FINISH_STAGE: &str = concat!("UPDATE stage_runs SET state = $5, detail = $6, error = $7, finished_at = $8, duration_ms = $8 - started_at \
-     WHERE id = $4 AND", " ", fence_exists!());
+     WHERE id = $4 AND", " ", fence_exists!(), " RETURNING stage, duration_ms");
 
 pub const APPEND_LOG: &str = concat!(
     "INSERT INTO job_log (job_id, ts, stage, level, message) SELECT $1, $4, $5, $6, $7",

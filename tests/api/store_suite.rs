@@ -181,6 +181,21 @@ for_each_backend!(
         assert_eq!(s.interrupt_stale_runs(&new).await.unwrap(), 1);
         let runs = s.stage_runs(job.id).await.unwrap();
         assert_eq!(runs[0].state, StageState::Interrupted);
+        // /metrics totals: the refused finish counted nothing, the
+        // interruption once, with the run's own duration; a second pass
+        // finds nothing more to interrupt or count.
+        assert_eq!(s.interrupt_stale_runs(&new).await.unwrap(), 0);
+        let stats = s.stage_stats().await.unwrap();
+        assert_eq!(stats.len(), 1, "{stats:?}");
+        assert_eq!(
+            (
+                stats[0].stage.as_str(),
+                stats[0].state.as_str(),
+                stats[0].count
+            ),
+            ("fetch", "interrupted", 1)
+        );
+        assert_eq!(stats[0].total_ms, runs[0].duration_ms.unwrap());
         s.append_log(&new, Some(StageName::Fetch), LogLevel::Info, "resumed")
             .await
             .unwrap();
@@ -368,6 +383,7 @@ for_each_backend!(
         let stats = s.stage_stats().await.unwrap();
         assert_eq!(stats.len(), 1);
         assert_eq!(stats[0].count, 1);
+        assert_eq!(stats[0].total_ms, runs[0].duration_ms.unwrap());
     }
 );
 
