@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use vmscan::cluster::nutanix::{NutanixConfig, NutanixProvider};
+use vmscan::cluster::nutanix::{ApiVersion, NutanixConfig, NutanixProvider};
 use vmscan::cluster::{ClusterError, ClusterProvider, ImageFile};
 use vmscan::domain::JobId;
 
@@ -17,6 +17,7 @@ use crate::support::tls;
 pub fn config(fake: &FakeNutanix, ssh_port: u16) -> NutanixConfig {
     NutanixConfig {
         url: fake.url(),
+        api_version: ApiVersion::V3,
         username: USER.into(),
         password: Some(SecretString::from(PASSWORD)),
         cluster_name: CLUSTER.into(),
@@ -696,7 +697,7 @@ async fn in_url_mode_prism_pulls_the_image_from_vmscan() {
         .unwrap()
         .port();
     let mut cfg = config(&fake, 22);
-    cfg.image_source = vmscan::cluster::nutanix::ImageSource::Url;
+    cfg.image_source = Some(vmscan::cluster::nutanix::ImageSource::Url);
     cfg.image_url_base = format!("http://127.0.0.1:{port}");
     let app = TestApp::spawn(Backend::Sqlite, move |c| {
         c.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
