@@ -38,7 +38,7 @@ async fn provider(fake: &FakeNutanix) -> NutanixProvider {
 
 /// A small qcow2 image (real bytes, so sizes and contents can be compared):
 /// like every qcow2, its file is much smaller than its 64 MiB disk.
-async fn image() -> (tempfile::TempDir, ImageFile) {
+pub async fn image() -> (tempfile::TempDir, ImageFile) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.qcow2");
     let ok = std::process::Command::new("qemu-img")
@@ -602,6 +602,7 @@ async fn a_scan_runs_end_to_end_on_nutanix_with_a_real_guest() {
         )),
         "{index}"
     );
+    let started = std::time::Instant::now();
     let job = app
         .submit(json!({"url": images.url("disk.raw.tar.gz"), "cluster": "nutanix:pc1"}))
         .await;
@@ -612,6 +613,10 @@ async fn a_scan_runs_end_to_end_on_nutanix_with_a_real_guest() {
         "succeeded",
         "{done:#}\n{}",
         app.log_text(id).await
+    );
+    eprintln!(
+        "whole scan on Nutanix v3: {:.1} s",
+        started.elapsed().as_secs_f64()
     );
     assert_eq!(done["cluster"], "nutanix:pc1");
     let (_, page) = app.get_text(&format!("/jobs/{id}")).await;

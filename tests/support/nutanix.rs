@@ -38,6 +38,7 @@ use super::guest::GuestBackend;
 use super::tls::{serve_https, tls_acceptor};
 
 mod v4;
+pub use v4::CATEGORY;
 
 pub const USER: &str = "admin";
 pub const PASSWORD: &str = "nutanix/4u";
