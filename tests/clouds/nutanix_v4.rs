@@ -18,7 +18,8 @@ use vmscan::domain::JobId;
 
 use crate::conformance;
 use crate::support::guest::banner_port;
-use crate::support::nutanix::{FakeNutanix, Seen, CATEGORY};
+use crate::support::nutanix::v4::CATEGORY;
+use crate::support::nutanix::{FakeNutanix, Seen};
 
 const KEY_SECRET: &str = "pull-key-secret-for-tests";
 

@@ -37,8 +37,7 @@ use serde_json::{json, Value};
 use super::guest::GuestBackend;
 use super::tls::{serve_https, tls_acceptor};
 
-mod v4;
-pub use v4::CATEGORY;
+pub mod v4;
 
 pub const USER: &str = "admin";
 pub const PASSWORD: &str = "nutanix/4u";

@@ -160,3 +160,31 @@ impl NutanixConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_version_defaults_to_v4_pulling_by_url_and_v3_stays_selectable() {
+        let v4: NutanixConfig = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(
+            (v4.api_version, v4.image_source()),
+            (ApiVersion::V4, ImageSource::Url)
+        );
+        let v3: NutanixConfig =
+            serde_json::from_value(serde_json::json!({"api_version": "v3"})).unwrap();
+        assert_eq!(
+            (v3.api_version, v3.image_source()),
+            (ApiVersion::V3, ImageSource::Upload)
+        );
+        let pull: NutanixConfig =
+            serde_json::from_value(serde_json::json!({"api_version": "v3", "image_source": "url"}))
+                .unwrap();
+        assert_eq!(pull.image_source(), ImageSource::Url);
+        let err = serde_json::from_value::<NutanixConfig>(serde_json::json!({"api_version": "v5"}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("v4") && err.contains("v3"), "{err}");
+    }
+}

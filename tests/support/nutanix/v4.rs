@@ -314,11 +314,11 @@ fn category_ids(categories: &Value) -> Vec<Value> {
     }
 }
 
-fn categories_of(ids: &[Value]) -> Result<Value, Response> {
+fn categories_of(ids: &[Value]) -> Result<Value, String> {
     let mut map = serde_json::Map::new();
     for id in ids {
         if id.as_str() != Some(CATEGORY_ID) {
-            return Err(bad(&format!("category {id} does not exist")));
+            return Err(format!("category {id} does not exist"));
         }
         map.insert(CATEGORY.0.into(), json!(CATEGORY.1));
     }
@@ -512,7 +512,7 @@ async fn create_image(State(inner): St, body: Bytes) -> Response {
         .unwrap_or_default();
     let categories = match categories_of(&ids) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(m) => return bad(&m),
     };
     let mut resources = json!({"image_type": kind, "source_uri": url});
     if let Some((algo, hex)) = &expected {
@@ -634,18 +634,18 @@ async fn get_vm(State(inner): St, Path(id): Path<String>) -> Response {
 /// If-Match on VM writes: missing → 428 (PLAT-10004 MISSING_ETAG_HEADER,
 /// terraform PR #1231), stale → 412 (PLAT-10005 "Invalid eTag header",
 /// nutanix.ansible issue #706); spec text in §0.2.
-fn check_etag(e: &Entity, headers: &HeaderMap) -> Result<(), Response> {
+fn check_etag(e: &Entity, headers: &HeaderMap) -> Option<Response> {
     let current = etag_of(e, &vm_json(e));
     match headers.get("if-match").and_then(|v| v.to_str().ok()) {
-        None => Err(error(
+        None => Some(error(
             428,
             "vmm",
             "PLAT-10004",
             "If-Match header is required",
             "MISSING_ETAG_HEADER",
         )),
-        Some(t) if t != current => Err(error(412, "vmm", "PLAT-10005", "Invalid eTag header", "")),
-        Some(_) => Ok(()),
+        Some(t) if t != current => Some(error(412, "vmm", "PLAT-10005", "Invalid eTag header", "")),
+        Some(_) => None,
     }
 }
 
@@ -734,7 +734,7 @@ async fn create_vm(State(inner): St, body: Bytes) -> Response {
         .collect();
     let categories = match categories_of(&ids) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(m) => return bad(&m),
     };
     let mut s = inner.lock().unwrap();
     match s.entities.get(&image) {
@@ -767,7 +767,7 @@ async fn delete_vm(State(inner): St, Path(id): Path<String>, headers: HeaderMap)
     let mut s = inner.lock().unwrap();
     match s.entities.get(&id) {
         Some(e) if e.kind == "vm" => {
-            if let Err(r) = check_etag(e, &headers) {
+            if let Some(r) = check_etag(e, &headers) {
                 return r;
             }
         }
@@ -794,7 +794,7 @@ async fn vm_action(
     let mut s = inner.lock().unwrap();
     match s.entities.get(&id) {
         Some(e) if e.kind == "vm" => {
-            if let Err(r) = check_etag(e, &headers) {
+            if let Some(r) = check_etag(e, &headers) {
                 return r;
             }
         }
