@@ -504,3 +504,54 @@ async fn a_scan_runs_end_to_end_on_nutanix_v4_with_a_real_guest() {
     assert_eq!(guest.running(), 0, "the guest was powered off with the VM");
     app.stop().await;
 }
+
+/// Windows on v4: the sysprep answer file (`Sysprep` / `Unattendxml`) with
+/// the hostname and the job's own password, XML-escaped.
+#[tokio::test]
+async fn a_windows_vm_gets_its_sysprep_answer_file_through_v4() {
+    let fake = FakeNutanix::start().await;
+    let (_d, img) = image().await;
+    let pull = PullServer::start(&img.path).await;
+    let mut cfg = config(&fake, 22, &pull.base);
+    cfg.sysprep_unattend_xml =
+        "<unattend><ComputerName>{hostname}</ComputerName><Password>{admin_password}</Password></unattend>".into();
+    let p = V4Provider::new("pc1", cfg).unwrap();
+    let job = JobId::new();
+    let image = p.upload_image(job, &img, &|_, _| {}).await.unwrap();
+    let mut spec = conformance::spec(job, image.clone());
+    spec.os = vmscan::domain::OsFamily::Windows;
+    spec.admin_password = Some(SecretString::from("P<w>&1"));
+    let vm = p.create_vm(&spec).await.unwrap();
+    assert_eq!(vm.detail["admin_password_set"], true);
+    assert_eq!(vm.detail["api_version"], "v4");
+    let sent = fake.last_vm_customization().unwrap();
+    use base64::Engine;
+    let xml = base64::engine::general_purpose::STANDARD
+        .decode(sent["sysprep"]["unattend_xml"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(xml).unwrap(),
+        format!(
+            "<unattend><ComputerName>{}</ComputerName><Password>P&lt;w&gt;&amp;1</Password></unattend>",
+            spec.hostname
+        )
+    );
+    assert_eq!(sent["sysprep"]["install_type"], "PREPARED");
+    p.delete_vm(&vm.id).await.unwrap();
+    p.delete_image(&image.id).await.unwrap();
+    no_leftovers(&fake);
+}
+
+#[tokio::test]
+async fn v4_server_errors_are_retried_with_back_off() {
+    let (fake, _pull, p, _d, img) = setup().await;
+    fake.fail_next_requests(2);
+    let image = p
+        .upload_image(JobId::new(), &img, &|_, _| {})
+        .await
+        .unwrap();
+    let statuses: Vec<u16> = fake.seen().iter().map(|s| s.status).collect();
+    assert_eq!(&statuses[..3], &[500, 500, 200], "{statuses:?}");
+    p.delete_image(&image.id).await.unwrap();
+    no_leftovers(&fake);
+}

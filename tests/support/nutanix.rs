@@ -660,12 +660,12 @@ async fn gate(
             )
         } else if s.fail_5xx > 0 {
             s.fail_5xx -= 1;
-            Some(v3_error(
-                500,
-                "",
-                "Internal Server Error: service temporarily unavailable",
-                "INTERNAL_ERROR",
-            ))
+            let message = "Internal Server Error: service temporarily unavailable";
+            Some(if req.uri().path().starts_with("/api/nutanix/v3") {
+                v3_error(500, "", message, "INTERNAL_ERROR")
+            } else {
+                v4::server_error(message)
+            })
         } else {
             None
         }

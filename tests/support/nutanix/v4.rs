@@ -144,6 +144,11 @@ fn error(status: u16, ns: &str, code: &str, message: &str, group: &str) -> Respo
         .into_response()
 }
 
+/// A 5xx in the v4 envelope (§0.5: errors carry the same ErrorResponse).
+pub(super) fn server_error(message: &str) -> Response {
+    error(500, "prism", "PRISM-50000", message, "INTERNAL_ERROR")
+}
+
 fn app_message(ns: &str, code: &str, message: &str, group: &str) -> Value {
     let mut m = json!({
         "$objectType": format!("{ns}.v4.error.AppMessage"),
@@ -800,11 +805,19 @@ async fn vm_action(
         }
         _ => return missing(),
     }
-    let (op, effect) = match action.as_str() {
-        "$actions/power-on" => ("kVmPowerOn", Effect::PowerOn { uuid: id.clone() }),
-        "$actions/power-off" => ("kVmPowerOff", Effect::PowerOff { uuid: id.clone() }),
+    let (op, effect, object_type) = match action.as_str() {
+        "$actions/power-on" => (
+            "kVmPowerOn",
+            Effect::PowerOn { uuid: id.clone() },
+            "vmm.v4.ahv.config.PowerOnVmApiResponse",
+        ),
+        "$actions/power-off" => (
+            "kVmPowerOff",
+            Effect::PowerOff { uuid: id.clone() },
+            "vmm.v4.ahv.config.PowerOffVmApiResponse",
+        ),
         _ => return not_served(),
     };
     let t = s.add_task(op, "vm", &id, None, effect);
-    task_accepted("vmm.v4.ahv.config.PowerOnVmApiResponse", &t)
+    task_accepted(object_type, &t)
 }
