@@ -640,33 +640,7 @@ async fn a_scan_runs_end_to_end_on_nutanix_with_a_real_guest() {
         upload["size_human"].as_str().unwrap().ends_with("MiB"),
         "{upload}"
     );
-    // The converted qcow2's disk is bigger than its file; Prism reports the disk.
-    let image = &upload["image"];
-    assert_eq!(image["virtual_size"], 32 << 20, "{upload}");
-    assert!(
-        image["size"].as_u64().unwrap() < 32 << 20,
-        "the qcow2 file is smaller than its disk: {upload}"
-    );
-    let vm = &stage(&done, "vm-create")["detail"];
-    assert_eq!(vm["cluster"], "nutanix:pc1");
-    assert_eq!(vm["ssh_host"], "127.0.0.1");
-    assert!(
-        vm["host_key"].as_str().unwrap().starts_with("SHA256:"),
-        "{vm}"
-    );
-    assert_eq!(stage(&done, "teardown")["state"], "succeeded");
-    for r in done["resources"].as_array().unwrap() {
-        assert_eq!(r["provider"], "nutanix:pc1", "{r}");
-        assert!(!r["deleted_at"].is_null(), "not deleted: {r}");
-    }
-    no_leftovers(&fake);
-    for _ in 0..50 {
-        if guest.running() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(guest.running(), 0, "the guest was powered off with the VM");
+    scan_left_nothing(&done, &fake, &guest).await;
     // An unknown cluster is refused at submit with the list to choose from.
     let (status, err) = app
         .post(
@@ -681,6 +655,44 @@ async fn a_scan_runs_end_to_end_on_nutanix_with_a_real_guest() {
         "{err}"
     );
     app.stop().await;
+}
+
+/// What a whole scan on Nutanix (either API) must show: the qcow2's disk
+/// (bigger than its file) as Prism reports it, a VM reached over SSH, and
+/// everything deleted, the guest included.
+pub async fn scan_left_nothing(
+    done: &serde_json::Value,
+    fake: &FakeNutanix,
+    guest: &crate::support::guest::GuestBackend,
+) {
+    use crate::support::stage;
+    let upload = &stage(done, "cluster-upload")["detail"];
+    let image = &upload["image"];
+    assert_eq!(image["virtual_size"], 32 << 20, "{upload}");
+    assert!(
+        image["size"].as_u64().unwrap() < 32 << 20,
+        "the qcow2 file is smaller than its disk: {upload}"
+    );
+    let vm = &stage(done, "vm-create")["detail"];
+    assert_eq!(vm["cluster"], "nutanix:pc1");
+    assert_eq!(vm["ssh_host"], "127.0.0.1");
+    assert!(
+        vm["host_key"].as_str().unwrap().starts_with("SHA256:"),
+        "{vm}"
+    );
+    assert_eq!(stage(done, "teardown")["state"], "succeeded");
+    for r in done["resources"].as_array().unwrap() {
+        assert_eq!(r["provider"], "nutanix:pc1", "{r}");
+        assert!(!r["deleted_at"].is_null(), "not deleted: {r}");
+    }
+    no_leftovers(fake);
+    for _ in 0..50 {
+        if guest.running() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(guest.running(), 0, "the guest was powered off with the VM");
 }
 
 /// `image_source = "url"`: Prism Central pulls the image from vmscan's

@@ -466,24 +466,11 @@ async fn a_scan_runs_end_to_end_on_nutanix_v4_with_a_real_guest() {
         "whole scan on Nutanix v4: {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let upload = &stage(&done, "cluster-upload")["detail"];
-    assert_eq!(upload["cluster"], "nutanix:pc1");
-    let image = &upload["image"];
-    assert_eq!(image["virtual_size"], 32 << 20, "{upload}");
-    assert!(
-        image["size"].as_u64().unwrap() < 32 << 20,
-        "the qcow2 file is smaller than its disk: {upload}"
+    assert_eq!(
+        stage(&done, "cluster-upload")["detail"]["cluster"],
+        "nutanix:pc1"
     );
-    let vm = &stage(&done, "vm-create")["detail"];
-    assert_eq!(vm["ssh_host"], "127.0.0.1");
-    assert!(
-        vm["host_key"].as_str().unwrap().starts_with("SHA256:"),
-        "{vm}"
-    );
-    assert_eq!(stage(&done, "teardown")["state"], "succeeded");
-    for r in done["resources"].as_array().unwrap() {
-        assert!(!r["deleted_at"].is_null(), "not deleted: {r}");
-    }
+    crate::nutanix::scan_left_nothing(&done, &fake, &guest).await;
     let seen = fake.seen();
     assert!(
         seen.iter().all(|s| s.path.starts_with("/api/")),
@@ -494,14 +481,6 @@ async fn a_scan_runs_end_to_end_on_nutanix_v4_with_a_real_guest() {
         .filter(|s| s.path.ends_with("/$actions/power-on"))
         .count();
     assert_eq!(power_ons, 1, "powered on by its action, once");
-    no_leftovers(&fake);
-    for _ in 0..50 {
-        if guest.running() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(guest.running(), 0, "the guest was powered off with the VM");
     app.stop().await;
 }
 

@@ -96,6 +96,19 @@ struct Task {
     hold: bool,
 }
 
+impl Task {
+    /// Its status and percentage by its own clock: QUEUED for the first
+    /// third of its time, RUNNING, then its end (both API generations).
+    fn status(&self, task_time: Duration) -> (&'static str, u64) {
+        match (&self.fail, self.done) {
+            (Some(_), true) => ("FAILED", 100),
+            (None, true) => ("SUCCEEDED", 100),
+            _ if self.created.elapsed() < task_time / 3 => ("QUEUED", 0),
+            _ => ("RUNNING", 50),
+        }
+    }
+}
+
 /// One request as the fake saw it.
 #[derive(Clone, Debug)]
 pub struct Seen {
@@ -550,21 +563,6 @@ impl FakeNutanix {
     /// v4: the next task of `kind` ("image", "vm") fails with this AppMessage.
     pub fn fail_next_v4_task(&self, kind: &str, code: &str, message: &str) {
         self.inner.lock().unwrap().fail_v4_task = Some((kind.into(), code.into(), message.into()));
-    }
-    /// Entities (kind, name, uuid) as both API generations see them.
-    pub fn entity_ids(&self) -> Vec<(String, String, String)> {
-        let mut s = self.inner.lock().unwrap();
-        s.settle();
-        s.entities
-            .values()
-            .map(|e| {
-                (
-                    e.kind.to_string(),
-                    e.spec["name"].as_str().unwrap_or("").to_string(),
-                    e.uuid.clone(),
-                )
-            })
-            .collect()
     }
     pub fn set_task_time(&self, d: Duration) {
         self.inner.lock().unwrap().task_time = d;
@@ -1183,13 +1181,7 @@ async fn get_task(State(inner): State<Arc<Mutex<Inner>>>, Path(uuid): Path<Strin
             "ENTITY_NOT_FOUND",
         );
     };
-    let age = t.created.elapsed();
-    let (status, pct) = match (&t.fail, t.done) {
-        (Some(_), true) => ("FAILED", 100),
-        (None, true) => ("SUCCEEDED", 100),
-        _ if age < s.task_time / 3 => ("QUEUED", 0),
-        _ => ("RUNNING", 50),
-    };
+    let (status, pct) = t.status(s.task_time);
     let mut body = json!({
         "status": status,
         "uuid": t.uuid,

@@ -345,13 +345,7 @@ async fn task(State(inner): St, Path(id): Path<String>) -> Response {
             "ENTITY_NOT_FOUND",
         );
     };
-    let age = t.created.elapsed();
-    let (status, pct) = match (&t.fail, t.done) {
-        (Some(_), true) => ("FAILED", 100),
-        (None, true) => ("SUCCEEDED", 100),
-        _ if age < s.task_time / 3 => ("QUEUED", 0),
-        _ => ("RUNNING", 50),
-    };
+    let (status, pct) = t.status(s.task_time);
     let (kind, entity) = &t.entity;
     let rel = match kind.as_str() {
         "vm" => "vmm:ahv:config:vm",
