@@ -534,3 +534,56 @@ async fn v4_server_errors_are_retried_with_back_off() {
     p.delete_image(&image.id).await.unwrap();
     no_leftovers(&fake);
 }
+
+/// Names that are not in Prism (or a source Prism cannot reach) fail with
+/// what is missing, and the pull key Prism was given stays out of the error.
+#[tokio::test]
+async fn missing_names_and_an_unreachable_source_fail_clearly() {
+    let fake = FakeNutanix::start().await;
+    let (_d, img) = image().await;
+    let pull = PullServer::start(&img.path).await;
+    for (field, value, want) in [
+        (
+            "cluster",
+            "nope",
+            "no cluster named \"nope\" in Prism Central",
+        ),
+        (
+            "subnet",
+            "nope",
+            "no subnet named \"nope\" in Prism Central",
+        ),
+        (
+            "category",
+            "nope",
+            "no category named \"VmscanOwner: nope\" in Prism Central",
+        ),
+    ] {
+        let mut cfg = config(&fake, 22, &pull.base);
+        match field {
+            "cluster" => cfg.cluster_name = value.into(),
+            "subnet" => cfg.subnet_name = value.into(),
+            _ => cfg.category_value = value.into(),
+        }
+        let p = V4Provider::new("pc1", cfg).unwrap();
+        let err = p
+            .upload_image(JobId::new(), &img, &|_, _| {})
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(want), "{err}");
+    }
+    // Prism cannot reach vmscan: the task fails saying so, without the key.
+    let mut cfg = config(&fake, 22, "http://127.0.0.1:9");
+    cfg.max_attempts = 1;
+    let p = V4Provider::new("pc1", cfg).unwrap();
+    let job = JobId::new();
+    let err = p.upload_image(job, &img, &|_, _| {}).await.unwrap_err();
+    let msg = err.to_string();
+    let key = vmscan::identity::secret::image_key(KEY_SECRET, &job.to_string());
+    assert!(msg.contains("Could not access the URL"), "{msg}");
+    assert!(
+        !msg.contains(&key) && msg.contains("(the job's pull key)"),
+        "{msg}"
+    );
+    no_leftovers(&fake);
+}

@@ -24,10 +24,6 @@ use crate::cluster::{
 };
 use crate::domain::JobId;
 
-/// What vmscan names everything it makes (a server-side filter; the
-/// prefix is re-checked on each name).
-const OURS: &str = "startswith(name, 'vmscan-')";
-
 pub struct V4Provider {
     name: String,
     client: V4Client,
@@ -309,10 +305,17 @@ impl ClusterProvider for V4Provider {
                 tracing::warn!(error = %d, "could not delete a failed upload's image");
             }
             if !e.is_retryable() || attempt >= attempts {
+                // Prism may quote the source URL: its pull key stays out of the job.
+                let pull = self.cfg().pull_url(job);
+                let key = pull.rsplit_once("key=").map(|(_, k)| k).unwrap_or("");
+                let mut message = format!("image upload (attempt {attempt} of {attempts}): {e}");
+                if !key.is_empty() {
+                    message = message.replace(key, "(the job's pull key)");
+                }
                 return Err(ClusterError::Api {
                     provider: self.name.clone(),
                     retryable: e.is_retryable(),
-                    message: format!("image upload (attempt {attempt} of {attempts}): {e}"),
+                    message,
                 });
             }
             tracing::warn!(error = %e, attempt, "image upload failed; retrying with a new image");
@@ -397,12 +400,12 @@ impl ClusterProvider for V4Provider {
     async fn list_owned(&self) -> Result<Vec<Owned>, ClusterError> {
         let vms: Vec<Vm> = self
             .client
-            .list_as(VMS, Some(OURS))
+            .list_as(VMS, None)
             .await
             .map_err(|e| self.err(e))?;
         let imgs: Vec<images::Image> = self
             .client
-            .list_as(IMAGES, Some(OURS))
+            .list_as(IMAGES, None)
             .await
             .map_err(|e| self.err(e))?;
         let mut out: Vec<Owned> = vms
