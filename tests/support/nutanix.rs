@@ -1,4 +1,5 @@
-//! A fake Nutanix Prism Central v3, written from the contracts in the
+//! A fake Nutanix Prism Central, v3 here and v4 in [`v4`] over the same
+//! entities and tasks, written from the contracts in the
 //! reference notes (terraform-provider-nutanix, prism-go-client recordings):
 //! Basic auth with a non-JSON 401; mutations answer 202 with
 //! `status.execution_context.task_uuid` (a string), later GETs carry it as a

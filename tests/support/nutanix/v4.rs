@@ -422,6 +422,7 @@ fn image_json(e: &Entity) -> Value {
         "name": e.spec["name"],
         "description": e.spec.get("description").cloned().unwrap_or(json!("")),
         "type": r.get("image_type").cloned().unwrap_or(json!("DISK_IMAGE")),
+        // The fake has one Prism Element cluster: every image is placed there.
         "clusterLocationExtIds": [CLUSTER_UUID],
         "categoryExtIds": category_ids(&e.categories),
     });
