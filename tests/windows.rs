@@ -1070,6 +1070,7 @@ async fn a_windows_template_scans_on_nutanix_with_sysprep_and_winrm() {
     std::fs::write(&msi_path, vec![7u8; 40_000]).unwrap();
     let pc = NutanixConfig {
         url: prism.url(),
+        api_version: vmscan::cluster::nutanix::ApiVersion::V3,
         username: USER.into(),
         password: Some(SecretString::from(PASSWORD)),
         cluster_name: CLUSTER.into(),

@@ -41,10 +41,7 @@ impl Clusters {
             ));
         }
         for (name, c) in &cfg.cluster.nutanix {
-            all.push((
-                Arc::new(nutanix::NutanixProvider::new(name, c.clone())?),
-                "nutanix",
-            ));
+            all.push((nutanix::provider(name, c.clone())?, "nutanix"));
         }
         for (name, c) in &cfg.cluster.openstack {
             all.push((

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use vmscan::cluster::nutanix::{NutanixConfig, NutanixProvider};
+use vmscan::cluster::nutanix::{ApiVersion, NutanixConfig, NutanixProvider};
 use vmscan::cluster::{ClusterError, ClusterProvider, ImageFile};
 use vmscan::domain::JobId;
 
@@ -17,6 +17,7 @@ use crate::support::tls;
 pub fn config(fake: &FakeNutanix, ssh_port: u16) -> NutanixConfig {
     NutanixConfig {
         url: fake.url(),
+        api_version: ApiVersion::V3,
         username: USER.into(),
         password: Some(SecretString::from(PASSWORD)),
         cluster_name: CLUSTER.into(),
@@ -37,7 +38,7 @@ async fn provider(fake: &FakeNutanix) -> NutanixProvider {
 
 /// A small qcow2 image (real bytes, so sizes and contents can be compared):
 /// like every qcow2, its file is much smaller than its 64 MiB disk.
-async fn image() -> (tempfile::TempDir, ImageFile) {
+pub async fn image() -> (tempfile::TempDir, ImageFile) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.qcow2");
     let ok = std::process::Command::new("qemu-img")
@@ -601,6 +602,7 @@ async fn a_scan_runs_end_to_end_on_nutanix_with_a_real_guest() {
         )),
         "{index}"
     );
+    let started = std::time::Instant::now();
     let job = app
         .submit(json!({"url": images.url("disk.raw.tar.gz"), "cluster": "nutanix:pc1"}))
         .await;
@@ -611,6 +613,10 @@ async fn a_scan_runs_end_to_end_on_nutanix_with_a_real_guest() {
         "succeeded",
         "{done:#}\n{}",
         app.log_text(id).await
+    );
+    eprintln!(
+        "whole scan on Nutanix v3: {:.1} s",
+        started.elapsed().as_secs_f64()
     );
     assert_eq!(done["cluster"], "nutanix:pc1");
     let (_, page) = app.get_text(&format!("/jobs/{id}")).await;
@@ -634,33 +640,7 @@ async fn a_scan_runs_end_to_end_on_nutanix_with_a_real_guest() {
         upload["size_human"].as_str().unwrap().ends_with("MiB"),
         "{upload}"
     );
-    // The converted qcow2's disk is bigger than its file; Prism reports the disk.
-    let image = &upload["image"];
-    assert_eq!(image["virtual_size"], 32 << 20, "{upload}");
-    assert!(
-        image["size"].as_u64().unwrap() < 32 << 20,
-        "the qcow2 file is smaller than its disk: {upload}"
-    );
-    let vm = &stage(&done, "vm-create")["detail"];
-    assert_eq!(vm["cluster"], "nutanix:pc1");
-    assert_eq!(vm["ssh_host"], "127.0.0.1");
-    assert!(
-        vm["host_key"].as_str().unwrap().starts_with("SHA256:"),
-        "{vm}"
-    );
-    assert_eq!(stage(&done, "teardown")["state"], "succeeded");
-    for r in done["resources"].as_array().unwrap() {
-        assert_eq!(r["provider"], "nutanix:pc1", "{r}");
-        assert!(!r["deleted_at"].is_null(), "not deleted: {r}");
-    }
-    no_leftovers(&fake);
-    for _ in 0..50 {
-        if guest.running() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(guest.running(), 0, "the guest was powered off with the VM");
+    scan_left_nothing(&done, &fake, &guest).await;
     // An unknown cluster is refused at submit with the list to choose from.
     let (status, err) = app
         .post(
@@ -675,6 +655,44 @@ async fn a_scan_runs_end_to_end_on_nutanix_with_a_real_guest() {
         "{err}"
     );
     app.stop().await;
+}
+
+/// What a whole scan on Nutanix (either API) must show: the qcow2's disk
+/// (bigger than its file) as Prism reports it, a VM reached over SSH, and
+/// everything deleted, the guest included.
+pub async fn scan_left_nothing(
+    done: &serde_json::Value,
+    fake: &FakeNutanix,
+    guest: &crate::support::guest::GuestBackend,
+) {
+    use crate::support::stage;
+    let upload = &stage(done, "cluster-upload")["detail"];
+    let image = &upload["image"];
+    assert_eq!(image["virtual_size"], 32 << 20, "{upload}");
+    assert!(
+        image["size"].as_u64().unwrap() < 32 << 20,
+        "the qcow2 file is smaller than its disk: {upload}"
+    );
+    let vm = &stage(done, "vm-create")["detail"];
+    assert_eq!(vm["cluster"], "nutanix:pc1");
+    assert_eq!(vm["ssh_host"], "127.0.0.1");
+    assert!(
+        vm["host_key"].as_str().unwrap().starts_with("SHA256:"),
+        "{vm}"
+    );
+    assert_eq!(stage(done, "teardown")["state"], "succeeded");
+    for r in done["resources"].as_array().unwrap() {
+        assert_eq!(r["provider"], "nutanix:pc1", "{r}");
+        assert!(!r["deleted_at"].is_null(), "not deleted: {r}");
+    }
+    no_leftovers(fake);
+    for _ in 0..50 {
+        if guest.running() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(guest.running(), 0, "the guest was powered off with the VM");
 }
 
 /// `image_source = "url"`: Prism Central pulls the image from vmscan's
@@ -696,7 +714,7 @@ async fn in_url_mode_prism_pulls_the_image_from_vmscan() {
         .unwrap()
         .port();
     let mut cfg = config(&fake, 22);
-    cfg.image_source = vmscan::cluster::nutanix::ImageSource::Url;
+    cfg.image_source = Some(vmscan::cluster::nutanix::ImageSource::Url);
     cfg.image_url_base = format!("http://127.0.0.1:{port}");
     let app = TestApp::spawn(Backend::Sqlite, move |c| {
         c.server.listen = format!("127.0.0.1:{port}").parse().unwrap();

@@ -1,4 +1,5 @@
-//! A fake Nutanix Prism Central v3, written from the contracts in the
+//! A fake Nutanix Prism Central, v3 here and v4 in [`v4`] over the same
+//! entities and tasks, written from the contracts in the
 //! reference notes (terraform-provider-nutanix, prism-go-client recordings):
 //! Basic auth with a non-JSON 401; mutations answer 202 with
 //! `status.execution_context.task_uuid` (a string), later GETs carry it as a
@@ -37,6 +38,8 @@ use serde_json::{json, Value};
 use super::guest::GuestBackend;
 use super::tls::{serve_https, tls_acceptor};
 
+pub mod v4;
+
 pub const USER: &str = "admin";
 pub const PASSWORD: &str = "nutanix/4u";
 pub const CLUSTER: &str = "pe-cluster-1";
@@ -62,6 +65,11 @@ struct Entity {
     ip: Option<String>,
     addressless: bool,
     powered_at: Option<Instant>,
+    /// Created through v4: its size shows a while after its task ends.
+    v4: bool,
+    size_due: Option<Instant>,
+    /// Bumped by invisible background changes (the ETag changes with them).
+    etag_salt: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -70,6 +78,8 @@ enum Effect {
     ImageUploaded { uuid: String },
     VmCreated { uuid: String },
     Remove { uuid: String },
+    PowerOn { uuid: String },
+    PowerOff { uuid: String },
 }
 
 #[derive(Clone, Debug)]
@@ -79,10 +89,25 @@ struct Task {
     entity: (String, String),
     created: Instant,
     fail: Option<String>,
+    /// The failure's AppMessage `code` and `errorGroup` (v4 readers).
+    fail_code: Option<(String, String)>,
     effect: Effect,
     done: bool,
     /// Held tasks wait for an outside event (Prism downloading a source_uri).
     hold: bool,
+}
+
+impl Task {
+    /// Its status and percentage by its own clock: QUEUED for the first
+    /// third of its time, RUNNING, then its end (both API generations).
+    fn status(&self, task_time: Duration) -> (&'static str, u64) {
+        match (&self.fail, self.done) {
+            (Some(_), true) => ("FAILED", 100),
+            (None, true) => ("SUCCEEDED", 100),
+            _ if self.created.elapsed() < task_time / 3 => ("QUEUED", 0),
+            _ => ("RUNNING", 50),
+        }
+    }
 }
 
 /// One request as the fake saw it.
@@ -91,6 +116,8 @@ pub struct Seen {
     pub method: String,
     pub path: String,
     pub status: u16,
+    pub request_id: Option<String>,
+    pub if_match: Option<String>,
 }
 
 struct Inner {
@@ -113,6 +140,12 @@ struct Inner {
     /// For guest boots that finish after the request that started them.
     me: std::sync::Weak<Mutex<Inner>>,
     last_customization: Option<Value>,
+    /// v4: the first answer to each `NTNX-Request-Id`, (status, body, ETag).
+    replays: HashMap<String, (u16, Bytes)>,
+    lose_answers: u32,
+    etag_churn: u32,
+    serve_v4: bool,
+    fail_v4_task: Option<(String, String, String)>,
 }
 
 #[derive(Clone)]
@@ -169,6 +202,7 @@ impl Inner {
                 entity: (kind.into(), uuid.into()),
                 created: Instant::now(),
                 fail,
+                fail_code: None,
                 effect,
                 done: false,
                 hold: false,
@@ -206,38 +240,43 @@ impl Inner {
                 }
                 (Some(_), _) => {}
                 (None, Effect::ImageUploaded { uuid, .. }) => {
+                    let lag = self.task_time;
                     if let Some(e) = self.entities.get_mut(&uuid) {
                         e.state = "COMPLETE";
-                        // Prism reports the vDisk it made, not the file it got.
-                        e.size_bytes = e.file.as_deref().and_then(disk_size);
+                        if e.v4 {
+                            // v4: "the task may complete before the image is
+                            // fully usable" — sizeBytes comes later (packer
+                            // driver.go CreateImageURL polls for it).
+                            e.size_due = Some(now + lag);
+                        } else {
+                            // Prism reports the vDisk it made, not the file it got.
+                            e.size_bytes = e.file.as_deref().and_then(disk_size);
+                        }
                     }
                 }
                 (None, Effect::VmCreated { uuid }) => {
-                    let guest = self.guest.clone();
-                    let mut boot = None;
+                    let mut wants_on = false;
                     if let Some(e) = self.entities.get_mut(&uuid) {
                         e.state = "COMPLETE";
-                        let wants_on = e
+                        wants_on = e
                             .spec
                             .pointer("/resources/power_state")
                             .and_then(Value::as_str)
                             == Some("ON");
-                        e.power_on = wants_on;
-                        if wants_on {
-                            e.powered_at = Some(now);
-                            boot = Some(e.clone());
-                        }
                     }
-                    if let (Some(g), Some(vm)) = (guest, boot) {
-                        if !vm.addressless {
-                            let disk = vm
-                                .spec
-                                .pointer("/resources/disk_list/0/data_source_reference/uuid")
-                                .and_then(Value::as_str)
-                                .and_then(|img| self.entities.get(img))
-                                .and_then(|img| img.file.clone());
-                            self.boot_guest(g, vm, disk);
-                        }
+                    if wants_on {
+                        self.power_on(&uuid, now);
+                    }
+                }
+                (None, Effect::PowerOn { uuid }) => self.power_on(&uuid, now),
+                (None, Effect::PowerOff { uuid }) => {
+                    if let Some(e) = self.entities.get_mut(&uuid) {
+                        e.power_on = false;
+                        e.ip = None;
+                        e.powered_at = None;
+                    }
+                    if let Some(g) = self.guest.clone() {
+                        tokio::spawn(async move { g.destroy(&uuid).await });
                     }
                 }
                 (None, Effect::Remove { uuid }) => {
@@ -262,6 +301,12 @@ impl Inner {
                 }
             }
         }
+        for e in self.entities.values_mut() {
+            if e.size_due.is_some_and(|d| now >= d) {
+                e.size_due = None;
+                e.size_bytes = e.file.as_deref().and_then(disk_size);
+            }
+        }
         // Without a real guest, an address appears a while after power-on.
         if self.guest.is_none() {
             for e in self.entities.values_mut() {
@@ -274,6 +319,27 @@ impl Inner {
                 {
                     e.ip = Some("127.0.0.1".into());
                 }
+            }
+        }
+    }
+
+    /// The VM is on; with a guest backend its disk boots for real.
+    fn power_on(&mut self, uuid: &str, now: Instant) {
+        let Some(e) = self.entities.get_mut(uuid) else {
+            return;
+        };
+        e.power_on = true;
+        e.powered_at = Some(now);
+        let vm = e.clone();
+        if let Some(g) = self.guest.clone() {
+            if !vm.addressless {
+                let disk = vm
+                    .spec
+                    .pointer("/resources/disk_list/0/data_source_reference/uuid")
+                    .and_then(Value::as_str)
+                    .and_then(|img| self.entities.get(img))
+                    .and_then(|img| img.file.clone());
+                self.boot_guest(g, vm, disk);
             }
         }
     }
@@ -391,6 +457,11 @@ impl FakeNutanix {
                 guest,
                 me: me.clone(),
                 last_customization: None,
+                replays: HashMap::new(),
+                lose_answers: 0,
+                etag_churn: 0,
+                serve_v4: true,
+                fail_v4_task: None,
             })
         });
         let app = Router::new()
@@ -403,6 +474,10 @@ impl FakeNutanix {
                 "/api/nutanix/v3/{kind}/{uuid}",
                 get(get_entity).delete(delete_entity),
             )
+            .merge(v4::routes())
+            // An unserved path (or API version) answers the web server's own
+            // 404, not a v4 body (packer issue #370, zerotouch-framework #25).
+            .fallback(|| async { v4::not_served() })
             .layer(axum::middleware::from_fn_with_state(inner.clone(), gate))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -471,6 +546,24 @@ impl FakeNutanix {
     }
     pub fn make_next_vm_addressless(&self) {
         self.inner.lock().unwrap().addressless_next_vm = true;
+    }
+    /// v4: the next `n` mutations are carried out but their answers are
+    /// lost (a 504 instead), as a gateway timing out would.
+    pub fn lose_next_answers(&self, n: u32) {
+        self.inner.lock().unwrap().lose_answers = n;
+    }
+    /// v4: the next `n` reads of a VM return an ETag that a background
+    /// update makes stale at once.
+    pub fn churn_next_vm_etags(&self, n: u32) {
+        self.inner.lock().unwrap().etag_churn = n;
+    }
+    /// A Prism Central without the v4 APIs (older than pc.2024.3).
+    pub fn stop_serving_v4(&self) {
+        self.inner.lock().unwrap().serve_v4 = false;
+    }
+    /// v4: the next task of `kind` ("image", "vm") fails with this AppMessage.
+    pub fn fail_next_v4_task(&self, kind: &str, code: &str, message: &str) {
+        self.inner.lock().unwrap().fail_v4_task = Some((kind.into(), code.into(), message.into()));
     }
     pub fn set_task_time(&self, d: Duration) {
         self.inner.lock().unwrap().task_time = d;
@@ -566,24 +659,37 @@ async fn gate(
             )
         } else if s.fail_5xx > 0 {
             s.fail_5xx -= 1;
-            Some(v3_error(
-                500,
-                "",
-                "Internal Server Error: service temporarily unavailable",
-                "INTERNAL_ERROR",
-            ))
+            let message = "Internal Server Error: service temporarily unavailable";
+            Some(if req.uri().path().starts_with("/api/nutanix/v3") {
+                v3_error(500, "", message, "INTERNAL_ERROR")
+            } else {
+                v4::server_error(message)
+            })
         } else {
             None
         }
     };
+    let (request_id, if_match) = {
+        let header = |k: &str| {
+            req.headers()
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        (header("ntnx-request-id"), header("if-match"))
+    };
+    let v4_path = !req.uri().path().starts_with("/api/nutanix/v3");
     let resp = match early {
         Some(r) => r,
+        None if v4_path => v4::gate(&inner, req, next, request_id.clone()).await,
         None => next.run(req).await,
     };
     inner.lock().unwrap().seen.push(Seen {
         method,
         path,
         status: resp.status().as_u16(),
+        request_id,
+        if_match,
     });
     // Every recorded Prism Central answer carries these (prism-go-client
     // keploy recordings, TestOperations_GetPrismCentral.yaml).
@@ -693,6 +799,9 @@ fn new_entity(kind: &'static str, spec: Value, categories: Value) -> Entity {
         ip: None,
         addressless: false,
         powered_at: None,
+        v4: false,
+        size_due: None,
+        etag_salt: 0,
     }
 }
 
@@ -749,9 +858,25 @@ async fn create_image(State(inner): State<Arc<Mutex<Inner>>>, body: Bytes) -> Re
         let t = s.add_task("create_image_intentful", "image", &uuid, None, Effect::None);
         return accepted(&s, &uuid, &t);
     };
-    // Prism downloads the source within the create task.
+    let t = pull_source(&mut s, &uuid, source, expected, "create_image_intentful");
+    accepted(&s, &uuid, &t)
+}
+
+/// Prism downloads an image's source within its create task (held until
+/// the download ends), checks it against the checksum given (v3
+/// ImageResources.checksum: "used to validate the image when a source is
+/// given"; terraform issue #469: honoured for source_uri) and fails the
+/// task on a mismatch or an unreachable URL.
+fn pull_source(
+    s: &mut Inner,
+    uuid: &str,
+    source: String,
+    expected: Option<(String, String)>,
+    operation: &str,
+) -> String {
+    let uuid = uuid.to_string();
     let effect = Effect::ImageUploaded { uuid: uuid.clone() };
-    let t = s.add_task("create_image_intentful", "image", &uuid, None, effect);
+    let t = s.add_task(operation, "image", &uuid, None, effect);
     s.tasks.get_mut(&t).unwrap().hold = true;
     let file = s.uploads_dir.join(&uuid);
     let (me, task, image) = (s.me.clone(), t.clone(), uuid.clone());
@@ -791,7 +916,7 @@ async fn create_image(State(inner): State<Arc<Mutex<Inner>>>, body: Bytes) -> Re
             Err(why) => t.fail = Some(format!("Could not access the URL {source}: {why}")),
         }
     });
-    accepted(&s, &uuid, &t)
+    t
 }
 
 /// How Prism fetches a `source_uri`: a plain GET, the body to a file;
@@ -945,6 +1070,8 @@ async fn upload_file(
                 method: "PUT".into(),
                 path: format!("/images/{uuid}/file"),
                 status: 0,
+                request_id: None,
+                if_match: None,
             });
             // Abort mid-body: the client sees the connection dropped.
             std::panic::resume_unwind(Box::new("fake prism drops the upload"));
@@ -1055,13 +1182,7 @@ async fn get_task(State(inner): State<Arc<Mutex<Inner>>>, Path(uuid): Path<Strin
             "ENTITY_NOT_FOUND",
         );
     };
-    let age = t.created.elapsed();
-    let (status, pct) = match (&t.fail, t.done) {
-        (Some(_), true) => ("FAILED", 100),
-        (None, true) => ("SUCCEEDED", 100),
-        _ if age < s.task_time / 3 => ("QUEUED", 0),
-        _ => ("RUNNING", 50),
-    };
+    let (status, pct) = t.status(s.task_time);
     let mut body = json!({
         "status": status,
         "uuid": t.uuid,

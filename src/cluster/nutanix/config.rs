@@ -5,12 +5,33 @@ use std::path::PathBuf;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-/// How the image bytes reach Prism Central.
+/// Which generation of Prism Central's REST API vmscan speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ImageSource {
-    /// vmscan streams the file: `PUT /api/nutanix/v3/images/{uuid}/file`.
+pub enum ApiVersion {
+    /// clustermgmt, networking, vmm and prism `v4.0` (GA from pc.2024.3),
+    /// the APIs Nutanix recommends.
     #[default]
+    V4,
+    /// `/api/nutanix/v3`, legacy: for Prism Centrals older than pc.2024.3.
+    V3,
+}
+
+impl ApiVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiVersion::V4 => "v4",
+            ApiVersion::V3 => "v3",
+        }
+    }
+}
+
+/// How the image bytes reach Prism Central.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageSource {
+    /// vmscan streams the file: `PUT /api/nutanix/v3/images/{uuid}/file`
+    /// (v3 only: v4 has no endpoint that takes an image's bytes).
     Upload,
     /// Prism pulls it from vmscan (`source_uri`): `GET {image_url_base}/api/v1/jobs/{id}/image`.
     Url,
@@ -21,6 +42,8 @@ pub enum ImageSource {
 pub struct NutanixConfig {
     /// `https://prism-central.example.com:9440`
     pub url: String,
+    /// `"v4"` (default) or `"v3"` for a Prism Central without the v4 APIs.
+    pub api_version: ApiVersion,
     pub username: String,
     /// Secret: `VMSCAN_CLUSTER__NUTANIX__<NAME>__PASSWORD`.
     #[serde(skip_serializing)]
@@ -33,7 +56,8 @@ pub struct NutanixConfig {
     pub cluster_name: String,
     /// The subnet the scan VM's NIC joins, by name (`subnets/list`).
     pub subnet_name: String,
-    pub image_source: ImageSource,
+    /// Unset: `url` with `api_version = "v4"` (its only way), `upload` with v3.
+    pub image_source: Option<ImageSource>,
     /// With `image_source = "url"`: vmscan's address as Prism Central reaches
     /// it, e.g. `http://vmscan.example.com:8080`.
     pub image_url_base: String,
@@ -78,13 +102,14 @@ impl Default for NutanixConfig {
     fn default() -> Self {
         NutanixConfig {
             url: String::new(),
+            api_version: ApiVersion::V4,
             username: String::new(),
             password: None,
             verify_tls: true,
             ca_bundle: None,
             cluster_name: String::new(),
             subnet_name: String::new(),
-            image_source: ImageSource::Upload,
+            image_source: None,
             image_url_base: String::new(),
             image_key_secret: None,
             ssh_port: 22,
@@ -102,5 +127,64 @@ impl Default for NutanixConfig {
             disk_size_mib: 0,
             sysprep_unattend_xml: String::new(),
         }
+    }
+}
+
+impl NutanixConfig {
+    /// Where Prism Central pulls the job's image from vmscan. The key proves
+    /// to vmscan that the pull is for this job (the route has no login:
+    /// Prism Central sends no credentials).
+    pub fn pull_url(&self, job: crate::domain::JobId) -> String {
+        let key = self
+            .image_key_secret
+            .as_ref()
+            .map(|s| {
+                crate::identity::secret::image_key(
+                    secrecy::ExposeSecret::expose_secret(s),
+                    &job.to_string(),
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "{}/api/v1/jobs/{}/image?key={key}",
+            self.image_url_base.trim_end_matches('/'),
+            job.as_uuid()
+        )
+    }
+
+    /// The image source in effect: the configured one, else the API's own.
+    pub fn image_source(&self) -> ImageSource {
+        self.image_source.unwrap_or(match self.api_version {
+            ApiVersion::V4 => ImageSource::Url,
+            ApiVersion::V3 => ImageSource::Upload,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_version_defaults_to_v4_pulling_by_url_and_v3_stays_selectable() {
+        let v4: NutanixConfig = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(
+            (v4.api_version, v4.image_source()),
+            (ApiVersion::V4, ImageSource::Url)
+        );
+        let v3: NutanixConfig =
+            serde_json::from_value(serde_json::json!({"api_version": "v3"})).unwrap();
+        assert_eq!(
+            (v3.api_version, v3.image_source()),
+            (ApiVersion::V3, ImageSource::Upload)
+        );
+        let pull: NutanixConfig =
+            serde_json::from_value(serde_json::json!({"api_version": "v3", "image_source": "url"}))
+                .unwrap();
+        assert_eq!(pull.image_source(), ImageSource::Url);
+        let err = serde_json::from_value::<NutanixConfig>(serde_json::json!({"api_version": "v5"}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("v4") && err.contains("v3"), "{err}");
     }
 }

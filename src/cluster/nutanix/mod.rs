@@ -1,4 +1,5 @@
-//! Nutanix Prism Central v3: images are uploaded (streamed) into the image
+//! Nutanix Prism Central. `api_version = "v4"` (the default) is the
+//! [`v4`] provider; this module is the legacy v3 one: images are uploaded (streamed) into the image
 //! service, VMs are cloned from them with cloud-init (or sysprep) guest
 //! customization, and every mutation is an asynchronous task polled to its
 //! end. Everything vmscan creates carries the job id in its name and
@@ -9,6 +10,7 @@ mod config;
 mod upload;
 pub mod v4;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -17,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
 pub use client::{PrismClient, PrismError};
-pub use config::{ImageSource, NutanixConfig};
+pub use config::{ApiVersion, ImageSource, NutanixConfig};
 
 use super::{
     image_name, job_of_name, probe, ClusterError, ClusterImage, ClusterProvider, ClusterVm,
@@ -28,6 +30,115 @@ use crate::domain::{JobId, OsFamily};
 /// The registry name of the configured Prism Central `name`.
 pub fn provider_name(name: &str) -> String {
     format!("nutanix:{name}")
+}
+
+/// The provider for `[cluster.nutanix.NAME]`, by its `api_version`.
+pub fn provider(name: &str, cfg: NutanixConfig) -> Result<Arc<dyn ClusterProvider>, ClusterError> {
+    Ok(match cfg.api_version {
+        ApiVersion::V4 => Arc::new(v4::V4Provider::new(name, cfg)?),
+        ApiVersion::V3 => Arc::new(NutanixProvider::new(name, cfg)?),
+    })
+}
+
+/// The settings both API versions need.
+fn check_config(label: &str, cfg: &NutanixConfig) -> Result<(), ClusterError> {
+    if cfg.cluster_name.is_empty() || cfg.subnet_name.is_empty() {
+        return Err(ClusterError::Local(format!(
+            "{label}: cluster_name and subnet_name must be set"
+        )));
+    }
+    if cfg.api_version == ApiVersion::V4 && cfg.image_source() == ImageSource::Upload {
+        return Err(ClusterError::Local(format!(
+            "{label}: api_version = \"v4\" has no endpoint that takes an image's bytes: use image_source = \"url\" (with image_url_base), or api_version = \"v3\" to upload"
+        )));
+    }
+    if cfg.image_source() == ImageSource::Url && url::Url::parse(&cfg.image_url_base).is_err() {
+        return Err(ClusterError::Local(format!(
+            "{label}: image_source = \"url\" (the {} default) needs image_url_base, vmscan's address as Prism Central reaches it (got {:?})",
+            cfg.api_version.as_str(),
+            cfg.image_url_base
+        )));
+    }
+    Ok(())
+}
+
+/// A VM's guest customization, as both API versions send it (base64).
+enum Customization {
+    CloudInit { user_data: String },
+    Sysprep { unattend_xml: String },
+}
+
+/// cloud-init user-data for Linux; for Windows the configured answer file
+/// with the hostname and the job's own password, or nothing.
+fn customization(cfg: &NutanixConfig, spec: &VmSpec) -> Option<Customization> {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    match spec.os {
+        OsFamily::Linux => Some(Customization::CloudInit {
+            user_data: b64(&spec.user_data),
+        }),
+        OsFamily::Windows if !cfg.sysprep_unattend_xml.trim().is_empty() => {
+            let password = spec
+                .admin_password
+                .as_ref()
+                .map(|p| xml_escape(secrecy::ExposeSecret::expose_secret(p)))
+                .unwrap_or_default();
+            let xml = cfg
+                .sysprep_unattend_xml
+                .replace("{hostname}", &spec.hostname)
+                .replace("{admin_password}", &password);
+            Some(Customization::Sysprep {
+                unattend_xml: b64(&xml),
+            })
+        }
+        OsFamily::Windows => None,
+    }
+}
+
+/// The facts a created VM shows on the job page (both API versions).
+fn vm_detail(cfg: &NutanixConfig, spec: &VmSpec) -> Value {
+    json!({
+        "prism_central": cfg.url,
+        "api_version": cfg.api_version.as_str(),
+        "cluster": cfg.cluster_name,
+        "subnet": cfg.subnet_name,
+        "os": spec.os.as_str(),
+        // Sysprep sets the job's own password only where the answer file asks for it.
+        "admin_password_set": spec.os == OsFamily::Windows
+            && spec.admin_password.is_some()
+            && cfg.sysprep_unattend_xml.contains("{admin_password}"),
+    })
+}
+
+/// Once the VM has an address: waits until its remote shell answers (an
+/// SSH banner, or WinRM's port accepts) and returns it ready.
+async fn shell_ready(
+    cfg: &NutanixConfig,
+    vm: &ClusterVm,
+    ip: String,
+    deadlines: &Deadlines,
+    poll: Duration,
+) -> Result<ClusterVm, ClusterError> {
+    let windows = vm.detail.get("os").and_then(Value::as_str) == Some("windows");
+    let port = if windows {
+        cfg.winrm_port
+    } else {
+        cfg.ssh_port
+    };
+    let poll = poll.min(Duration::from_secs(2));
+    let banner = probe::wait_for_shell(&ip, port, windows, deadlines.port_open, poll)
+        .await
+        .map_err(|what| ClusterError::Deadline {
+            what: what.into(),
+            secs: deadlines.port_open.as_secs(),
+            console_tail: None,
+        })?;
+    let mut ready = vm.clone();
+    ready.detail["address"] = json!(ip);
+    ready.detail["ssh_banner"] = json!(banner);
+    ready.host = Some(ip);
+    ready.port = Some(port);
+    Ok(ready)
 }
 
 /// The description tag that marks an entity as the job's.
@@ -45,17 +156,7 @@ pub struct NutanixProvider {
 impl NutanixProvider {
     pub fn new(name: &str, cfg: NutanixConfig) -> Result<Self, ClusterError> {
         let label = provider_name(name);
-        if cfg.cluster_name.is_empty() || cfg.subnet_name.is_empty() {
-            return Err(ClusterError::Local(format!(
-                "{label}: cluster_name and subnet_name must be set"
-            )));
-        }
-        if cfg.image_source == ImageSource::Url && url::Url::parse(&cfg.image_url_base).is_err() {
-            return Err(ClusterError::Local(format!(
-                "{label}: image_source = \"url\" needs image_url_base, vmscan's address as Prism Central reaches it (got {:?})",
-                cfg.image_url_base
-            )));
-        }
+        check_config(&label, &cfg)?;
         let client =
             PrismClient::new(cfg).map_err(|e| ClusterError::Local(format!("{label}: {e}")))?;
         Ok(NutanixProvider {
@@ -227,8 +328,6 @@ impl NutanixProvider {
     }
 
     fn vm_body(&self, spec: &VmSpec, cluster: &str, subnet: &str) -> Result<Value, ClusterError> {
-        use base64::Engine;
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
         let cfg = &self.client.cfg;
         let mut disk = json!({
             "data_source_reference": {"kind": "image", "uuid": spec.image.id},
@@ -247,25 +346,15 @@ impl NutanixProvider {
             "disk_list": [disk],
             "nic_list": [{"subnet_reference": {"kind": "subnet", "uuid": subnet}}],
         });
-        match spec.os {
-            OsFamily::Linux => {
-                resources["guest_customization"] =
-                    json!({"cloud_init": {"user_data": b64(&spec.user_data)}});
+        match customization(cfg, spec) {
+            Some(Customization::CloudInit { user_data }) => {
+                resources["guest_customization"] = json!({"cloud_init": {"user_data": user_data}});
             }
-            OsFamily::Windows if !cfg.sysprep_unattend_xml.trim().is_empty() => {
-                let password = spec
-                    .admin_password
-                    .as_ref()
-                    .map(|p| xml_escape(secrecy::ExposeSecret::expose_secret(p)))
-                    .unwrap_or_default();
-                let xml = cfg
-                    .sysprep_unattend_xml
-                    .replace("{hostname}", &spec.hostname)
-                    .replace("{admin_password}", &password);
+            Some(Customization::Sysprep { unattend_xml }) => {
                 resources["guest_customization"] =
-                    json!({"sysprep": {"install_type": "PREPARED", "unattend_xml": b64(&xml)}});
+                    json!({"sysprep": {"install_type": "PREPARED", "unattend_xml": unattend_xml}});
             }
-            OsFamily::Windows => {}
+            None => {}
         }
         Ok(json!({
             "api_version": "3.1.0",
@@ -277,13 +366,6 @@ impl NutanixProvider {
                 "resources": resources,
             },
         }))
-    }
-
-    fn shell_port(&self, vm: &ClusterVm) -> u16 {
-        match vm.detail.get("os").and_then(Value::as_str) {
-            Some("windows") => self.client.cfg.winrm_port,
-            _ => self.client.cfg.ssh_port,
-        }
     }
 }
 
@@ -362,16 +444,7 @@ impl ClusterProvider for NutanixProvider {
             name: spec.name.clone(),
             host: None,
             port: None,
-            detail: json!({
-                "prism_central": self.client.cfg.url,
-                "cluster": self.client.cfg.cluster_name,
-                "subnet": self.client.cfg.subnet_name,
-                "os": spec.os.as_str(),
-                // Sysprep sets the job's own password only where the answer file asks for it.
-                "admin_password_set": spec.os == OsFamily::Windows
-                    && spec.admin_password.is_some()
-                    && self.client.cfg.sysprep_unattend_xml.contains("{admin_password}"),
-            }),
+            detail: vm_detail(&self.client.cfg, spec),
         };
         for t in client::task_uuids(&answer) {
             if let Err(e) = self.client.wait_task(&t).await {
@@ -427,19 +500,7 @@ impl ClusterProvider for NutanixProvider {
             }
             tokio::time::sleep(poll).await;
         };
-        // The remote shell answers: an SSH banner, or WinRM's port accepts.
-        let port = self.shell_port(vm);
-        let windows = vm.detail.get("os").and_then(Value::as_str) == Some("windows");
-        let poll = poll.min(Duration::from_secs(2));
-        let banner = probe::wait_for_shell(&ip, port, windows, deadlines.port_open, poll)
-            .await
-            .map_err(|what| deadline(what, deadlines.port_open))?;
-        let mut ready = vm.clone();
-        ready.detail["address"] = json!(ip);
-        ready.detail["ssh_banner"] = json!(banner);
-        ready.host = Some(ip);
-        ready.port = Some(port);
-        Ok(ready)
+        shell_ready(&self.client.cfg, vm, ip, deadlines, poll).await
     }
 
     async fn console_tail(&self, _vm: &ClusterVm, _max_bytes: usize) -> Option<String> {

@@ -93,25 +93,9 @@ async fn once(
             },
         },
     });
-    let pull = cfg.image_source == ImageSource::Url;
+    let pull = cfg.image_source() == ImageSource::Url;
     if pull {
-        let base = cfg.image_url_base.trim_end_matches('/');
-        // The key proves to vmscan that the pull is for this job (the route
-        // has no login: Prism Central sends no credentials).
-        let key = cfg
-            .image_key_secret
-            .as_ref()
-            .map(|s| {
-                crate::identity::secret::image_key(
-                    secrecy::ExposeSecret::expose_secret(s),
-                    &job.to_string(),
-                )
-            })
-            .unwrap_or_default();
-        body["spec"]["resources"]["source_uri"] = json!(format!(
-            "{base}/api/v1/jobs/{}/image?key={key}",
-            job.as_uuid()
-        ));
+        body["spec"]["resources"]["source_uri"] = json!(cfg.pull_url(job));
     }
     let answer = p.client.call(Method::POST, "/images", Some(&body)).await?;
     let uuid = answer
@@ -189,7 +173,7 @@ async fn once(
 }
 
 /// Big images may take long: the base plus one second per `upload_min_bytes_per_sec`.
-fn upload_timeout(cfg: &NutanixConfig, size: u64) -> Duration {
+pub(super) fn upload_timeout(cfg: &NutanixConfig, size: u64) -> Duration {
     Duration::from_secs(cfg.upload_base_secs + size / cfg.upload_min_bytes_per_sec.max(1))
 }
 

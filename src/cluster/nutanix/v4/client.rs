@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, ETAG, IF_MATCH};
 use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 use super::super::client::{describe, PrismClient};
@@ -124,19 +126,56 @@ impl V4Client {
             .data)
     }
 
+    /// `GET path` as a typed entity, with its ETag.
+    pub async fn get_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<(T, Option<String>), V4Error> {
+        let read = self.get(path).await?;
+        Ok((typed(path, read.data)?, read.etag))
+    }
+
+    /// Every item of a list, typed.
+    pub async fn list_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        filter: Option<&str>,
+    ) -> Result<Vec<T>, V4Error> {
+        self.list_all(path, filter)
+            .await?
+            .into_iter()
+            .map(|v| typed(path, v))
+            .collect()
+    }
+
+    /// `POST path` (an asynchronous create) under one fresh idempotency key,
+    /// which every transport retry repeats: a create whose answer was lost
+    /// is answered again, never made twice. Returns the task's extId.
+    pub async fn create<B: Serialize>(&self, path: &str, body: &B) -> Result<String, V4Error> {
+        let body = serde_json::to_value(body)
+            .map_err(|e| V4Error::Protocol(format!("POST {path}: {e}")))?;
+        let data = self
+            .write(Method::POST, path, Some(&body), None, &new_request_id())
+            .await?;
+        task_reference(path, data)
+    }
+
     /// A write that needs the entity's ETag: read it, write with `If-Match`;
-    /// a 412 (changed since) or 428 (missing) reads again and retries. One
-    /// request id covers the retries: it is one logical change.
+    /// a 412 (changed since) or 428 (missing) reads again and retries.
+    /// Transport retries repeat the request id; a retry after a 412 takes a
+    /// new one, since the refused write did nothing (and a server that
+    /// replays answers by request id would otherwise answer 412 again).
+    /// Returns the task's extId.
     pub async fn write_conditional(
         &self,
         method: Method,
         entity: &str,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<Value, V4Error> {
-        let request_id = new_request_id();
+    ) -> Result<String, V4Error> {
         let mut tries = 0;
         loop {
+            let request_id = new_request_id();
             let etag = self.get(entity).await?.etag;
             match self
                 .write(method.clone(), path, body, etag.as_deref(), &request_id)
@@ -150,7 +189,7 @@ impl V4Client {
                     tries += 1;
                     tracing::info!(%path, tries, "the entity changed since it was read; reading it again");
                 }
-                other => return other,
+                other => return task_reference(path, other?),
             }
         }
     }
@@ -294,6 +333,23 @@ impl V4Client {
         })?;
         Ok((env, etag))
     }
+}
+
+fn typed<T: DeserializeOwned>(path: &str, v: Value) -> Result<T, V4Error> {
+    serde_json::from_value(v).map_err(|e| {
+        V4Error::Protocol(format!(
+            "{}: unexpected answer: {e}",
+            path.split('?').next().unwrap_or(path)
+        ))
+    })
+}
+
+/// The task a mutation started: `data` is a `prism.v4.config.TaskReference`.
+pub(super) fn task_reference(path: &str, data: Value) -> Result<String, V4Error> {
+    data.get("extId")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| V4Error::Protocol(format!("{path}: the answer names no task (data.extId)")))
 }
 
 /// A fresh idempotency key for one logical write.

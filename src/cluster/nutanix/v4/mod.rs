@@ -1,10 +1,16 @@
 //! Prism Central v4 (the APIs Nutanix now recommends; v3 is legacy): the
-//! HTTP client with ETag/If-Match and idempotency keys, and task polling.
+//! HTTP client with ETag/If-Match and idempotency keys, task polling, and
+//! the cluster provider on clustermgmt, networking, vmm and prism.
 
 mod client;
+mod images;
+mod infra;
+mod provider;
 mod tasks;
+mod vms;
 
 pub use client::{app_message, error_message, new_request_id, odata_str, Read, V4Client};
+pub use provider::V4Provider;
 pub use tasks::{entity_of, Task, TaskStatus};
 
 use reqwest::{Method, StatusCode};
@@ -44,6 +50,10 @@ pub enum V4Error {
     },
     #[error("{0}")]
     Protocol(String),
+    /// A cluster, subnet or category named in the configuration is not there
+    /// (or not once).
+    #[error("{0}")]
+    Missing(String),
     #[error("configuration: {0}")]
     Config(String),
 }
