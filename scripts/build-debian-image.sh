@@ -107,6 +107,8 @@ cat >"$TMP/customize.sh" <<EOF
 #!/bin/sh
 set -eu
 R=\$1
+case \$R in /?*) ;; *) echo "customize: bad root '\$R'" >&2; exit 1 ;; esac
+[ "\$R" != / ] && [ -d "\$R/etc/apt" ] || { echo "customize: '\$R' is not the new root" >&2; exit 1; }
 UUID=$UUID
 HARDENED='$HARDENED'
 EOF
@@ -202,13 +204,20 @@ PKGS=linux-image-cloud-amd64,systemd-sysv,dbus,libpam-systemd,openssh-server,ope
 PKGS+=,cloud-init,cloud-guest-utils,sudo,ifupdown,isc-dhcp-client,netbase,locales,grub-pc-bin
 PKGS+=,initramfs-tools,curl,wget,ca-certificates,procps,less,python3
 log "mmdebstrap bookworm (variant important + cloud packages)"
+# mmdebstrap installs no Recommends (its 00mmdebstrap, removed at the end).
+# Its own list cleanup runs `apt-get update` with no sources; the host's
+# lists were found emptied after a build that let it, so the hook removes
+# the chroot's lists itself and that step is skipped.
+HOST_LISTS=$(ls /var/lib/apt/lists | wc -l)
 mmdebstrap --mode=root --variant=important --components=main \
-  --aptopt='APT::Install-Recommends "false"' \
+  --skip=cleanup/apt/lists \
   --include="$PKGS" \
   --customize-hook="\"$TMP/customize.sh\" \"\$1\"" \
   bookworm "$ROOTFS" \
   "deb $MIRROR bookworm main" "deb $MIRROR bookworm-updates main" \
   "deb $SECURITY_MIRROR bookworm-security main" >&2
+[ "$(ls /var/lib/apt/lists | wc -l)" -ge "$HOST_LISTS" ] ||
+  log "WARNING: the host's /var/lib/apt/lists lost files during mmdebstrap (run apt-get update)"
 KVER=$(basename "$(readlink "$ROOTFS/vmlinuz")" | sed 's/^vmlinuz-//')
 log "root file system: $(du -sh --one-file-system "$ROOTFS" | cut -f1), kernel $KVER, $(wc -l <"$TMP/packages.txt") packages"
 

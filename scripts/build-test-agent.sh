@@ -5,9 +5,9 @@
 # package, named as Flexera names theirs (managesoft_<ver>_amd64.deb,
 # ../shared/reference/flexera.md §1a "Packages"), from the files in
 # tests/fixtures/managesoft/ (programs, systemd units, maintainer scripts;
-# each behaviour there cites flexera.md). Also builds the RPM
-# (managesoft-<ver>-1.x86_64.rpm) when rpmbuild is installed, or fails when
-# RPM=1 and it is not.
+# each behaviour there cites flexera.md). With RPM=1 it also builds the RPM
+# (managesoft-<ver>-1.x86_64.rpm, Flexera's name, flexera.md §1a) with
+# rpmbuild (Debian package `rpm`); no fixture image is RPM-based yet.
 #
 # Outputs in OUT_DIR: managesoft_<ver>_amd64.deb [, managesoft-<ver>-1.x86_64.rpm],
 #   .stamp (hash of this script and the package files). A warm call (stamp
@@ -27,7 +27,7 @@ DEB=managesoft_${VERSION}_amd64.deb
 RPMF=managesoft-${VERSION}-1.x86_64.rpm
 
 STAMP_WANT=$( { cat "$0"; (cd "$SRC" && find . -type f | LC_ALL=C sort | xargs sha256sum);
-  echo "VERSION=$VERSION RPM=${RPM:-}"; command -v rpmbuild || true; } | sha256sum | cut -d' ' -f1)
+  echo "VERSION=$VERSION RPM=${RPM:-}"; } | sha256sum | cut -d' ' -f1)
 mkdir -p "$OUT"
 if [ -z "${FORCE:-}" ] && [ -s "$OUT/$DEB" ] && [ "$(cat "$OUT/.stamp" 2>/dev/null)" = "$STAMP_WANT" ]; then
   echo "test agent up to date in $OUT" >&2
@@ -57,7 +57,8 @@ dpkg-deb --root-owner-group -Zxz --build "$P" "$TMP/$DEB" >/dev/null
 dpkg-deb --info "$TMP/$DEB" >/dev/null
 
 # ------------------------------------------------------------ rpm (optional)
-if command -v rpmbuild >/dev/null 2>&1; then
+if [ -n "${RPM:-}" ]; then
+  command -v rpmbuild >/dev/null 2>&1 || { echo "$0: RPM=1 needs rpmbuild (apt-get install rpm)" >&2; exit 1; }
   R=$TMP/rpm
   mkdir -p "$R"/{BUILD,RPMS,SOURCES,SPECS,SRPMS}
   # The same tree and maintainer scripts; rpm calls %post with 1 on install,
@@ -94,9 +95,6 @@ if command -v rpmbuild >/dev/null 2>&1; then
   } >"$R/SPECS/managesoft.spec"
   rpmbuild --quiet --define "_topdir $R" -bb "$R/SPECS/managesoft.spec" >/dev/null
   cp "$R/RPMS/x86_64/$RPMF" "$TMP/$RPMF"
-elif [ -n "${RPM:-}" ]; then
-  echo "$0: RPM=1 but rpmbuild is not installed (apt-get install rpm)" >&2
-  exit 1
 fi
 
 rm -f "$OUT"/managesoft_*_amd64.deb "$OUT"/managesoft-*.rpm

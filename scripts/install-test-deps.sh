@@ -172,3 +172,42 @@ deps_test_image() {
     log "test image: $link -> $out"
 }
 timed "test image" deps_test_image
+
+# --- the Debian 12 cloud image (a real systemd/OpenSSH/cloud-init guest,
+# scripts/build-debian-image.sh): built once per version of that script,
+# which embeds all the guest's configuration, into the same cache, and
+# linked as target/debian-image. A cold build takes 4-15 min and ~300 MB
+# from the Debian mirror; a warm call only checks the stamp. The build
+# script works in a temp dir and renames it into place, so an interrupted
+# build is simply redone. VMSCAN_SKIP_DEBIAN_IMAGE=1 skips it (the tests
+# that boot it then fail with the command to run).
+deps_debian_image() {
+    local repo cache hash out link
+    repo=$(cd "$(dirname "$0")/.." && pwd)
+    if [ -n "${VMSCAN_SKIP_DEBIAN_IMAGE:-}" ]; then log "debian image: skipped (VMSCAN_SKIP_DEBIAN_IMAGE)"; return; fi
+    cache=${VMSCAN_CACHE_DIR:-/var/cache/vmscan}
+    hash=$(sha256sum "$repo/scripts/build-debian-image.sh" | cut -c1-16)
+    out=$cache/debian-image-$hash
+    $SUDO mkdir -p "$cache"
+    mkdir -p "$repo/target"
+    if [ ! -s "$out/disk.qcow2" ] || [ ! -s "$out/.stamp" ]; then
+        log "debian image: building $out (4-15 min)"
+    fi
+    $SUDO "$repo/scripts/build-debian-image.sh" "$out"
+    link=$repo/target/debian-image
+    if [ -d "$link" ] && [ ! -L "$link" ]; then rm -rf "$link"; fi
+    ln -sfn "$out" "$link"
+    log "debian image: $link -> $out"
+}
+timed "debian image" deps_debian_image
+
+# --- the test Flexera agent as a real managesoft_<ver>_amd64.deb
+# (scripts/build-test-agent.sh from tests/fixtures/managesoft/). It is part
+# of the repository and builds in a second, so it goes straight into
+# target/test-agent; its stamp skips the build when nothing changed.
+deps_test_agent() {
+    local repo
+    repo=$(cd "$(dirname "$0")/.." && pwd)
+    "$repo/scripts/build-test-agent.sh" "$repo/target/test-agent"
+}
+timed "test agent" deps_test_agent
