@@ -54,13 +54,19 @@ if up_to_date; then echo "debian image up to date in $OUT (built meanwhile)" >&2
 T0=$SECONDS
 log() { printf '[debian-image %4ss] %s\n' "$((SECONDS - T0))" "$*" >&2; }
 
+# Leftovers of a build that was killed outright (the lock says none runs).
+# --one-file-system: never descend into a mount a killed mmdebstrap left.
+for stale in "$OUT".tmp.*; do
+  [ -d "$stale" ] || continue
+  log "removing the leftover $stale"
+  rm -rf --one-file-system "$stale" || log "WARNING: could not remove all of $stale (a mount inside?)"
+done
 TMP=$(mktemp -d "$OUT.tmp.XXXXXX")
+chmod 755 "$TMP"   # apt's _apt user downloads into it
 ROOTFS=$TMP/rootfs
-cleanup() {
-  # --one-file-system: never follow a mount mmdebstrap might have left behind.
-  rm -rf --one-file-system "$TMP"
-}
+cleanup() { rm -rf --one-file-system "$TMP"; }
 trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
 
 # ------------------------------------------------------------ host tools
 need=()
@@ -262,7 +268,6 @@ echo "$STAMP_WANT" >"$TMP/.stamp"
 # Atomic publish: the old copy (if any) goes aside, the new one is renamed in.
 rm -rf --one-file-system "$OUT.old"
 [ -e "$OUT" ] && mv -T "$OUT" "$OUT.old"
-chmod 755 "$TMP"
 mv -T "$TMP" "$OUT"
 rm -rf --one-file-system "$OUT.old"
 trap - EXIT

@@ -155,49 +155,39 @@ timed "openssh-server" deps_sshd
 timed "dropbear-bin" deps_dropbear
 timed "slapd" deps_slapd
 
-# --- the bootable test VM image: built once per version of its script into a
-# cache outside the clone (a fresh clone on a warm machine reuses it), then
-# linked as target/test-image where the tests look.
-deps_test_image() {
-    local repo cache hash out link
+# --- the VM image fixtures: each built once per version of its build script
+# (which embeds everything that shapes the image) into a cache outside the
+# clone (a fresh clone on a warm machine reuses it), then linked as
+# target/NAME where the tests look. The scripts check their own stamp, so a
+# warm call costs a stat.
+cached_image() { # NAME BUILD_SCRIPT [RUNNER]
+    local name=$1 script=$2 runner=${3:-} repo cache hash out link
     repo=$(cd "$(dirname "$0")/.." && pwd)
     cache=${VMSCAN_CACHE_DIR:-/var/cache/vmscan}
-    hash=$(sha256sum "$repo/scripts/build-test-image.sh" | cut -c1-16)
-    out=$cache/test-image-$hash
-    mkdir -p "$cache" "$repo/target"
-    "$repo/scripts/build-test-image.sh" "$out"
-    link=$repo/target/test-image
+    hash=$(sha256sum "$repo/$script" | cut -c1-16)
+    out=$cache/$name-$hash
+    $runner mkdir -p "$cache"
+    mkdir -p "$repo/target"
+    $runner "$repo/$script" "$out"
+    link=$repo/target/$name
     if [ -d "$link" ] && [ ! -L "$link" ]; then rm -rf "$link"; fi
     ln -sfn "$out" "$link"
-    log "test image: $link -> $out"
+    log "$name: $link -> $out"
 }
+
+# The busybox + dropbear test VM (seconds to build and to boot).
+deps_test_image() { cached_image test-image scripts/build-test-image.sh; }
 timed "test image" deps_test_image
 
 # --- the Debian 12 cloud image (a real systemd/OpenSSH/cloud-init guest,
-# scripts/build-debian-image.sh): built once per version of that script,
-# which embeds all the guest's configuration, into the same cache, and
-# linked as target/debian-image. A cold build takes 4-15 min and ~300 MB
-# from the Debian mirror; a warm call only checks the stamp. The build
-# script works in a temp dir and renames it into place, so an interrupted
-# build is simply redone. VMSCAN_SKIP_DEBIAN_IMAGE=1 skips it (the tests
-# that boot it then fail with the command to run).
+# scripts/build-debian-image.sh, which needs root). A cold build takes 4-15
+# min and ~300 MB from the Debian mirror this machine's apt uses; it runs in
+# a temp dir renamed into place, so an interrupted build is simply redone.
+# VMSCAN_SKIP_DEBIAN_IMAGE=1 skips it (the tests that boot it then fail
+# with the command to run).
 deps_debian_image() {
-    local repo cache hash out link
-    repo=$(cd "$(dirname "$0")/.." && pwd)
     if [ -n "${VMSCAN_SKIP_DEBIAN_IMAGE:-}" ]; then log "debian image: skipped (VMSCAN_SKIP_DEBIAN_IMAGE)"; return; fi
-    cache=${VMSCAN_CACHE_DIR:-/var/cache/vmscan}
-    hash=$(sha256sum "$repo/scripts/build-debian-image.sh" | cut -c1-16)
-    out=$cache/debian-image-$hash
-    $SUDO mkdir -p "$cache"
-    mkdir -p "$repo/target"
-    if [ ! -s "$out/disk.qcow2" ] || [ ! -s "$out/.stamp" ]; then
-        log "debian image: building $out (4-15 min)"
-    fi
-    $SUDO "$repo/scripts/build-debian-image.sh" "$out"
-    link=$repo/target/debian-image
-    if [ -d "$link" ] && [ ! -L "$link" ]; then rm -rf "$link"; fi
-    ln -sfn "$out" "$link"
-    log "debian image: $link -> $out"
+    cached_image debian-image scripts/build-debian-image.sh "$SUDO"
 }
 timed "debian image" deps_debian_image
 
