@@ -138,9 +138,12 @@ say "default user debian: key login and sudo ok"
 root_out=$("${SSH[@]}" root@127.0.0.1 'id -u' 2>&1 || true)
 [ "$root_out" != 0 ] || fail "root logged in"
 say "root refused: $(printf '%s' "$root_out" | head -c 90)"
-if ssh -q -p "$SPORT" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes \
-     -o PreferredAuthentications=password,keyboard-interactive -o PubkeyAuthentication=no \
-     "$SEED_USER@127.0.0.1" true 2>/dev/null; then fail "password login was offered"; fi
+# The methods sshd offers after the "none" probe: keys only.
+methods=$( { ssh -v -p "$SPORT" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes \
+  -o PreferredAuthentications=none "$SEED_USER@127.0.0.1" true 2>&1 || true; } |
+  sed -n 's/.*Authentications that can continue: //p' | tr -d '\r' | head -n 1)
+[ "$methods" = publickey ] || fail "sshd offers '$methods', not publickey only"
+say "sshd offers: $methods"
 g 'sudo sshd -T' | grep -Ei '^(permitrootlogin|passwordauthentication) ' >"$W/sshd.txt"
 say "sshd: $(tr '\n' ' ' <"$W/sshd.txt")"
 
@@ -170,6 +173,18 @@ grep -Eq '^\[[A-Z][a-z]{2} [A-Z][a-z]{2} [ 0-9][0-9] [0-9:]{8} [0-9]{4} \(N, 0\)
   fail "log lines not in the agent's format"
 say "beacon received: $(grep '^POST' "$W/beacon.log" | tr '\n' ' ')"
 grep -q "^POST /ManageSoftRL/Inventories/vmscan-try-.*hostname=vmscan-try " "$W/beacon.log" || fail "beacon got no inventory from vmscan-try"
+
+# Upload=false: inventory made, nothing sent (FIA-CommandLine.html, flexera.md §1a).
+posts=$(grep -c '^POST' "$W/beacon.log")
+g 'sudo /opt/managesoft/bin/ndtrack -t Machine -o Upload=false' || fail "ndtrack -o Upload=false"
+[ "$(grep -c '^POST' "$W/beacon.log")" = "$posts" ] || fail "ndtrack -o Upload=false uploaded"
+g 'sudo tail -n 1 /var/opt/managesoft/log/tracker.log' | grep -q 'Upload=false: inventory not uploaded' || fail "no Upload=false line"
+say "ndtrack -o Upload=false: nothing sent"
+# Without the rollout response file the package refuses to configure.
+g 'sudo rm /var/tmp/mgsft_rollout_response'
+if g "sudo dpkg -i /tmp/$(basename "$DEB")" >"$W/dpkg2.txt" 2>&1; then fail "dpkg -i without a response file succeeded"; fi
+grep -q 'rollout response file /var/tmp/mgsft_rollout_response is missing' "$W/dpkg2.txt" || fail "no reason given: $(cat "$W/dpkg2.txt")"
+say "dpkg -i without the response file: refused ($(grep -m1 'managesoft:' "$W/dpkg2.txt"))"
 
 echo
 echo "== timings (s from qemu start): SSH banner $T_BANNER, key login $T_LOGIN, cloud-init done $T_CLOUDINIT"
