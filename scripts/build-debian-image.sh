@@ -79,7 +79,8 @@ if [ ${#need[@]} -gt 0 ]; then
   log "apt-get install ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq --no-install-recommends "${need[@]}" >&2 ||
-    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >&2; }
+    { apt-get update -qq || log "apt-get update reported errors (unreachable extra sources?); trying the install anyway"
+      apt-get install -y -qq --no-install-recommends "${need[@]}" >&2; }
 fi
 
 # ------------------------------------------------------------ mirrors
@@ -211,12 +212,12 @@ PKGS+=,cloud-init,cloud-guest-utils,sudo,ifupdown,isc-dhcp-client,netbase,locale
 PKGS+=,initramfs-tools,curl,wget,ca-certificates,procps,less,python3
 log "mmdebstrap bookworm (variant important + cloud packages)"
 # mmdebstrap installs no Recommends (its 00mmdebstrap, removed at the end).
-# Its own list cleanup runs `apt-get update` with no sources; the host's
-# lists were found emptied after a build that let it, so the hook removes
-# the chroot's lists itself and that step is skipped.
+# Its own apt cleanup runs `apt-get update` with no sources and `apt-get
+# clean`; the host's lists were found emptied after a build that let it, so
+# the hook cleans the chroot's lists and cache itself and both are skipped.
 HOST_LISTS=$(ls /var/lib/apt/lists | wc -l)
 mmdebstrap --mode=root --variant=important --components=main \
-  --skip=cleanup/apt/lists \
+  --skip=cleanup/apt/lists,cleanup/apt/cache \
   --include="$PKGS" \
   --customize-hook="\"$TMP/customize.sh\" \"\$1\"" \
   bookworm "$ROOTFS" \
