@@ -155,20 +155,49 @@ timed "openssh-server" deps_sshd
 timed "dropbear-bin" deps_dropbear
 timed "slapd" deps_slapd
 
-# --- the bootable test VM image: built once per version of its script into a
-# cache outside the clone (a fresh clone on a warm machine reuses it), then
-# linked as target/test-image where the tests look.
-deps_test_image() {
-    local repo cache hash out link
+# --- the VM image fixtures: each built once per version of its build script
+# (which embeds everything that shapes the image) into a cache outside the
+# clone (a fresh clone on a warm machine reuses it), then linked as
+# target/NAME where the tests look. The scripts check their own stamp, so a
+# warm call costs a stat.
+cached_image() { # NAME BUILD_SCRIPT [RUNNER]
+    local name=$1 script=$2 runner=${3:-} repo cache hash out link
     repo=$(cd "$(dirname "$0")/.." && pwd)
     cache=${VMSCAN_CACHE_DIR:-/var/cache/vmscan}
-    hash=$(sha256sum "$repo/scripts/build-test-image.sh" | cut -c1-16)
-    out=$cache/test-image-$hash
-    mkdir -p "$cache" "$repo/target"
-    "$repo/scripts/build-test-image.sh" "$out"
-    link=$repo/target/test-image
+    hash=$(sha256sum "$repo/$script" | cut -c1-16)
+    out=$cache/$name-$hash
+    $runner mkdir -p "$cache"
+    mkdir -p "$repo/target"
+    $runner "$repo/$script" "$out"
+    link=$repo/target/$name
     if [ -d "$link" ] && [ ! -L "$link" ]; then rm -rf "$link"; fi
     ln -sfn "$out" "$link"
-    log "test image: $link -> $out"
+    log "$name: $link -> $out"
 }
+
+# The busybox + dropbear test VM (seconds to build and to boot).
+deps_test_image() { cached_image test-image scripts/build-test-image.sh; }
 timed "test image" deps_test_image
+
+# --- the Debian 12 cloud image (a real systemd/OpenSSH/cloud-init guest,
+# scripts/build-debian-image.sh, which needs root). A cold build takes 4-15
+# min and ~300 MB from the Debian mirror this machine's apt uses; it runs in
+# a temp dir renamed into place, so an interrupted build is simply redone.
+# VMSCAN_SKIP_DEBIAN_IMAGE=1 skips it (the tests that boot it then fail
+# with the command to run).
+deps_debian_image() {
+    if [ -n "${VMSCAN_SKIP_DEBIAN_IMAGE:-}" ]; then log "debian image: skipped (VMSCAN_SKIP_DEBIAN_IMAGE)"; return; fi
+    cached_image debian-image scripts/build-debian-image.sh "$SUDO"
+}
+timed "debian image" deps_debian_image
+
+# --- the test Flexera agent as a real managesoft_<ver>_amd64.deb
+# (scripts/build-test-agent.sh from tests/fixtures/managesoft/). It is part
+# of the repository and builds in a second, so it goes straight into
+# target/test-agent; its stamp skips the build when nothing changed.
+deps_test_agent() {
+    local repo
+    repo=$(cd "$(dirname "$0")/.." && pwd)
+    "$repo/scripts/build-test-agent.sh" "$repo/target/test-agent"
+}
+timed "test agent" deps_test_agent
