@@ -1320,7 +1320,7 @@ fn run_script(guest: &mut Guest, s: &str, cmd: &mut Cmd) -> (String, String, i32
         let state = if guest.dhcp { "Enabled" } else { "Disabled" };
         return (format!("{state}\r\n"), String::new(), 0);
     }
-    if s.trim() == "$env:COMPUTERNAME" {
+    if s.lines().any(|l| l.trim() == "$env:COMPUTERNAME") {
         return (format!("{}\r\n", guest.hostname), String::new(), 0);
     }
     if s.contains("Rename-Computer") {
@@ -1498,7 +1498,7 @@ fn expand_archive(g: &mut Guest, s: &str) -> (String, String, i32) {
         }
         let mut buf = Vec::new();
         std::io::Read::read_to_end(&mut f, &mut buf).unwrap();
-        let path = format!("{dest}\\{}", f.name().replace('/', "\\"));
+        let path = format!("{dest}\\{}", f.name().unwrap().replace('/', "\\"));
         g.put(&path, buf);
     }
     // Get-ChildItem -LiteralPath <folder> -File: "name size" lines.
