@@ -225,6 +225,13 @@ async fn scans_the_fixture_image_from_a_tar_gz_end_to_end() {
         log.contains("QEMU process: seccomp sandbox on; runs as "),
         "{log}"
     );
+    // Which accelerator ran, and under TCG the scaled deadlines.
+    let accel = vm["accel"].as_str().unwrap();
+    assert!(log.contains(&format!("accelerator: {accel}")), "{log}");
+    if accel == "tcg" {
+        assert_eq!(vm["deadline_factor"], 3);
+        assert!(log.contains("login deadlines x3"), "{log}");
+    }
     assert!(
         log.contains("installing managesoft agent"),
         "installer output streamed into the job log"
