@@ -92,15 +92,18 @@ async fn a_service_account_logs_in_with_client_credentials_and_pages_by_skip_tok
     for n in ["vmscan-b1", "vmscan-b2", "vmscan-b3"] {
         fake.add_computer(n);
     }
-    let c = FlexeraOne::new(FlexeraOneConfig {
-        token_url: format!("{}/oidc/token", fake.base()),
-        api_base: fake.base(),
-        org_id: ORG.into(),
-        report_id: REPORT.into(),
-        client_id: CLIENT_ID.into(),
-        client_secret: Some(SecretString::from(CLIENT_SECRET.to_string())),
-        ..FlexeraOneConfig::default()
-    });
+    let service_account = |secret: &str| {
+        FlexeraOne::new(FlexeraOneConfig {
+            token_url: format!("{}/oidc/token", fake.base()),
+            api_base: fake.base(),
+            org_id: ORG.into(),
+            report_id: REPORT.into(),
+            client_id: CLIENT_ID.into(),
+            client_secret: Some(SecretString::from(secret.to_string())),
+            ..FlexeraOneConfig::default()
+        })
+    };
+    let c = service_account(CLIENT_SECRET);
     // "vmscan-b" matches six rows, three pages of two: two skipToken links
     // followed, each double-encoded by the service.
     let hits = c.find_computer("vmscan-b").await.unwrap();
@@ -111,14 +114,10 @@ async fn a_service_account_logs_in_with_client_credentials_and_pages_by_skip_tok
     assert_eq!(fake.grants(), ["client_credentials"], "the token is cached");
     assert!(fake.report_requests() >= 4, "pages were followed");
 
-    let wrong = FlexeraOne::new(FlexeraOneConfig {
-        token_url: format!("{}/oidc/token", fake.base()),
-        api_base: fake.base(),
-        client_id: CLIENT_ID.into(),
-        client_secret: Some(SecretString::from("nope".to_string())),
-        ..FlexeraOneConfig::default()
-    });
-    let e = wrong.find_computer("h").await.unwrap_err();
+    let e = service_account("nope")
+        .find_computer("h")
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("invalid_client"), "{e}");
 }
 

@@ -1612,7 +1612,7 @@ fn msiexec(g: &mut Guest, s: &str) -> (String, String, i32) {
             .find(|f| g.file(f).is_none())
             .map(str::to_string)
     });
-    let exit: u32 = if !msi.as_deref().is_some_and(|m| g.file(m).is_some()) {
+    let exit: u32 = if msi.as_deref().is_none_or(|m| g.file(m).is_none()) {
         1619
     } else if let Some(t) = &missing_transform {
         lines.push(format!(

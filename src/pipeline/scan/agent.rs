@@ -578,24 +578,28 @@ impl AgentInstallStage {
                     .filter(|(_, s)| !s.starts_with("active") && !s.starts_with("running"))
                     .map(|(n, s)| format!("{n}: {s}"))
                     .collect();
-                return Err(AgentError::Services {
-                    not_running: if not_running.is_empty() {
-                        vec![format!(
-                            "the check exited with status {}{}",
-                            out.exit_status,
-                            tail(&out.stderr)
-                        )]
-                    } else {
-                        not_running
-                    },
-                }
-                .into());
+                return Err(services_error(not_running, &out).into());
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 _ = ctx.cancel.cancelled() => return Err(StageError::Cancelled),
             }
         }
+    }
+}
+
+/// The services not running, or when the check named none, how it ended.
+fn services_error(not_running: Vec<String>, out: &CommandOutput) -> AgentError {
+    AgentError::Services {
+        not_running: if not_running.is_empty() {
+            vec![format!(
+                "the check exited with status {}{}",
+                out.exit_status,
+                tail(&out.stderr)
+            )]
+        } else {
+            not_running
+        },
     }
 }
 
@@ -920,18 +924,7 @@ impl AgentInstallStage {
                     .filter(|l| !l.is_empty() && !l.ends_with(": Running"))
                     .map(str::to_string)
                     .collect();
-                return Err(AgentError::Services {
-                    not_running: if not_running.is_empty() {
-                        vec![format!(
-                            "the check exited with status {}{}",
-                            out.exit_status,
-                            tail(&out.stderr)
-                        )]
-                    } else {
-                        not_running
-                    },
-                }
-                .into());
+                return Err(services_error(not_running, &out).into());
             }
             ctx.set_detail(
                 json!({"service_check": "passed", "services": profile.services}),
