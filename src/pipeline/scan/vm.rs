@@ -362,7 +362,9 @@ impl VmCreateStage {
                     .await?
             }
         }
-        let secs = self.login_secs(vm);
+        // A restart is a shutdown and a boot: the port and login deadlines.
+        let secs =
+            (self.env.vm.port_secs + self.env.vm.login_secs) * tcg_factor(&self.env, vm) as u64;
         let deadline = Instant::now() + Duration::from_secs(secs);
         let original = seen.clone();
         let mut seen = seen;
