@@ -141,6 +141,12 @@ if [ ! -e "$SFTPDIR/.done" ]; then
   deb=$(fetch_deb openssh-sftp-server)
   rm -rf "$SFTPDIR"; mkdir -p "$SFTPDIR"; dpkg -x "$deb" "$SFTPDIR"; touch "$SFTPDIR/.done"
 fi
+# Debian's own sudo, so a seed's `sudo: "ALL=(ALL) NOPASSWD:ALL"` user works as on a cloud image
+SUDODIR=$CACHE/sudo
+if [ ! -e "$SUDODIR/.done" ]; then
+  deb=$(fetch_deb sudo)
+  rm -rf "$SUDODIR"; mkdir -p "$SUDODIR"; dpkg -x "$deb" "$SUDODIR"; touch "$SUDODIR/.done"
+fi
 
 # ----------------------------------------------------------- persistent keys
 KEYS=$CACHE/keys; mkdir -p "$KEYS"
@@ -172,6 +178,24 @@ copy_bin "$(command -v dropbearkey)" /usr/bin/dropbearkey
 copy_bin "$SFTPDIR/usr/lib/openssh/sftp-server" /usr/lib/openssh/sftp-server
 ln -s openssh/sftp-server "$R/usr/lib/sftp-server"   # dropbear's compiled-in SFTPSERVER_PATH
 [ -x /usr/bin/scp ] && copy_bin /usr/bin/scp /usr/bin/scp
+# sudo: setuid root (the cpio is packed as 0:0), its plugins, and PAM that
+# permits (NOPASSWD rules never ask; the image has no PAM stack otherwise)
+SUDOLIB=$SUDODIR/usr/libexec/sudo
+LD_LIBRARY_PATH=$SUDOLIB copy_bin "$SUDODIR/usr/bin/sudo" /usr/bin/sudo
+chmod 4755 "$R/usr/bin/sudo"
+mkdir -p "$R/usr/libexec/sudo" "$R/etc/sudoers.d" "$R/etc/pam.d" "$R/lib/x86_64-linux-gnu/security"
+for f in "$SUDOLIB"/libsudo_util.so* "$SUDOLIB"/sudoers.so; do
+  cp -P "$f" "$R/usr/libexec/sudo/"
+  [ -L "$f" ] || LD_LIBRARY_PATH=$SUDOLIB ldd "$f" 2>/dev/null | awk '/=> \//{print $3}' | while read -r lib; do
+    case "$lib" in "$SUDOLIB"/*) continue;; esac
+    [ -e "$R/lib/x86_64-linux-gnu/$(basename "$lib")" ] || cp -L "$lib" "$R/lib/x86_64-linux-gnu/"
+  done
+done
+cp -L "$(ls /lib/x86_64-linux-gnu/security/pam_permit.so /usr/lib/x86_64-linux-gnu/security/pam_permit.so 2>/dev/null | head -1)" "$R/lib/x86_64-linux-gnu/security/"
+printf 'auth required pam_permit.so\naccount required pam_permit.so\npassword required pam_permit.so\nsession required pam_permit.so\n' > "$R/etc/pam.d/sudo"
+cp "$R/etc/pam.d/sudo" "$R/etc/pam.d/other"
+printf 'Defaults env_reset\nDefaults secure_path="/usr/sbin:/usr/bin:/sbin:/bin"\nroot ALL=(ALL:ALL) ALL\n@includedir /etc/sudoers.d\n' > "$R/etc/sudoers"
+chmod 0440 "$R/etc/sudoers"; chmod 0755 "$R/etc/sudoers.d"
 cp "$KEYS"/dropbear_*_host_key "$R/etc/dropbear/"
 
 # kernel modules: wanted list + dependency closure, load order written to /etc/modules.load
@@ -374,7 +398,7 @@ fi
 echo "seed source: ${found:-none}" >> $SLOG
 [ -z "$found" ] && exit 0
 DEF=$(cat /etc/default-user)
-cat $S/meta-data $S/user-data $S/fwkeys 2>/dev/null | awk '
+cat $S/meta-data $S/user-data 2>/dev/null | awk '
 function trim(s) { sub(/^[ \t]+/, "", s); sub(/[ \t\r]+$/, "", s); return s }
 function unq(s) { s = trim(s); if (s ~ /^".*"$/ || s ~ /^\047.*\047$/) s = substr(s, 2, length(s) - 2); return s }
 function shq(s) { gsub(/\047/, "\047\\\047\047", s); return "\047" s "\047" }
@@ -396,6 +420,7 @@ function flow2sh(s,   i, ch, q, cur, out) {   # YAML flow list [a, "b c"] -> she
   if (line ~ /^[A-Za-z_-]+:/) {               # top-level key
     top = line; sub(/:.*/, "", top); val = line; sub(/^[^:]*:[ \t]*/, "", val); user = ""
     if (top == "password") print "PASS\t" unq(val)
+    else if (top == "disable_root") print "DISROOT\t" unq(val)
     else if (top == "hostname" || top == "local-hostname" || top == "fqdn") print "HOST\t" unq(val)
     else if (top == "instance-id") print "IID\t" unq(val)
     next
@@ -404,6 +429,7 @@ function flow2sh(s,   i, ch, q, cur, out) {   # YAML flow list [a, "b c"] -> she
     if (line ~ /^[ \t]*-[ \t]*name:/) { u = line; sub(/^[ \t]*-[ \t]*name:[ \t]*/, "", u); user = unq(u); print "USER\t" user; next }
     if (line ~ /^[ \t]*-[ \t]*default[ \t]*$/) { print "USER\tdefault"; next }
     if (line ~ /^[ \t]*(plain_text_passwd|passwd_plain):/) { p = line; sub(/^[^:]*:[ \t]*/, "", p); print "UPASS\t" user "\t" unq(p); next }
+    if (line ~ /^[ \t]*sudo:/) { p = line; sub(/^[^:]*:[ \t]*/, "", p); print "USUDO\t" user "\t" unq(p); next }
   }
   if ((top == "runcmd" || top == "bootcmd") && line ~ /^[ \t]*-/) {
     c = line; sub(/^[ \t]*-[ \t]*/, "", c)
@@ -412,7 +438,7 @@ function flow2sh(s,   i, ch, q, cur, out) {   # YAML flow list [a, "b c"] -> she
     print "RUN\t" c; next
   }
   if (line ~ /^[ \t]*-[ \t]*["\047]?(ssh-|ecdsa-|sk-)/) {
-    k = line; sub(/^[ \t]*-[ \t]*/, "", k); print "KEY\t" (user == "" ? "root" : user) "\t" unq(k); next
+    k = line; sub(/^[ \t]*-[ \t]*/, "", k); print "KEY\t" (user == "" ? "-" : user) "\t" unq(k); next
   }
 }' > $S/parsed
 cat $S/parsed >> $SLOG
@@ -438,10 +464,14 @@ setpw() { # user password [hash]   (sha512-crypt is slow under TCG: reuse a hash
   u=$1; [ "$u" = default ] && u=$DEF; ensure_user "$u" >/dev/null
   hash=${3:-$(mkpasswd -m sha512 "$2")} && sed -i "s|^$u:[^:]*:|$u:$hash:|" /etc/shadow; }
 TAB=$(printf '\t')
-: > $S/runcmd.sh
+: > $S/runcmd.sh; : > $S/rootkeys; ROOTOK=
+# As cloud-init: a user's keys are that user's; top-level keys are the
+# default user's, and root's only with `disable_root: false`.
 while IFS="$TAB" read -r kind a b; do
   case "$kind" in
-    KEY)  addkey root "$b"; addkey "$DEF" "$b"; [ "$a" != root ] && addkey "$a" "$b" ;;
+    KEY)  if [ "$a" != - ]; then addkey "$a" "$b"; else addkey "$DEF" "$b"; echo "$b" >> $S/rootkeys; fi ;;
+    DISROOT) [ "$a" = false ] && ROOTOK=1 ;;
+    USUDO) [ -n "$a" ] && [ "$a" != default ] && { ensure_user "$a" >/dev/null; echo "$a $b" >> /etc/sudoers.d/90-cloud-init-users; chmod 0440 /etc/sudoers.d/90-cloud-init-users; } ;;
     USER) ensure_user "$a" >/dev/null ;;
     PASS) pwh=$(mkpasswd -m sha512 "$a"); setpw root "$a" "$pwh"; setpw "$DEF" "$a" "$pwh" ;;
     UPASS) [ -n "$a" ] && setpw "$a" "$b" ;;
@@ -449,6 +479,9 @@ while IFS="$TAB" read -r kind a b; do
     RUN)  echo "$a" >> $S/runcmd.sh ;;
   esac
 done < $S/parsed
+if [ -n "$ROOTOK" ]; then while read -r k; do addkey root "$k"; done < $S/rootkeys; fi
+# fw_cfg keys (this image's own test hook, not cloud-init): root's and the default user's
+[ -s $S/fwkeys ] && sed 's/^- //' $S/fwkeys | while read -r k; do addkey root "$k"; addkey "$DEF" "$k"; done
 echo "seed-config done $(cut -d' ' -f1 /proc/uptime)" >> $SLOG
 EOF
 chmod 755 "$R/etc/init.d/rcS" "$R/etc/init.d/rcK" "$R/usr/share/udhcpc/default.script" "$R/sbin/pwrbtn-watch" "$R/sbin/seed-config" "$R/sbin/serial-getty"

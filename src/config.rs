@@ -25,8 +25,9 @@ pub use publish::{
     ArtifactStoreKind, ArtifactoryConfig, LocalStoreConfig, NameRule, PublishConfig,
 };
 pub use scan::{
-    installer_is_url, installer_path, AgentConfig, AgentProfile, InventoryConfig, InventoryKind,
-    VmConfig, WinRmConfig,
+    default_install_command, installer_is_url, installer_path, AgentConfig, AgentProfile,
+    InventoryConfig, InventoryKind, PackageConfig, VmConfig, WinRmConfig, DEB_INSTALL,
+    INSTALL_SUCCESS, LINUX_INVENTORY_COMMAND, RPM_INSTALL, UPLOAD_SUCCESS,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -531,6 +532,8 @@ impl Config {
         }
         self.notify.validate()?;
         self.auth.validate()?;
+        self.agent.check().map_err(ConfigError::Invalid)?;
+        self.vm.check().map_err(ConfigError::Invalid)?;
         for name in self
             .cluster
             .nutanix

@@ -47,12 +47,7 @@ fn agent_profile(flexera: &FakeFlexera, mode: &str) -> AgentProfile {
         upload_url: format!("http://127.0.0.1:{}/ManageSoftRL/", flexera.addr.port()),
         download_url: format!("http://127.0.0.1:{}/ManageSoftDL/", flexera.addr.port()),
         install_command: format!("AGENT_MODE={mode} sh {{installer}}"),
-        service_check: "kill -0 \"$(cat /var/run/ndtask.pid)\"".into(),
-        required_patterns: vec![
-            "Program exited successfully".into(),
-            "Upload successful".into(),
-        ],
-        upload_confirmed_pattern: "Upload successful".into(),
+        // Services, the inventory trigger and the log patterns: Flexera's defaults.
         log_timeout_secs: 20,
         log_poll_secs: 2,
         ..AgentProfile::default()
@@ -73,7 +68,9 @@ async fn world(tweak: impl FnOnce(&mut Config, &FakeFlexera)) -> World {
         // as in production; the failure variants below are not retryable.
         c.pipeline.retry_limit = 2;
         c.pipeline.retry_backoff_secs = 1;
+        // The busybox fixture needs far less than a cloud image.
         c.vm.memory_mib = 256;
+        c.vm.cpus = 1;
         c.vm.login_secs = 60;
         c.vm.port_secs = 120;
         c.agent
@@ -162,11 +159,51 @@ async fn scans_the_fixture_image_from_a_tar_gz_end_to_end() {
         "console: {vm}"
     );
     assert!(!vm["os"].as_str().unwrap().is_empty());
+    // The job's own user logged in and became root with sudo.
+    let user = vm["login_user"].as_str().unwrap();
+    assert!(user.starts_with("vmscan-"), "{vm}");
+    let agent = &stage(&done, "agent-install")["detail"];
+    assert_eq!(agent["login_user"], user);
+    assert_eq!(agent["service_manager"], "none (process check)", "{agent}");
+    let services: Vec<String> = agent["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["name"].as_str().unwrap(),
+                s["state"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        services,
+        [
+            "ndtask running (process; no systemd)",
+            "mgsusageag running (process; no systemd)"
+        ]
+    );
+    assert_eq!(
+        agent["inventory_command"],
+        "/opt/managesoft/bin/ndtrack -t Machine"
+    );
+    assert_eq!(agent["inventory_exit_status"], 0);
     let excerpts = stage(&done, "log-check")["detail"]["excerpts"]
         .as_array()
         .unwrap()
         .clone();
-    assert_eq!(excerpts.len(), 2);
+    // Flexera's default success line, written only because ndtrack ran.
+    assert_eq!(excerpts.len(), 1, "{excerpts:?}");
+    assert!(excerpts[0]["line"]
+        .as_str()
+        .unwrap()
+        .ends_with("Upload successful"));
+    assert!(excerpts[0]["line"].as_str().unwrap().starts_with('['));
+    assert_eq!(
+        stage(&done, "log-check")["detail"]["upload_confirmed"],
+        true
+    );
     assert_eq!(stage(&done, "report-check")["detail"]["found"], true);
     let hostname = vm["hostname"].as_str().unwrap();
     // The agent in the VM reported itself (again, if a transient error made the install retry).
@@ -188,9 +225,24 @@ async fn scans_the_fixture_image_from_a_tar_gz_end_to_end() {
         log.contains("QEMU process: seccomp sandbox on; runs as "),
         "{log}"
     );
+    // Which accelerator ran, and under TCG the scaled deadlines.
+    let accel = vm["accel"].as_str().unwrap();
+    assert!(log.contains(&format!("accelerator: {accel}")), "{log}");
+    if accel == "tcg" {
+        assert_eq!(vm["deadline_factor"], 3);
+        assert!(log.contains("login deadlines x3"), "{log}");
+    }
     assert!(
         log.contains("installing managesoft agent"),
         "installer output streamed into the job log"
+    );
+    assert!(
+        log.contains("$ sudo -n sh -c 'AGENT_MODE=ok sh /var/tmp/flexera-test-agent.sh'"),
+        "{log}"
+    );
+    assert!(
+        log.contains("$ sudo -n sh -c '/opt/managesoft/bin/ndtrack -t Machine'"),
+        "{log}"
     );
     assert!(
         log.contains("waiting for inventory"),
@@ -198,7 +250,7 @@ async fn scans_the_fixture_image_from_a_tar_gz_end_to_end() {
     );
     assert_nothing_left(&w, &done);
     let (_, page) = w.app.get_text(&format!("/jobs/{id}")).await;
-    assert!(page.contains("report-check") && page.contains("Program exited successfully"));
+    assert!(page.contains("report-check") && page.contains("Upload successful"));
 }
 
 async fn failing_scan(
@@ -242,7 +294,7 @@ async fn a_missing_log_line_fails_the_log_check() {
     .await;
     assert!(
         err.starts_with(
-            "log-check failed: after 6 s, the agent logs still lack Program exited successfully"
+            "log-check failed: after 6 s, the agent logs still lack Upload successful|Finished uploading inventory"
         ),
         "{err}"
     );
@@ -327,6 +379,10 @@ async fn a_daemon_killed_mid_scan_resumes_and_still_tears_down() {
         ("VMSCAN_WORKER__POLL_INTERVAL_MS", "200".into()),
         ("VMSCAN_PIPELINE__RETRY_LIMIT", "2".into()),
         ("VMSCAN_PIPELINE__RETRY_BACKOFF_SECS", "1".into()),
+        // Root login, the explicit option (the other tests use the job's own user).
+        ("VMSCAN_VM__SSH_USER", "root".into()),
+        ("VMSCAN_VM__MEMORY_MIB", "256".into()),
+        ("VMSCAN_VM__CPUS", "1".into()),
         (
             "VMSCAN_AGENT__PROFILES__LINUX__INSTALLER",
             agent.display().to_string(),

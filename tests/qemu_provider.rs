@@ -202,7 +202,7 @@ async fn boots_the_fixture_answers_ssh_and_leaves_nothing_behind() {
     let (http_port, served) = serve_once(installer_tarball()).await;
     // The guest's network is restricted: the server is its one allowed destination, at 10.0.2.100.
     let user_data = format!(
-        "#cloud-config\nssh_authorized_keys:\n  - {public}\nruncmd:\n  - \
+        "#cloud-config\ndisable_root: false\nssh_authorized_keys:\n  - {public}\nruncmd:\n  - \
          wget -q -O /tmp/agent.tgz http://10.0.2.100:{http_port}/agent.tgz && mkdir -p /tmp/agent && \
          tar -xzf /tmp/agent.tgz -C /tmp/agent && /bin/sh /tmp/agent/install.sh > /dev/ttyS0\n"
     );
@@ -482,7 +482,7 @@ async fn a_hostile_guest_reaches_only_its_allowed_beacon_from_a_sandboxed_unpriv
     let mut s = spec(
         job,
         image.clone(),
-        format!("#cloud-config\nssh_authorized_keys:\n  - {public}\n"),
+        format!("#cloud-config\ndisable_root: false\nssh_authorized_keys:\n  - {public}\n"),
     );
     s.egress = vec![format!("127.0.0.1:{beacon_port}").parse().unwrap()];
     let vm = p.create_vm(&s).await.unwrap();

@@ -552,21 +552,43 @@ const STAGES: [StageName; 6] = [
 ];
 
 const UPLOAD_URL: &str = "http://beacon.example.com/ManageSoftRL/";
+const DOWNLOAD_URL: &str = "http://beacon.example.com/ManageSoftDL/";
 
-fn windows_profile(msi: &Path, dhcp: bool) -> AgentProfile {
+/// The Windows profile: Flexera's bundle, its defaults otherwise (the
+/// beacon is in the bundle's transform).
+fn windows_profile(bundle: &Path, dhcp: bool) -> AgentProfile {
     AgentProfile {
-        installer: msi.display().to_string(),
-        upload_url: UPLOAD_URL.into(),
-        download_url: "http://beacon.example.com/ManageSoftDL/".into(),
+        installer: bundle.display().to_string(),
         switch_to_dhcp: dhcp,
-        required_patterns: vec![
-            "Program exited successfully".into(),
-            "Upload successful".into(),
-        ],
         log_timeout_secs: 5,
         log_poll_secs: 1,
         ..AgentProfile::default()
     }
+}
+
+/// A zip of `files` (name, bytes) at `path`, as Flexera's download is.
+fn write_zip(path: &Path, files: &[(&str, Vec<u8>)]) {
+    use std::io::Write;
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let opts: zip::write::SimpleFileOptions = zip::write::SimpleFileOptions::default();
+    for (name, data) in files {
+        z.start_file(*name, opts).unwrap();
+        z.write_all(data).unwrap();
+    }
+    z.finish().unwrap();
+}
+
+/// Flexera's Windows bundle: MSI, cabinet, the transform carrying the
+/// beacon's bootstrap download location, and the bootstrap schedule.
+fn flexera_bundle(msi: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    let mut mst = vec![0xd0u8, 0xcf, 0x11, 0xe0];
+    mst.extend_from_slice(format!("\0DEPLOYSERVERURL\0{DOWNLOAD_URL}\0").as_bytes());
+    vec![
+        ("FlexNet Inventory Agent.msi", msi.to_vec()),
+        ("Data1.cab", vec![0x4d, 0x53, 0x43, 0x46, 1, 2, 3]),
+        ("InstallFlexNetInvAgent.mst", mst),
+        ("Bootstrap Machine Schedule.nds", b"schedule".to_vec()),
+    ]
 }
 
 struct Scan {
@@ -589,9 +611,9 @@ async fn scan_world(tweak: impl Fn(&mut Config, &Path) + Send + Sync + 'static) 
     let root = tmp.path().to_path_buf();
     let image = root.join("win2022.raw");
     std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
-    let msi_path = root.join("FlexNet Inventory Agent.msi");
+    let msi_path = root.join("flexera-agent.zip");
     let msi: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
-    std::fs::write(&msi_path, &msi).unwrap();
+    write_zip(&msi_path, &flexera_bundle(&msi));
     let cluster = Arc::new(WindowsCluster {
         winrm_port: guest.port(),
         calls: Mutex::default(),
@@ -677,12 +699,32 @@ async fn scans_a_windows_template_over_winrm_end_to_end() {
         log.contains("msiexec: MSI (c) (A4:B8) [14:00:10:000]: MainEngineThread is returning 0"),
         "{log}"
     );
+    // Flexera's own command line for its bundle, and no MGSFT_* keys.
+    let dir = r"C:\Windows\Temp\vmscan\agent";
+    let args = agent_detail_args(&done);
+    assert_eq!(
+        args,
+        format!(
+            r#"/i "{dir}\FlexNet Inventory Agent.msi" TRANSFORMS="{dir}\InstallFlexNetInvAgent.mst" GENERATEINVENTORY=YES APPLYPOLICY=YES BOOTSTRAPSCHEDULE="Bootstrap Machine Schedule" REBOOT=ReallySuppress /l*v "C:\Windows\Temp\vmscan\msiexec.log" /qn"#
+        )
+    );
+    assert!(!log.contains("MGSFT_"), "{log}");
+    // The computer name: 15 characters at most, set before the install, and
+    // the one the agent reported to the beacon from the transform.
+    let name = vm["hostname"].as_str().unwrap().to_string();
+    assert!(name.starts_with("VMS-") && name.len() == 15, "{name}");
     assert!(
         log.contains(&format!(
-            "Adding MGSFT_BOOTSTRAP_UPLOAD property. Its value is '{UPLOAD_URL}'"
+            "computer name is \"WIN-VMSCAN01\", not the job's {name}: renaming and restarting"
         )),
         "{log}"
     );
+    assert_eq!(vm["renamed_from"], "WIN-VMSCAN01");
+    assert_eq!(
+        w.guest.guest().inventory_uploads,
+        [(UPLOAD_URL.to_string(), name.clone())]
+    );
+    assert_eq!(w.guest.guest().restarts, 1);
     assert!(
         log.contains("ndinit: Running") && log.contains("mgssecsvc: Running"),
         "{log}"
@@ -712,9 +754,10 @@ async fn scans_a_windows_template_over_winrm_end_to_end() {
         let g = w.guest.guest();
         assert!(g.dhcp, "the interface was switched to DHCP");
         assert_eq!(
-            g.file(r"C:\Windows\Temp\vmscan\FlexNet Inventory Agent.msi"),
+            g.file(r"C:\Windows\Temp\vmscan\agent\FlexNet Inventory Agent.msi"),
             Some(&w.msi)
         );
+        assert!(g.file(r"C:\Windows\Temp\vmscan\agent\Data1.cab").is_some());
         let dhcp_at = g
             .ran
             .iter()
@@ -982,10 +1025,181 @@ async fn a_stopped_agent_service_fails_agent_install() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forbidden_pattern_in_the_agent_logs_fails_log_check() {
+async fn a_retried_beacon_error_does_not_fail_log_check_by_default() {
     let w = scan_world(|_, _| {}).await;
+    // Agents log beacon errors and retry by design: no blanket "error" pattern.
     w.guest.guest().tracker_extra =
-        "[11/23/2026 14:00:22 (N, 0)] {2345} ERROR: Upload to beacon failed\r\n".into();
+        "[Mon Nov 23 14:00:22 2026 (N, 0)] {2345} ERROR: Policy download from beacon failed; will retry\r\n".into();
+    let (done, log) = w.run_windows_job().await;
+    assert_eq!(done["state"], "succeeded", "{done:#}\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_without_beacon_settings_is_refused_before_the_upload() {
+    let w = scan_world(|c, root| {
+        let zip = root.join("bare.zip");
+        write_zip(
+            &zip,
+            &[
+                ("FlexNet Inventory Agent.msi", vec![1; 100]),
+                ("Data1.cab", vec![2; 10]),
+            ],
+        );
+        c.agent.profiles.get_mut("windows").unwrap().installer = zip.display().to_string();
+    })
+    .await;
+    let (done, log) = w.run_windows_job().await;
+    assert_eq!(done["state"], "failed", "{done:#}\n{log}");
+    assert_eq!(
+        stage(&done, "agent-install")["error"],
+        "the Windows agent bundle has no beacon settings: add InstallFlexNetInvAgent.mst or mgssetup.ini (Flexera's bootstrap files), or set download_url (DEPLOYSERVERURL)"
+    );
+    assert!(w.guest.guest().msiexec_runs.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mgssetup_ini_or_deployserverurl_name_the_beacon() {
+    // mgssetup.ini beside the MSI, no transform: msiexec gets no TRANSFORMS
+    // and the agent finds its beacon in the ini.
+    let w = scan_world(|c, root| {
+        let zip = root.join("ini.zip");
+        let ini = format!("[Bootstrap]\r\nDownloadLocation={DOWNLOAD_URL}\r\n");
+        write_zip(
+            &zip,
+            &[
+                ("agent/FlexNet Inventory Agent.msi", vec![1; 100]),
+                ("agent/Data1.cab", vec![2; 10]),
+                ("agent/mgssetup.ini", ini.into_bytes()),
+            ],
+        );
+        let p = c.agent.profiles.get_mut("windows").unwrap();
+        p.installer = zip.display().to_string();
+        p.switch_to_dhcp = false;
+    })
+    .await;
+    let (done, log) = w.run_windows_job().await;
+    assert_eq!(done["state"], "succeeded", "{done:#}\n{log}");
+    let args = agent_detail_args(&done);
+    assert!(
+        !args.contains("TRANSFORMS")
+            && args.starts_with(r#"/i "C:\Windows\Temp\vmscan\agent\agent\FlexNet"#),
+        "{args}"
+    );
+    assert_eq!(w.guest.guest().inventory_uploads.len(), 1);
+
+    // A lone MSI with the beacon from download_url as DEPLOYSERVERURL.
+    let w = scan_world(|c, root| {
+        let zip = root.join("msi.zip");
+        write_zip(
+            &zip,
+            &[
+                ("FlexNet Inventory Agent.msi", vec![1; 100]),
+                ("Data1.cab", vec![2; 10]),
+            ],
+        );
+        let p = c.agent.profiles.get_mut("windows").unwrap();
+        p.installer = zip.display().to_string();
+        p.download_url = DOWNLOAD_URL.into();
+        p.switch_to_dhcp = false;
+    })
+    .await;
+    let (done, log) = w.run_windows_job().await;
+    assert_eq!(done["state"], "succeeded", "{done:#}\n{log}");
+    assert!(agent_detail_args(&done).contains(&format!(" DEPLOYSERVERURL=\"{DOWNLOAD_URL}\" ")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_without_its_cabinet_is_refused_on_the_host() {
+    let w = scan_world(|c, root| {
+        let zip = root.join("nocab.zip");
+        write_zip(
+            &zip,
+            &[
+                ("FlexNet Inventory Agent.msi", vec![1; 100]),
+                ("mgssetup.ini", b"x".to_vec()),
+            ],
+        );
+        c.agent.profiles.get_mut("windows").unwrap().installer = zip.display().to_string();
+    })
+    .await;
+    let (done, _log) = w.run_windows_job().await;
+    assert_eq!(
+        stage(&done, "agent-install")["error"],
+        "the Windows agent bundle has no Data1.cab (the MSI's files) beside FlexNet Inventory Agent.msi"
+    );
+}
+
+/// The fake's msiexec fails where Windows Installer would: no cabinet
+/// beside the MSI (error 1311, exit 1603), a transform that is not there
+/// (1624), a package that does not open (1619).
+#[tokio::test]
+async fn the_fake_msiexec_fails_as_windows_installer_does() {
+    let fake = FakeWinRm::start(FakeConfig::default()).await;
+    let shell = WinRmShell::connect(&options(&fake, WinRmAuth::Ntlm))
+        .await
+        .unwrap();
+    let run = |args: &str| {
+        format!(
+            "$p = Start-Process -FilePath 'msiexec.exe' -ArgumentList {} -Wait -PassThru\nexit $p.ExitCode",
+            ps_quote(args)
+        )
+    };
+    let ps = |script: String| {
+        let shell = &shell;
+        async move {
+            shell
+                .run(&powershell_command(&script), T, &|_, _| {})
+                .await
+                .unwrap()
+                .exit_status
+        }
+    };
+    fake.guest()
+        .put(r"C:\a\FlexNet Inventory Agent.msi", vec![1; 10]);
+    let msi = r#"/i "C:\a\FlexNet Inventory Agent.msi" /l*v "C:\a\l.log" /qn"#;
+    assert_eq!(ps(run(msi)).await, 1603);
+    let log = String::from_utf16_lossy(
+        &fake.guest().file(r"C:\a\l.log").unwrap()[2..]
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        log.contains("Error 1311. Source file not found: C:\\a\\Data1.cab"),
+        "{log}"
+    );
+    fake.guest().put(r"C:\a\Data1.cab", vec![1; 10]);
+    let with_mst = format!(r#"{msi} TRANSFORMS="C:\a\missing.mst""#);
+    assert_eq!(ps(run(&with_mst)).await, 1624);
+    assert_eq!(ps(run(r#"/i "C:\a\none.msi" /qn"#)).await, 1619);
+    assert_eq!(ps(run(msi)).await, 0);
+    // Installed without GENERATEINVENTORY: no inventory until the schedule.
+    assert!(fake
+        .guest()
+        .file(r"C:\Windows\Temp\ManageSoft\tracker.log")
+        .is_none());
+    shell.close().await;
+}
+
+fn agent_detail_args(done: &Value) -> String {
+    stage(done, "agent-install")["detail"]["msiexec_args"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_pattern_in_the_agent_logs_fails_log_check() {
+    let w = scan_world(|c, _| {
+        c.agent
+            .profiles
+            .get_mut("windows")
+            .unwrap()
+            .forbidden_patterns = vec!["Upload to beacon failed".into()];
+    })
+    .await;
+    w.guest.guest().tracker_extra =
+        "[Mon Nov 23 14:00:22 2026 (N, 0)] {2345} ERROR: Upload to beacon failed\r\n".into();
     let (done, log) = w.run_windows_job().await;
     assert_eq!(done["state"], "failed", "{done:#}\n{log}");
     assert_eq!(stage(&done, "agent-install")["state"], "succeeded");
@@ -1066,8 +1280,8 @@ async fn a_windows_template_scans_on_nutanix_with_sysprep_and_winrm() {
     let root = tmp.path().to_path_buf();
     let image = root.join("win2022.raw");
     std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
-    let msi_path = root.join("agent.msi");
-    std::fs::write(&msi_path, vec![7u8; 40_000]).unwrap();
+    let msi_path = root.join("agent.zip");
+    write_zip(&msi_path, &flexera_bundle(&[7u8; 40_000]));
     let pc = NutanixConfig {
         url: prism.url(),
         api_version: vmscan::cluster::nutanix::ApiVersion::V3,
@@ -1124,6 +1338,14 @@ async fn a_windows_template_scans_on_nutanix_with_sysprep_and_winrm() {
                     .unwrap()
                     .to_string();
                 g.set_password(&pw);
+                // Sysprep names the computer from the answer file.
+                let name = xml
+                    .split("<ComputerName>")
+                    .nth(1)
+                    .and_then(|t| t.split("</ComputerName>").next())
+                    .unwrap()
+                    .to_string();
+                g.guest().hostname = name;
                 return pw;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1170,6 +1392,17 @@ async fn a_windows_template_scans_on_nutanix_with_sysprep_and_winrm() {
         log.contains("msiexec exited with status 0 (success)"),
         "{log}"
     );
+    // Sysprep set the NetBIOS-sized name: no rename, no restart.
+    assert!(
+        hostname.starts_with("VMS-") && hostname.len() == 15,
+        "{hostname}"
+    );
+    assert!(
+        log.contains(&format!("computer name {hostname}\n"))
+            || log.contains(&format!("computer name {hostname}")),
+        "{log}"
+    );
+    assert_eq!(guest.guest().restarts, 0);
     app.stop().await;
 }
 

@@ -33,6 +33,22 @@ pub fn guest_hostname(job: JobId) -> String {
     format!("vmscan-{}", &s[s.len() - 12..])
 }
 
+/// A Windows guest's computer name: `VMS-` and 11 characters of the job's
+/// random tail. NetBIOS names are at most 15 characters of letters, digits
+/// and hyphens, not all digits; Windows keeps them upper case.
+pub fn windows_computer_name(job: JobId) -> String {
+    let s = job.as_uuid().simple().to_string().to_ascii_uppercase();
+    format!("VMS-{}", &s[s.len() - 11..])
+}
+
+/// The name the guest gets and the inventory will list, by OS family.
+pub fn guest_name(job: JobId, os: OsFamily) -> String {
+    match os {
+        OsFamily::Linux => guest_hostname(job),
+        OsFamily::Windows => windows_computer_name(job),
+    }
+}
+
 pub fn image_name(job: JobId) -> String {
     format!("vmscan-img-{}", job.as_uuid().simple())
 }
@@ -214,6 +230,24 @@ pub async fn delete_object(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn windows_computer_names_fit_netbios() {
+        for _ in 0..200 {
+            let job = crate::domain::JobId::new();
+            let n = super::windows_computer_name(job);
+            assert!(n.len() <= 15, "{n}");
+            assert!(n.starts_with("VMS-"));
+            assert!(n
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-'));
+            assert_eq!(super::guest_name(job, crate::domain::OsFamily::Windows), n);
+            // Two jobs' names differ where their hostnames do.
+            assert!(super::guest_hostname(job)
+                .to_ascii_uppercase()
+                .ends_with(&n[4..]));
+        }
+    }
+
     #[test]
     fn shown_urls_carry_no_credentials() {
         assert_eq!(

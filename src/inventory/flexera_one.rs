@@ -1,5 +1,7 @@
-//! Flexera One: OAuth access token from a refresh token, then the
-//! report-execute API searched by hostname, following relative `nextPage` links.
+//! Flexera One: an OAuth access token (a user's refresh token, or a service
+//! account's client credentials), then the report-execute API searched by
+//! hostname, following `nextPage` links with their `skipToken` normalised as
+//! Flexera's own report client does.
 
 use std::time::{Duration, Instant};
 
@@ -23,10 +25,15 @@ pub struct FlexeraOneConfig {
     pub report_id: String,
     /// The report column holding the computer name.
     pub computer_column: String,
-    /// The refresh token (secret; set it from the environment:
+    /// A user's refresh token (secret; set it from the environment:
     /// VMSCAN_INVENTORY__FLEXERA_ONE__REFRESH_TOKEN).
     #[serde(skip_serializing)]
     pub refresh_token: Option<SecretString>,
+    /// A service account instead (grant_type=client_credentials): its
+    /// client id, and its secret (VMSCAN_INVENTORY__FLEXERA_ONE__CLIENT_SECRET).
+    pub client_id: String,
+    #[serde(skip_serializing)]
+    pub client_secret: Option<SecretString>,
     pub timeout_secs: u64,
     /// Pages followed at most per lookup.
     pub max_pages: usize,
@@ -41,6 +48,8 @@ impl Default for FlexeraOneConfig {
             report_id: String::new(),
             computer_column: "ComputerName".into(),
             refresh_token: None,
+            client_id: String::new(),
+            client_secret: None,
             timeout_secs: 60,
             max_pages: 50,
         }
@@ -76,7 +85,75 @@ const TOKEN_LIFETIME: Duration = Duration::from_secs(55 * 60);
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: Option<String>,
+    #[serde(default, deserialize_with = "seconds")]
     expires_in: Option<u64>,
+}
+
+/// `expires_in` as a number or a string of digits (OAuth servers send both).
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Secs {
+        N(u64),
+        F(f64),
+        S(String),
+    }
+    Ok(match Option::<Secs>::deserialize(d)? {
+        None => None,
+        Some(Secs::N(n)) => Some(n),
+        Some(Secs::F(f)) if f >= 0.0 => Some(f as u64),
+        Some(Secs::F(_)) => None,
+        Some(Secs::S(s)) => s.trim().parse().ok(),
+    })
+}
+
+/// Which OAuth grant the configuration asks for.
+fn grant(cfg: &FlexeraOneConfig) -> Result<Vec<(&'static str, String)>, String> {
+    match (&cfg.client_secret, &cfg.refresh_token) {
+        (Some(secret), _) if !cfg.client_id.is_empty() => Ok(vec![
+            ("grant_type", "client_credentials".into()),
+            ("client_id", cfg.client_id.clone()),
+            ("client_secret", secret.expose_secret().to_string()),
+        ]),
+        (Some(_), _) => Err("a client_secret is configured without its client_id (inventory.flexera_one.client_id)".into()),
+        (None, Some(rt)) => Ok(vec![
+            ("grant_type", "refresh_token".into()),
+            ("refresh_token", rt.expose_secret().to_string()),
+        ]),
+        (None, None) => Err("no credentials configured: a refresh_token, or a service account's client_id and client_secret (inventory.flexera_one)".into()),
+    }
+}
+
+/// A `nextPage` link with its skipToken decoded to the token itself and
+/// encoded once. Flexera's service double-encodes it (`%253D`); Flexera's
+/// own report client (policy_templates schedule_itam_report.pt) decodes
+/// `%3D` and `%253D` back to `=` before sending it as `skipToken`.
+pub fn normalise_next_page(url: &str) -> String {
+    let Ok(mut u) = url::Url::parse(url) else {
+        return url.to_string();
+    };
+    let pairs: Vec<(String, String)> = u
+        .query_pairs()
+        .map(|(k, v)| {
+            let mut v = v.into_owned();
+            if k == "skipToken" {
+                // At most a few rounds: a token is never encoded deeper.
+                for _ in 0..3 {
+                    let once = url::form_urlencoded::parse(format!("x={v}").as_bytes())
+                        .next()
+                        .map(|(_, d)| d.into_owned())
+                        .unwrap_or_default();
+                    if once == v || !v.contains('%') {
+                        break;
+                    }
+                    v = once;
+                }
+            }
+            (k.into_owned(), v)
+        })
+        .collect();
+    u.query_pairs_mut().clear().extend_pairs(pairs);
+    u.to_string()
 }
 
 #[derive(Deserialize)]
@@ -125,21 +202,14 @@ impl FlexeraOne {
                 return Ok(t.clone());
             }
         }
-        let refresh = self
-            .cfg
-            .refresh_token
-            .as_ref()
-            .ok_or_else(|| InventoryError::Token {
-                system: SYSTEM.into(),
-                reason: "no refresh token configured (inventory.flexera_one.refresh_token)".into(),
-            })?;
+        let form = grant(&self.cfg).map_err(|reason| InventoryError::Token {
+            system: SYSTEM.into(),
+            reason,
+        })?;
         let resp = self
             .http
             .post(&self.cfg.token_url)
-            .form(&[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh.expose_secret()),
-            ])
+            .form(&form)
             .send()
             .await
             .map_err(|e| err_connect(&self.cfg.token_url, e))?;
@@ -185,7 +255,7 @@ impl FlexeraOne {
 
     /// `nextPage` is a path on the API host.
     fn next_url(&self, next: &str) -> String {
-        if next.starts_with("http://") || next.starts_with("https://") {
+        let url = if next.starts_with("http://") || next.starts_with("https://") {
             next.to_string()
         } else {
             format!(
@@ -193,7 +263,8 @@ impl FlexeraOne {
                 self.cfg.api_base.trim_end_matches('/'),
                 next.trim_start_matches('/')
             )
-        }
+        };
+        normalise_next_page(&url)
     }
 }
 
@@ -267,5 +338,57 @@ impl InventoryClient for FlexeraOne {
                 _ => return Ok(hits),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_in_is_a_number_or_a_string() {
+        for body in [
+            r#"{"access_token":"a","expires_in":3600}"#,
+            r#"{"access_token":"a","expires_in":"3600"}"#,
+            r#"{"access_token":"a","expires_in":3600.0}"#,
+        ] {
+            let t: TokenResponse = serde_json::from_str(body).unwrap();
+            assert_eq!(t.expires_in, Some(3600), "{body}");
+        }
+        let t: TokenResponse = serde_json::from_str(r#"{"access_token":"a"}"#).unwrap();
+        assert_eq!(t.expires_in, None);
+        let t: TokenResponse =
+            serde_json::from_str(r#"{"access_token":"a","expires_in":"soon"}"#).unwrap();
+        assert_eq!(t.expires_in, None);
+    }
+
+    #[test]
+    fn service_accounts_use_client_credentials() {
+        let mut c = FlexeraOneConfig {
+            client_id: "svc-1".into(),
+            client_secret: Some(SecretString::from("s3".to_string())),
+            refresh_token: Some(SecretString::from("rt".to_string())),
+            ..FlexeraOneConfig::default()
+        };
+        let g = grant(&c).unwrap();
+        assert_eq!(g[0], ("grant_type", "client_credentials".to_string()));
+        assert_eq!(g[1], ("client_id", "svc-1".to_string()));
+        c.client_secret = None;
+        assert_eq!(grant(&c).unwrap()[0].1, "refresh_token");
+        c.refresh_token = None;
+        assert!(grant(&c).unwrap_err().contains("no credentials"));
+    }
+
+    #[test]
+    fn the_skip_token_is_sent_decoded_once() {
+        let u = normalise_next_page(
+            "https://api.flexera.com/fnms/v1/orgs/1/reports/2/execute?searchText=vm&skipToken=eyJhIjoxfQ%253D%253D",
+        );
+        assert_eq!(
+            u,
+            "https://api.flexera.com/fnms/v1/orgs/1/reports/2/execute?searchText=vm&skipToken=eyJhIjoxfQ%3D%3D"
+        );
+        let plain = "https://h/x?skipToken=abc%3D";
+        assert_eq!(normalise_next_page(plain), plain);
     }
 }

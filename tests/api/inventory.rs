@@ -82,3 +82,88 @@ async fn reports_token_report_and_server_errors_clearly() {
     let e = nowhere.find_computer("h").await.unwrap_err();
     assert!(e.to_string().contains("cannot reach"), "{e}");
 }
+
+#[tokio::test]
+async fn a_service_account_logs_in_with_client_credentials_and_pages_by_skip_token() {
+    use crate::support::flexera::{CLIENT_ID, CLIENT_SECRET};
+    let fake = FakeFlexera::start().await;
+    // expires_in as a string: the client takes either type.
+    fake.expires_in_as_string(true);
+    for n in ["vmscan-b1", "vmscan-b2", "vmscan-b3"] {
+        fake.add_computer(n);
+    }
+    let service_account = |secret: &str| {
+        FlexeraOne::new(FlexeraOneConfig {
+            token_url: format!("{}/oidc/token", fake.base()),
+            api_base: fake.base(),
+            org_id: ORG.into(),
+            report_id: REPORT.into(),
+            client_id: CLIENT_ID.into(),
+            client_secret: Some(SecretString::from(secret.to_string())),
+            ..FlexeraOneConfig::default()
+        })
+    };
+    let c = service_account(CLIENT_SECRET);
+    // "vmscan-b" matches six rows, three pages of two: two skipToken links
+    // followed, each double-encoded by the service.
+    let hits = c.find_computer("vmscan-b").await.unwrap();
+    assert!(hits.is_empty(), "only exact names count");
+    assert_eq!(fake.report_requests(), 3);
+    let hits = c.find_computer("vmscan-b3").await.unwrap();
+    assert_eq!(hits.len(), 2, "{hits:?}");
+    assert_eq!(fake.grants(), ["client_credentials"], "the token is cached");
+    assert!(fake.report_requests() >= 4, "pages were followed");
+
+    let e = service_account("nope")
+        .find_computer("h")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("invalid_client"), "{e}");
+}
+
+#[tokio::test]
+async fn a_skip_token_sent_still_encoded_is_refused() {
+    let fake = FakeFlexera::start().await;
+    for n in ["h1", "h2"] {
+        fake.add_computer(n);
+    }
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(format!("{}/oidc/token", fake.base()))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", REFRESH_TOKEN),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let at = token["access_token"].as_str().unwrap();
+    let first: serde_json::Value = http
+        .get(format!(
+            "{}/fnms/v1/orgs/{ORG}/reports/{REPORT}/execute?searchText=h",
+            fake.base()
+        ))
+        .bearer_auth(at)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let next = first["nextPage"].as_str().unwrap();
+    assert!(
+        next.contains("skipToken=") && next.contains("%253D"),
+        "{next}"
+    );
+    // Followed verbatim, the token arrives as "…%3D": not one the service issued.
+    let verbatim = http
+        .get(format!("{}{next}", fake.base()))
+        .bearer_auth(at)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verbatim.status(), 400);
+}

@@ -1,9 +1,11 @@
-//! A fake Flexera back end, faithful to the contracts in the reference notes:
-//! the beacon the agent uploads inventory to, the OAuth token endpoint
-//! (`POST /oidc/token`, refresh_token grant) and the report-execute API
+//! A fake Flexera back end, faithful to the contracts in the reference notes
+//! (../shared/reference/flexera.md section 2, apis.md 5b): the beacon the
+//! agent uploads inventory to, the OAuth token endpoint (`POST /oidc/token`,
+//! refresh_token grant for users, client_credentials for service accounts;
+//! developer.flexera.com "authentication") and the report-execute API
 //! (`GET /fnms/v1/orgs/{org}/reports/{report}/execute?searchText=`) with
-//! relative `nextPage` links. Uploaded computers appear in the report after
-//! a configurable reconcile delay.
+//! relative `nextPage` links carrying a `skipToken`. Uploaded computers
+//! appear in the report after a configurable reconcile delay.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,6 +23,8 @@ use serde_json::json;
 pub const ORG: &str = "35715";
 pub const REPORT: &str = "351";
 pub const REFRESH_TOKEN: &str = "test-refresh-token";
+pub const CLIENT_ID: &str = "svc-vmscan";
+pub const CLIENT_SECRET: &str = "test-client-secret";
 
 #[derive(Default)]
 struct Inner {
@@ -32,6 +36,11 @@ struct Inner {
     report_requests: usize,
     fail_reports_with: Option<u16>,
     reconcile: Duration,
+    /// Grant types of the token requests, in order.
+    grants: Vec<String>,
+    /// Send `expires_in` as a string: its type is unconfirmed ([U] in
+    /// apis.md 5b), so the client must take a number or a string.
+    expires_in_as_string: bool,
 }
 
 #[derive(Clone)]
@@ -85,6 +94,14 @@ impl FakeFlexera {
         self.inner.lock().unwrap().token_requests
     }
 
+    pub fn grants(&self) -> Vec<String> {
+        self.inner.lock().unwrap().grants.clone()
+    }
+
+    pub fn expires_in_as_string(&self, on: bool) {
+        self.inner.lock().unwrap().expires_in_as_string = on;
+    }
+
     pub fn report_requests(&self) -> usize {
         self.inner.lock().unwrap().report_requests
     }
@@ -100,26 +117,49 @@ type St = Arc<Mutex<Inner>>;
 async fn token(State(st): State<St>, Form(form): Form<HashMap<String, String>>) -> Response {
     let mut s = st.lock().unwrap();
     s.token_requests += 1;
-    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
-        return (
+    let field = |k: &str| form.get(k).map(String::as_str);
+    let grant = field("grant_type").unwrap_or("").to_string();
+    s.grants.push(grant.clone());
+    // RFC 6749 5.2 error codes, as an OAuth server answers them.
+    let refused = |error: &str, description: &str| {
+        (
             StatusCode::BAD_REQUEST,
-            Json(json!({"error": "unsupported_grant_type"})),
+            Json(json!({"error": error, "error_description": description})),
         )
-            .into_response();
-    }
-    if form.get("refresh_token").map(String::as_str) != Some(REFRESH_TOKEN) {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(
-                json!({"error": "invalid_grant", "error_description": "refresh token is invalid"}),
-            ),
-        )
-            .into_response();
+            .into_response()
+    };
+    match grant.as_str() {
+        "refresh_token" if field("refresh_token") == Some(REFRESH_TOKEN) => {}
+        "refresh_token" => return refused("invalid_grant", "refresh token is invalid"),
+        "client_credentials"
+            if field("client_id") == Some(CLIENT_ID)
+                && field("client_secret") == Some(CLIENT_SECRET) => {}
+        "client_credentials" => return refused("invalid_client", "client authentication failed"),
+        _ => return refused("unsupported_grant_type", "grant type not supported"),
     }
     let t = format!("at-{}", uuid::Uuid::now_v7().simple());
     s.tokens.push(t.clone());
-    Json(json!({"access_token": t, "expires_in": 3600, "token_type": "Bearer", "scope": "openid"}))
-        .into_response()
+    // Access tokens last an hour (flexera.md 2, "Auth").
+    let expires_in = if s.expires_in_as_string {
+        json!("3600")
+    } else {
+        json!(3600)
+    };
+    let mut body = json!({"access_token": t, "expires_in": expires_in, "token_type": "Bearer"});
+    if grant == "refresh_token" {
+        body["refresh_token"] = json!(REFRESH_TOKEN);
+    }
+    Json(body).into_response()
+}
+
+/// The skipToken of page `n`: an opaque base64 token, padded with `=`.
+fn skip_token(n: usize) -> String {
+    use base64::Engine;
+    let mut raw = format!("{{\"offset\":{}}}", n * PAGE);
+    while raw.len() % 3 != 1 {
+        raw.push(' ');
+    }
+    base64::engine::general_purpose::STANDARD.encode(raw)
 }
 
 const PAGE: usize = 2;
@@ -165,7 +205,22 @@ async fn execute(
         .cloned()
         .unwrap_or_default()
         .to_lowercase();
-    let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(0);
+    // The service pages with skipToken; the token arrives decoded once, as
+    // Flexera's own client sends it (schedule_itam_report.pt turns %3D and
+    // %253D back into '='). A token still encoded is not a token it issued.
+    let page: usize = match q.get("skipToken") {
+        None => 0,
+        Some(t) => match (1..1000).find(|n| skip_token(*n) == *t) {
+            Some(n) => n,
+            None => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({"message": format!("invalid skipToken {t:?}")})),
+                )
+                    .into_response()
+            }
+        },
+    };
     let now = Instant::now();
     let mut rows: Vec<serde_json::Value> = Vec::new();
     let mut names: Vec<&String> = s
@@ -193,9 +248,11 @@ async fn execute(
     let mut body = json!({"values": values});
     if start + PAGE < rows.len() {
         let q: String = url::form_urlencoded::byte_serialize(search.as_bytes()).collect();
+        // The real nextPage double-encodes the token's '=' as %253D
+        // (flexera.md 2; schedule_itam_report.pt decodes exactly that).
+        let token = skip_token(page + 1).replace('=', "%253D");
         body["nextPage"] = json!(format!(
-            "/fnms/v1/orgs/{org}/reports/{report}/execute?searchText={q}&page={}",
-            page + 1
+            "/fnms/v1/orgs/{org}/reports/{report}/execute?searchText={q}&skipToken={token}"
         ));
     }
     Json(body).into_response()

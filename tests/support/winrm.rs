@@ -5,8 +5,9 @@
 //! answer shapes, and SOAP faults on demand.
 //!
 //! Commands are "run" by recognising the few scripts a scan sends: uploads
-//! over stdin, file reads, Get-NetIPConfiguration, the DHCP switch, msiexec,
-//! Get-Service, the OS caption, and a handful of cmd built-ins. Envelope
+//! over stdin, file reads, Get-NetIPConfiguration, the DHCP switch,
+//! Expand-Archive, msiexec, Get-Service, the computer name, Rename-Computer
+//! with Restart-Computer, the OS caption, and a handful of cmd built-ins. Envelope
 //! shapes follow MS-WSMV and pywinrm's recorded fixtures (pywinrm: MIT
 //! licence, (c) pywinrm contributors).
 #![allow(dead_code)]
@@ -102,6 +103,14 @@ pub struct Guest {
     pub tracker_extra: String,
     /// Services the agent installs.
     pub agent_services: Vec<String>,
+    /// Set by Rename-Computer; Windows takes it on at the next restart.
+    pub pending_name: Option<String>,
+    pub restarts: u32,
+    /// The beacon the installed agent uploaded its first inventory to, and
+    /// the computer name it reported (GENERATEINVENTORY=YES).
+    pub inventory_uploads: Vec<(String, String)>,
+    /// msiexec command lines, as parsed.
+    pub msiexec_runs: Vec<Vec<String>>,
 }
 
 impl Default for Guest {
@@ -122,6 +131,10 @@ impl Default for Guest {
             services_after_install: ServiceState::Running,
             tracker_extra: String::new(),
             agent_services: vec!["ndinit".into(), "mgssecsvc".into()],
+            pending_name: None,
+            restarts: 0,
+            inventory_uploads: Vec::new(),
+            msiexec_runs: Vec::new(),
         }
     }
 }
@@ -1307,6 +1320,15 @@ fn run_script(guest: &mut Guest, s: &str, cmd: &mut Cmd) -> (String, String, i32
         let state = if guest.dhcp { "Enabled" } else { "Disabled" };
         return (format!("{state}\r\n"), String::new(), 0);
     }
+    if s.lines().any(|l| l.trim() == "$env:COMPUTERNAME") {
+        return (format!("{}\r\n", guest.hostname), String::new(), 0);
+    }
+    if s.contains("Rename-Computer") {
+        return rename_computer(guest, s, cmd);
+    }
+    if s.contains("Expand-Archive") {
+        return expand_archive(guest, s);
+    }
     if s.contains("Win32_OperatingSystem") {
         return (format!("{}\r\n", guest.caption), String::new(), 0);
     }
@@ -1411,6 +1433,131 @@ fn msi_args(s: &str) -> Vec<String> {
     out
 }
 
+/// Rename-Computer sets the new name for the next start ("The new name
+/// takes effect after restart", Microsoft's Rename-Computer reference);
+/// Restart-Computer restarts: the connection drops and the name changes.
+/// NetBIOS names longer than 15 characters are refused, as Windows does
+/// (Microsoft: "Naming conventions in Active Directory", NetBIOS names).
+fn rename_computer(g: &mut Guest, s: &str, cmd: &mut Cmd) -> (String, String, i32) {
+    let name = regex::Regex::new(r"-NewName\s+'((?:[^']|'')*)'")
+        .unwrap()
+        .captures(s)
+        .map(|c| c[1].replace("''", "'"))
+        .unwrap_or_default();
+    let valid = !name.is_empty()
+        && name.len() <= 15
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !name.chars().all(|c| c.is_ascii_digit());
+    if !valid {
+        return (
+            String::new(),
+            clixml_error(&format!("Rename-Computer : Skip computer '{}' with new name '{name}' because the new name is not valid. The new computer name might contain invalid characters or be too long.", g.hostname)),
+            1,
+        );
+    }
+    g.pending_name = Some(name.to_ascii_uppercase());
+    if s.contains("Restart-Computer") {
+        g.restarts += 1;
+        if let Some(n) = g.pending_name.take() {
+            g.hostname = n;
+        }
+        cmd.drops_connection = true;
+    }
+    (String::new(), String::new(), 0)
+}
+
+/// Expand-Archive -LiteralPath $zip -DestinationPath $dest: the zip's
+/// entries under $dest, then the listing Get-ChildItem prints.
+fn expand_archive(g: &mut Guest, s: &str) -> (String, String, i32) {
+    let (Some(zip), Some(dest)) = (ps_var(s, "zip"), ps_var(s, "dest")) else {
+        return (String::new(), clixml_error("no $zip/$dest"), 1);
+    };
+    let Some(data) = g.file(&zip).cloned() else {
+        return (
+            String::new(),
+            clixml_error(&format!("Expand-Archive : The path '{zip}' either does not exist or is not a valid file system path.")),
+            1,
+        );
+    };
+    let mut archive = match zip::ZipArchive::new(std::io::Cursor::new(data)) {
+        Ok(a) => a,
+        Err(e) => {
+            return (
+                String::new(),
+                clixml_error(&format!("Expand-Archive : {e}")),
+                1,
+            )
+        }
+    };
+    let prefix = format!("{}\\", norm_path(&dest));
+    g.files.retain(|k, _| !k.starts_with(&prefix));
+    for i in 0..archive.len() {
+        let mut f = archive.by_index(i).unwrap();
+        if f.is_dir() {
+            continue;
+        }
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut buf).unwrap();
+        let path = format!("{dest}\\{}", f.name().unwrap().replace('/', "\\"));
+        g.put(&path, buf);
+    }
+    // Get-ChildItem -LiteralPath <folder> -File: "name size" lines.
+    let listed = regex::Regex::new(r"Get-ChildItem -LiteralPath '((?:[^']|'')*)'")
+        .unwrap()
+        .captures(s)
+        .map(|c| norm_path(&c[1].replace("''", "'")))
+        .unwrap_or_default();
+    let mut out = String::new();
+    for (k, v) in &g.files {
+        if let Some(rest) = k.strip_prefix(&format!("{listed}\\")) {
+            if !rest.contains('\\') {
+                out.push_str(&format!("{rest} {}\r\n", v.len()));
+            }
+        }
+    }
+    (out, String::new(), 0)
+}
+
+/// Where the agent's beacon comes from, as the installed agent would find
+/// it: DEPLOYSERVERURL (a documented MSI property), else the bootstrap
+/// download location in the transform or mgssetup.ini beside the MSI (the
+/// files Flexera ships for it; their exact key names are not confirmed,
+/// so the fake takes the first `…/ManageSoftDL` URL in them). MGSFT_*
+/// properties are not among them: they are the Linux response file's keys.
+fn beacon(g: &Guest, props: &BTreeMap<String, String>, msi_dir: &str) -> Option<String> {
+    if let Some(u) = props.get("DEPLOYSERVERURL") {
+        return Some(u.clone());
+    }
+    let url = regex::Regex::new(r"https?://[^\s\x00]+/ManageSoftDL/?").unwrap();
+    let mut files: Vec<String> = props
+        .get("TRANSFORMS")
+        .map(|t| t.split(';').map(str::to_string).collect())
+        .unwrap_or_default();
+    files.push(format!("{msi_dir}\\mgssetup.ini"));
+    files.iter().find_map(|f| {
+        let data = g.file(f)?;
+        url.find(&String::from_utf8_lossy(data))
+            .map(|m| m.as_str().to_string())
+    })
+}
+
+/// A timestamp as the agent writes it: `[Mon Nov 23 14:00:02 2026 (N, 0)]`.
+fn agent_stamp(secs: u32) -> String {
+    format!("[Mon Nov 23 14:00:{secs:02} 2026 (N, 0)]")
+}
+
+/// msiexec as Windows Installer behaves for Flexera's package:
+/// - the package must open (else 1619, ERROR_INSTALL_PACKAGE_OPEN_FAILED);
+/// - each TRANSFORMS file must exist (else 1624,
+///   ERROR_INSTALL_TRANSFORM_FAILURE);
+/// - the MSI's files are in Data1.cab beside it: without it, error 1311
+///   "Source file not found" and 1603 (Microsoft's Windows Installer error
+///   and MsiExec.exe exit-code references);
+/// - without /qn it would wait for a click (the fake refuses with 1639);
+/// - public properties it does not know (MGSFT_*) are accepted and ignored;
+/// - GENERATEINVENTORY=YES makes the new agent inventory and upload at once,
+///   to the beacon of [`beacon`] (Flexera's install template, flexera.md 1b);
+///   without it no inventory runs until the agent's schedule arrives.
 fn msiexec(g: &mut Guest, s: &str) -> (String, String, i32) {
     let Some(args) = regex::Regex::new(r"-ArgumentList\s+'((?:[^']|'')*)'")
         .unwrap()
@@ -1424,10 +1571,11 @@ fn msiexec(g: &mut Guest, s: &str) -> (String, String, i32) {
         );
     };
     let args = msi_args(&args);
+    g.msiexec_runs.push(args.clone());
     let mut msi = None;
     let mut log = None;
     let mut quiet = false;
-    let mut props = Vec::new();
+    let mut props = BTreeMap::new();
     let mut i = 0;
     while i < args.len() {
         let a = args[i].to_lowercase();
@@ -1439,8 +1587,8 @@ fn msiexec(g: &mut Guest, s: &str) -> (String, String, i32) {
             i += 1;
         } else if a == "/qn" || a == "/quiet" {
             quiet = true;
-        } else if args[i].contains('=') {
-            props.push(args[i].clone());
+        } else if let Some((k, v)) = args[i].split_once('=') {
+            props.insert(k.to_ascii_uppercase(), v.to_string());
         } else {
             return (String::new(), String::new(), 1639);
         }
@@ -1454,12 +1602,31 @@ fn msiexec(g: &mut Guest, s: &str) -> (String, String, i32) {
         "=== Verbose logging started: 11/23/2026  14:00:00  Build type: SHIP UNICODE 5.00.10011.00  Calling process: C:\\Windows\\system32\\msiexec.EXE ===".to_string(),
         format!("MSI (c) (A4:B8) [14:00:00:001]: Command Line: {}", args.join(" ")),
     ];
-    let exit: u32 = match msi.as_deref().map(|m| g.file(m).is_some()) {
-        Some(true) => g.msi_exit,
-        _ => 1619,
+    let msi_dir = msi
+        .as_deref()
+        .and_then(|m| m.rsplit_once('\\'))
+        .map(|(d, _)| d.to_string())
+        .unwrap_or_default();
+    let missing_transform = props.get("TRANSFORMS").and_then(|t| {
+        t.split(';')
+            .find(|f| g.file(f).is_none())
+            .map(str::to_string)
+    });
+    let exit: u32 = if msi.as_deref().is_none_or(|m| g.file(m).is_none()) {
+        1619
+    } else if let Some(t) = &missing_transform {
+        lines.push(format!(
+            "MSI (c) (A4:B8) [14:00:00:040]: Note: 1: 2203 2: {t} 3: -2147287038"
+        ));
+        1624
+    } else if g.file(&format!("{msi_dir}\\Data1.cab")).is_none() {
+        lines.push(format!("MSI (s) (C0:D4) [14:00:04:000]: Product: FlexNet Inventory Agent -- Error 1311. Source file not found: {msi_dir}\\Data1.cab.  Verify that the file exists and that you can access it."));
+        1603
+    } else {
+        g.msi_exit
     };
-    for p in &props {
-        lines.push(format!("MSI (s) (C0:D4) [14:00:01:100]: PROPERTY CHANGE: Adding {} property. Its value is '{}'.", p.split('=').next().unwrap(), p.split_once('=').unwrap().1));
+    for (k, v) in &props {
+        lines.push(format!("MSI (s) (C0:D4) [14:00:01:100]: PROPERTY CHANGE: Adding {k} property. Its value is '{v}'."));
     }
     match exit {
         0 => {
@@ -1468,24 +1635,36 @@ fn msiexec(g: &mut Guest, s: &str) -> (String, String, i32) {
             for svc in g.agent_services.clone() {
                 g.services.insert(svc, g.services_after_install.clone());
             }
-            let mut install = String::from("[11/23/2026 14:00:02 (G, 0)] {1234} Installation started\r\n");
-            for p in &props {
-                install.push_str(&format!("[11/23/2026 14:00:03 (G, 0)] {{1234}} Setting {p}\r\n"));
-            }
-            install.push_str("[11/23/2026 14:00:08 (G, 0)] {1234} Program exited successfully\r\n");
+            let beacon = beacon(g, &props, &msi_dir);
+            let mut install = format!("{} {{1234}} Installation started\r\n", agent_stamp(2));
+            install.push_str(&format!(
+                "{} {{1234}} Bootstrap download location: {}\r\n",
+                agent_stamp(3),
+                beacon.as_deref().unwrap_or("(none)")
+            ));
+            install.push_str(&format!("{} {{1234}} Program exited successfully\r\n", agent_stamp(8)));
             g.put(r"C:\Windows\Temp\ManageSoft\installation.log", install);
-            let upload = props
-                .iter()
-                .find_map(|p| p.strip_prefix("MGSFT_BOOTSTRAP_UPLOAD="))
-                .unwrap_or("(none)")
-                .to_string();
-            let tracker = format!(
-                "[11/23/2026 14:00:10 (N, 0)] {{2345}} Tracker started\r\n[11/23/2026 14:00:20 (N, 0)] {{2345}} Uploading inventory to {upload}\r\n[11/23/2026 14:00:21 (N, 0)] {{2345}} Upload successful\r\n{}",
-                g.tracker_extra
-            );
-            g.put(r"C:\Windows\Temp\ManageSoft\tracker.log", tracker);
+            if props.get("GENERATEINVENTORY").map(String::as_str) == Some("YES") {
+                let name = g.hostname.clone();
+                let mut tracker = format!("{} {{2345}} Tracker started\r\n", agent_stamp(10));
+                match &beacon {
+                    Some(b) => {
+                        let up = b.replace("ManageSoftDL", "ManageSoftRL");
+                        tracker.push_str(&format!("{} {{2345}} Uploading inventory to {up}\r\n", agent_stamp(20)));
+                        tracker.push_str(&format!("{} {{2345}} Upload successful\r\n", agent_stamp(21)));
+                        g.inventory_uploads.push((up, name));
+                    }
+                    None => tracker.push_str(&format!(
+                        "{} {{2345}} No upload location is configured; the inventory stays queued\r\n",
+                        agent_stamp(20)
+                    )),
+                }
+                tracker.push_str(&g.tracker_extra);
+                g.put(r"C:\Windows\Temp\ManageSoft\tracker.log", tracker);
+            }
         }
         1619 => lines.push("MSI (c) (A4:B8) [14:00:00:050]: Note: 1: 1309 2: 5 3: the package. This installation package could not be opened.".into()),
+        1624 => lines.push("MSI (c) (A4:B8) [14:00:00:051]: Error applying transforms.  Verify that the specified transform paths are valid.".into()),
         code => {
             lines.push("CustomAction InstallAgent returned actual error code 1603 (note this may not be 100% accurate if translation happened inside sandbox)".into());
             lines.push("Action ended 14:00:05: InstallFinalize. Return value 3.".into());

@@ -12,16 +12,17 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
+use super::bundle::{self, BundleError};
 use super::dhcp;
-use super::shell::{connect_vm, connect_winrm, run_logged, run_ps_logged};
-use super::vm::{job_os, recorded_guest_network, IP_CONFIGURATION_SCRIPT};
+use super::os_release::{choose_package, NoPackage, OsRelease};
+use super::shell::{as_root, connect_vm, connect_winrm, run_logged, run_ps_logged};
+use super::vm::{job_hostname, job_os, recorded_guest_network, IP_CONFIGURATION_SCRIPT};
 use super::ScanEnv;
-use crate::cluster::guest_hostname;
 use crate::config::{installer_is_url, AgentProfile};
 use crate::domain::{fmt_bytes, OsFamily, StageName};
 use crate::pipeline::{Stage, StageCtx, StageError, StageFailure, StageOutcome};
 use crate::remote::winrm::{decode_text, ps_quote, WinRmShell};
-use crate::remote::{quote, RemoteShell};
+use crate::remote::{quote, CommandOutput, RemoteShell};
 
 /// Lines of the msiexec log copied into the job log (the end matters most).
 const MSI_LOG_LINES: usize = 300;
@@ -63,6 +64,23 @@ pub enum AgentError {
         status: i32,
         stderr: String,
     },
+    #[error("the login user {user} cannot run commands as root without a password (`sudo -n true` failed{}); the seed gives the job's user passwordless sudo, or set vm.ssh_user = \"root\"", tail(stderr))]
+    NoSudo { user: String, stderr: String },
+    #[error(transparent)]
+    NoPackage(#[from] NoPackage),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(
+        "inventory command `{command}` exited with status {status}{}",
+        tail(stderr)
+    )]
+    Inventory {
+        command: String,
+        status: i32,
+        stderr: String,
+    },
+    #[error("cannot unpack the agent bundle on the guest: {0}")]
+    Unpack(String),
     #[error("cannot upload {what}: {reason}")]
     Upload { what: String, reason: String },
     #[error("msiexec exited with status {status} ({}){}", msi_meaning(*status), tail(log))]
@@ -130,12 +148,8 @@ impl AgentInstallStage {
     }
 
     /// A local installer is used as it is; a URL is downloaded (streamed) into the work dir.
-    async fn installer(
-        &self,
-        ctx: &StageCtx,
-        profile: &AgentProfile,
-    ) -> Result<PathBuf, AgentError> {
-        let what = profile.installer.clone();
+    async fn installer(&self, ctx: &StageCtx, installer: &str) -> Result<PathBuf, AgentError> {
+        let what = installer.to_string();
         if !installer_is_url(&what) {
             let p = PathBuf::from(&what);
             return match tokio::fs::metadata(&p).await {
@@ -209,7 +223,7 @@ fn template_vars(ctx: &StageCtx, profile: &AgentProfile) -> [(&'static str, Stri
     [
         ("upload_url", net.rewrite_url(&profile.upload_url)),
         ("download_url", net.rewrite_url(&profile.download_url)),
-        ("hostname", guest_hostname(ctx.job.id)),
+        ("hostname", job_hostname(ctx)),
         ("job_id", ctx.job.id.to_string()),
     ]
 }
@@ -282,18 +296,64 @@ impl Stage for AgentInstallStage {
 }
 
 impl AgentInstallStage {
+    /// Runs `command` as root (through sudo for the job's user); fails with
+    /// `fail` when it exits non-zero.
+    async fn root_step(
+        &self,
+        ctx: &StageCtx,
+        shell: &dyn RemoteShell,
+        user: &str,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutput, StageError> {
+        run_logged(ctx, shell, &as_root(user, command), timeout).await
+    }
+
     async fn run_linux(
         &self,
         ctx: &StageCtx,
         profile: AgentProfile,
     ) -> Result<StageOutcome, StageError> {
+        let shell = connect_vm(ctx, &self.env).await?;
+        let r = self.install_linux(ctx, &profile, &shell).await;
+        shell.close().await;
+        r
+    }
+
+    async fn install_linux(
+        &self,
+        ctx: &StageCtx,
+        profile: &AgentProfile,
+        shell: &dyn RemoteShell,
+    ) -> Result<StageOutcome, StageError> {
         let started = Instant::now();
         let timeout = Duration::from_secs(self.env.vm.command_secs);
-        let shell = connect_vm(ctx, &self.env).await?;
-        let shell: &dyn RemoteShell = &shell;
+        let user = self.env.vm.login_user(ctx.job.id);
 
-        for step in &profile.pre_install {
-            let out = run_logged(ctx, shell, step, timeout).await?;
+        if user != "root" {
+            let out = run_logged(ctx, shell, "sudo -n true", timeout).await?;
+            if out.exit_status != 0 {
+                return Err(AgentError::NoSudo {
+                    user,
+                    stderr: out.stderr,
+                }
+                .into());
+            }
+        }
+
+        let os = guest_os_release(ctx, shell).await?;
+        let package = choose_package(profile, &os).map_err(AgentError::from)?;
+        ctx.info(format!(
+            "guest {} ({}): {}; installer {}",
+            os.pretty_name(),
+            os.ids_line(),
+            package.reason,
+            package.installer
+        ))
+        .await?;
+
+        for step in &package.pre_install {
+            let out = self.root_step(ctx, shell, &user, step, timeout).await?;
             if out.exit_status != 0 {
                 return Err(AgentError::PreInstall {
                     step: step.clone(),
@@ -304,23 +364,21 @@ impl AgentInstallStage {
             }
         }
 
-        // The upload targets' directories may not exist on a minimal image.
-        let mut dirs = vec![profile.upload_dir.clone()];
-        if let Some((dir, _)) = profile
-            .response_file
-            .rsplit_once('/')
-            .filter(|(d, _)| !d.is_empty())
-        {
-            dirs.push(dir.to_string());
-        }
-        let mkdir = format!(
-            "mkdir -p {}",
-            dirs.iter().map(|d| quote(d)).collect::<Vec<_>>().join(" ")
-        );
-        let out = run_logged(ctx, shell, &mkdir, timeout).await?;
+        // The upload directory may not exist on a minimal image; the job's
+        // user must be able to write to it.
+        let dir = quote(&profile.upload_dir);
+        let mkdir = if user == "root" {
+            format!("mkdir -p {dir}")
+        } else {
+            format!(
+                "[ -d {dir} ] || {{ mkdir -p {dir} && chown {} {dir}; }}",
+                quote(&user)
+            )
+        };
+        let out = self.root_step(ctx, shell, &user, &mkdir, timeout).await?;
         if out.exit_status != 0 {
             return Err(AgentError::Upload {
-                what: dirs.join(", "),
+                what: profile.upload_dir.clone(),
                 reason: format!(
                     "mkdir exited with status {}: {}",
                     out.exit_status,
@@ -330,44 +388,35 @@ impl AgentInstallStage {
             .into());
         }
 
-        let local = self.installer(ctx, &profile).await?;
+        let local = self.installer(ctx, &package.installer).await?;
         let remote = remote_path(&profile.upload_dir, &local);
         let size = upload_installer(ctx, shell, &local, &remote, timeout).await?;
 
-        let owned = template_vars(ctx, &profile);
+        let owned = template_vars(ctx, profile);
         let vars = borrowed(&owned);
         if !profile.response_file.is_empty() {
-            let text = render(&profile.response_template, &vars);
-            let local_resp = ctx.work_dir.join("agent").join("response");
-            tokio::fs::create_dir_all(ctx.work_dir.join("agent"))
-                .await
-                .ok();
-            tokio::fs::write(&local_resp, &text)
-                .await
-                .map_err(|e| AgentError::Upload {
-                    what: "the response file".into(),
-                    reason: e.to_string(),
-                })?;
-            shell
-                .upload(&local_resp, &profile.response_file, timeout)
-                .await
-                .map_err(|e| AgentError::Upload {
-                    what: profile.response_file.clone(),
-                    reason: e.to_string(),
-                })?;
-            ctx.info(format!(
-                "wrote {} ({} lines)",
-                profile.response_file,
-                text.lines().count()
-            ))
-            .await?;
+            self.write_response_file(ctx, shell, profile, &user, &vars, timeout)
+                .await?;
         }
 
         let command =
-            render(&profile.install_command, &vars).replace("{installer}", &quote(&remote));
-        let out = run_logged(ctx, shell, &command, timeout).await?;
-        ctx.set_detail(json!({"installer": profile.installer, "installer_size": size, "install_command": command, "exit_status": out.exit_status}), true)
-            .await?;
+            render(&package.install_command, &vars).replace("{installer}", &quote(&remote));
+        let out = self.root_step(ctx, shell, &user, &command, timeout).await?;
+        ctx.set_detail(
+            json!({
+                "os": os.pretty_name(),
+                "os_ids": os.ids_line(),
+                "package": package.key,
+                "package_reason": package.reason,
+                "installer": package.installer,
+                "installer_size": size,
+                "install_command": command,
+                "login_user": user,
+                "exit_status": out.exit_status,
+            }),
+            true,
+        )
+        .await?;
         if out.exit_status != 0 {
             return Err(AgentError::Install {
                 command,
@@ -376,8 +425,15 @@ impl AgentInstallStage {
             }
             .into());
         }
+
+        if !profile.services.is_empty() {
+            self.check_linux_services(ctx, shell, profile, timeout)
+                .await?;
+        }
         if !profile.service_check.is_empty() {
-            let out = run_logged(ctx, shell, &profile.service_check, timeout).await?;
+            let out = self
+                .root_step(ctx, shell, &user, &profile.service_check, timeout)
+                .await?;
             if out.exit_status != 0 {
                 return Err(AgentError::Service {
                     command: profile.service_check.clone(),
@@ -389,7 +445,27 @@ impl AgentInstallStage {
             ctx.set_detail(json!({"service_check": "passed"}), true)
                 .await?;
         }
-        shell.close().await;
+
+        // The agent would inventory at a random time of its schedule: make
+        // it inventory and upload now, as Flexera's install script does.
+        if !profile.inventory_command.is_empty() {
+            let cmd = render(&profile.inventory_command, &vars);
+            let t = Instant::now();
+            let out = self.root_step(ctx, shell, &user, &cmd, timeout).await?;
+            ctx.set_detail(
+                json!({"inventory_command": cmd, "inventory_exit_status": out.exit_status, "inventory_secs": t.elapsed().as_secs_f64()}),
+                true,
+            )
+            .await?;
+            if out.exit_status != 0 {
+                return Err(AgentError::Inventory {
+                    command: cmd,
+                    status: out.exit_status,
+                    stderr: out.stderr,
+                }
+                .into());
+            }
+        }
         ctx.info(format!(
             "agent installed in {:.1} s",
             started.elapsed().as_secs_f64()
@@ -397,20 +473,215 @@ impl AgentInstallStage {
         .await?;
         Ok(StageOutcome::Done)
     }
-}
 
-/// `"value"` for an msiexec command line (quotes doubled inside).
-fn msi_value(v: &str) -> String {
-    format!("\"{}\"", v.replace('"', "\"\""))
-}
-
-/// The msiexec argument string: install quietly, verbose log, properties.
-pub fn msiexec_args(msi: &str, log: &str, props: &[(String, String)]) -> String {
-    let mut a = format!("/i {} /qn /l*v {}", msi_value(msi), msi_value(log));
-    for (k, v) in props {
-        a.push_str(&format!(" {k}={}", msi_value(v)));
+    /// Renders the rollout response file and puts it in place as root
+    /// (staged in the upload directory, which the job's user may write).
+    async fn write_response_file(
+        &self,
+        ctx: &StageCtx,
+        shell: &dyn RemoteShell,
+        profile: &AgentProfile,
+        user: &str,
+        vars: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<(), StageError> {
+        let text = response_text(profile, vars);
+        let dir = ctx.work_dir.join("agent");
+        tokio::fs::create_dir_all(&dir).await.ok();
+        let local_resp = dir.join("response");
+        let upload_err = |reason: String| AgentError::Upload {
+            what: profile.response_file.clone(),
+            reason,
+        };
+        tokio::fs::write(&local_resp, &text)
+            .await
+            .map_err(|e| upload_err(e.to_string()))?;
+        let staged = format!(
+            "{}/vmscan-response-{}",
+            profile.upload_dir.trim_end_matches('/'),
+            ctx.job.id.short()
+        );
+        shell
+            .upload(&local_resp, &staged, timeout)
+            .await
+            .map_err(|e| upload_err(e.to_string()))?;
+        let target = quote(&profile.response_file);
+        let parent = profile
+            .response_file
+            .rsplit_once('/')
+            .map(|(d, _)| d)
+            .filter(|d| !d.is_empty())
+            .unwrap_or("/");
+        let place = format!(
+            "mkdir -p {} && cp {} {target} && chmod 0644 {target} && rm -f {}",
+            quote(parent),
+            quote(&staged),
+            quote(&staged)
+        );
+        let out = self.root_step(ctx, shell, user, &place, timeout).await?;
+        if out.exit_status != 0 {
+            return Err(upload_err(format!(
+                "exited with status {}: {}",
+                out.exit_status,
+                out.stderr.trim()
+            ))
+            .into());
+        }
+        ctx.info(format!(
+            "wrote {} ({} lines)",
+            profile.response_file,
+            text.lines().count()
+        ))
+        .await?;
+        Ok(())
     }
-    a
+
+    /// Every agent service active: systemd units where systemd runs, else
+    /// processes of that name. Waits a little for units still activating.
+    async fn check_linux_services(
+        &self,
+        ctx: &StageCtx,
+        shell: &dyn RemoteShell,
+        profile: &AgentProfile,
+        timeout: Duration,
+    ) -> Result<(), StageError> {
+        let script = linux_services_script(&profile.services);
+        let deadline = Instant::now() + SERVICE_SETTLE;
+        loop {
+            let out = shell
+                .run(&script, timeout, &|_, _| {})
+                .await
+                .map_err(super::shell::ShellError::from)?;
+            let states = parse_service_lines(&out.stdout);
+            if out.exit_status == 0 || Instant::now() >= deadline {
+                for (name, state) in &states {
+                    ctx.info(format!("service {name}: {state}")).await?;
+                }
+                let manager = if out.stdout.contains("(systemd)") {
+                    "systemd"
+                } else {
+                    "none (process check)"
+                };
+                ctx.set_detail(
+                    json!({
+                        "service_manager": manager,
+                        "services": states.iter().map(|(n, s)| json!({"name": n, "state": s})).collect::<Vec<_>>(),
+                    }),
+                    true,
+                )
+                .await?;
+                if out.exit_status == 0 {
+                    return Ok(());
+                }
+                let not_running: Vec<String> = states
+                    .iter()
+                    .filter(|(_, s)| !s.starts_with("active") && !s.starts_with("running"))
+                    .map(|(n, s)| format!("{n}: {s}"))
+                    .collect();
+                return Err(services_error(not_running, &out).into());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = ctx.cancel.cancelled() => return Err(StageError::Cancelled),
+            }
+        }
+    }
+}
+
+/// The services not running, or when the check named none, how it ended.
+fn services_error(not_running: Vec<String>, out: &CommandOutput) -> AgentError {
+    AgentError::Services {
+        not_running: if not_running.is_empty() {
+            vec![format!(
+                "the check exited with status {}{}",
+                out.exit_status,
+                tail(&out.stderr)
+            )]
+        } else {
+            not_running
+        },
+    }
+}
+
+/// How long services may take to become active after the install.
+const SERVICE_SETTLE: Duration = Duration::from_secs(30);
+
+/// One `name: state (how)` line per service; the exit status counts those
+/// not active. `systemctl is-active` where systemd is PID 1 (the test
+/// sd_booted(3) uses), else a process of that name.
+pub fn linux_services_script(services: &[String]) -> String {
+    let names: Vec<String> = services.iter().map(|s| quote(s)).collect();
+    format!(
+        "bad=0\nif [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then\n  for s in {n}; do st=$(systemctl is-active \"$s\" 2>/dev/null); echo \"$s: ${{st:-unknown}} (systemd)\"; [ \"$st\" = active ] || bad=$((bad+1)); done\nelse\n  for s in {n}; do if pidof \"$s\" >/dev/null 2>&1 || pgrep -x \"$s\" >/dev/null 2>&1; then echo \"$s: running (process; no systemd)\"; else echo \"$s: not running (process; no systemd)\"; bad=$((bad+1)); fi; done\nfi\nexit $bad",
+        n = names.join(" ")
+    )
+}
+
+fn parse_service_lines(stdout: &str) -> Vec<(String, String)> {
+    stdout
+        .lines()
+        .filter_map(|l| l.trim().split_once(": "))
+        .map(|(n, s)| (n.to_string(), s.to_string()))
+        .collect()
+}
+
+/// The rollout response file: the configured template rendered, or by
+/// default Flexera's keys from the profile's settings.
+pub fn response_text(profile: &AgentProfile, vars: &[(&str, &str)]) -> String {
+    let tf = |b: bool| if b { "true" } else { "false" };
+    let mut all: Vec<(&str, &str)> = vars.to_vec();
+    all.push((
+        "check_server_certificate",
+        tf(profile.check_server_certificate),
+    ));
+    all.push((
+        "check_certificate_revocation",
+        tf(profile.check_certificate_revocation),
+    ));
+    if !profile.response_template.is_empty() {
+        return render(&profile.response_template, &all);
+    }
+    let mut t = String::from(
+        "MGSFT_BOOTSTRAP_DOWNLOAD={download_url}\nMGSFT_BOOTSTRAP_UPLOAD={upload_url}\n\
+         MGSFT_HTTPS_CHECKSERVERCERTIFICATE={check_server_certificate}\n\
+         MGSFT_HTTPS_CHECKCERTIFICATEREVOCATION={check_certificate_revocation}\n\
+         MGSFT_RUNPOLICY=1\n",
+    );
+    for (key, v) in [
+        ("MGSFT_HTTP_PROXY", &profile.http_proxy),
+        ("MGSFT_HTTPS_PROXY", &profile.https_proxy),
+        ("MGSFT_PROXY", &profile.proxy),
+        ("MGSFT_NO_PROXY", &profile.no_proxy),
+    ] {
+        if !v.is_empty() {
+            t.push_str(&format!("{key}={v}\n"));
+        }
+    }
+    render(&t, &all)
+}
+
+/// The guest's os-release as vm-create recorded it, else read now.
+async fn guest_os_release(
+    ctx: &StageCtx,
+    shell: &dyn RemoteShell,
+) -> Result<OsRelease, StageError> {
+    if let Some(os) = ctx
+        .output_of(StageName::VmCreate)
+        .and_then(|d| d.get("os_release"))
+        .and_then(OsRelease::from_json)
+        .filter(|o| !o.fields.is_empty())
+    {
+        return Ok(os);
+    }
+    let t = Duration::from_secs(60);
+    for path in ["/etc/os-release", "/usr/lib/os-release"] {
+        if let Ok(b) = shell.read_file(path, 64 * 1024, t).await {
+            return Ok(OsRelease::parse(&String::from_utf8_lossy(&b)));
+        }
+    }
+    ctx.warn("the guest has no /etc/os-release: its family is unknown")
+        .await?;
+    Ok(OsRelease::default())
 }
 
 /// The service check: one `name: Status` line each; the exit status counts
@@ -516,26 +787,69 @@ impl AgentInstallStage {
         shell: &dyn RemoteShell,
         timeout: Duration,
     ) -> Result<(), StageError> {
-        let local = self.installer(ctx, profile).await?;
-        let name = local
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "agent.msi".into());
-        let remote = win_join(&profile.upload_dir, &name);
-        let size = upload_installer(ctx, shell, &local, &remote, timeout).await?;
-
+        let local = self.installer(ctx, &profile.installer).await?;
         let owned = template_vars(ctx, profile);
         let vars = borrowed(&owned);
+        let deploy_url = render(&profile.download_url, &vars);
+        let bundle = {
+            let local = local.clone();
+            let has_url = !deploy_url.is_empty();
+            tokio::task::spawn_blocking(move || bundle::inspect(&local, has_url))
+                .await
+                .map_err(|e| AgentError::Unpack(e.to_string()))?
+                .map_err(AgentError::from)?
+        };
+        ctx.info(format!(
+            "agent bundle: {} ({}{})",
+            bundle.files.join(", "),
+            match (&bundle.transform, bundle.setup_ini) {
+                (Some(t), true) => format!("beacon settings in {t} and mgssetup.ini"),
+                (Some(t), false) => format!("beacon settings in {t}"),
+                (None, true) => "beacon settings in mgssetup.ini".to_string(),
+                (None, false) => format!("beacon from download_url {deploy_url}"),
+            },
+            if bundle.schedule.is_some() {
+                ", bootstrap schedule"
+            } else {
+                ""
+            }
+        ))
+        .await?;
+        let remote_zip = win_join(&profile.upload_dir, "flexera-agent.zip");
+        let size = upload_installer(ctx, shell, &local, &remote_zip, timeout).await?;
+        let dest = win_join(&profile.upload_dir, "agent");
+        let out = run_ps_logged(
+            ctx,
+            shell,
+            &bundle::expand_script(&remote_zip, &dest, &bundle.folder),
+            timeout,
+        )
+        .await?;
+        if out.exit_status != 0 {
+            return Err(AgentError::Unpack(format!(
+                "Expand-Archive exited with status {}{}",
+                out.exit_status,
+                tail(&decode_text(out.stderr.as_bytes()))
+            ))
+            .into());
+        }
+        let dir = if bundle.folder.is_empty() {
+            dest.clone()
+        } else {
+            win_join(&dest, &bundle.folder.replace('/', "\\"))
+        };
+
         let props: Vec<(String, String)> = profile
             .msi_properties
             .iter()
             .map(|(k, v)| (k.clone(), render(v, &vars)))
             .collect();
         let log_path = win_join(&profile.upload_dir, "msiexec.log");
-        let args = msiexec_args(&remote, &log_path, &props);
+        let args = bundle::msiexec_args(&bundle, &dir, &log_path, &deploy_url, &props);
         let script = format!(
-            "$p = Start-Process -FilePath 'msiexec.exe' -ArgumentList {} -Wait -PassThru\nexit $p.ExitCode",
-            ps_quote(&args)
+            "$p = Start-Process -FilePath 'msiexec.exe' -ArgumentList {} -WorkingDirectory {} -Wait -PassThru\nexit $p.ExitCode",
+            ps_quote(&args),
+            ps_quote(&dir)
         );
         let out = run_ps_logged(ctx, shell, &script, timeout).await?;
         let status = out.exit_status;
@@ -610,18 +924,7 @@ impl AgentInstallStage {
                     .filter(|l| !l.is_empty() && !l.ends_with(": Running"))
                     .map(str::to_string)
                     .collect();
-                return Err(AgentError::Services {
-                    not_running: if not_running.is_empty() {
-                        vec![format!(
-                            "the check exited with status {}{}",
-                            out.exit_status,
-                            tail(&out.stderr)
-                        )]
-                    } else {
-                        not_running
-                    },
-                }
-                .into());
+                return Err(services_error(not_running, &out).into());
             }
             ctx.set_detail(
                 json!({"service_check": "passed", "services": profile.services}),
@@ -638,18 +941,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builds_a_quiet_logged_msiexec_line() {
-        let a = msiexec_args(
-            r"C:\Temp\agent.msi",
-            r"C:\Temp\msiexec.log",
-            &[("MGSFT_BOOTSTRAP_UPLOAD".into(), "http://b/RL \"x\"".into())],
-        );
-        assert_eq!(
-            a,
-            r#"/i "C:\Temp\agent.msi" /qn /l*v "C:\Temp\msiexec.log" MGSFT_BOOTSTRAP_UPLOAD="http://b/RL ""x""""#
-        );
+    fn msiexec_meanings_and_windows_paths() {
         assert_eq!(msi_meaning(1603), "fatal error during installation");
         assert_eq!(win_join(r"C:\Temp\", "a.msi"), r"C:\Temp\a.msi");
+    }
+
+    #[test]
+    fn the_default_response_file_keeps_tls_checks_on() {
+        let mut p = AgentProfile::default();
+        let vars = [
+            ("upload_url", "https://b/ManageSoftRL/"),
+            ("download_url", "https://b/ManageSoftDL/"),
+        ];
+        let t = response_text(&p, &vars);
+        assert_eq!(
+            t,
+            "MGSFT_BOOTSTRAP_DOWNLOAD=https://b/ManageSoftDL/\nMGSFT_BOOTSTRAP_UPLOAD=https://b/ManageSoftRL/\n\
+             MGSFT_HTTPS_CHECKSERVERCERTIFICATE=true\nMGSFT_HTTPS_CHECKCERTIFICATEREVOCATION=true\nMGSFT_RUNPOLICY=1\n"
+        );
+        p.check_certificate_revocation = false;
+        p.https_proxy = "http://proxy:3128".into();
+        let t = response_text(&p, &vars);
+        assert!(t.contains("MGSFT_HTTPS_CHECKCERTIFICATEREVOCATION=false\n"));
+        assert!(t.ends_with("MGSFT_HTTPS_PROXY=http://proxy:3128\n"), "{t}");
+        p.response_template = "X={check_server_certificate} {upload_url}".into();
+        assert_eq!(response_text(&p, &vars), "X=true https://b/ManageSoftRL/");
+    }
+
+    #[test]
+    fn the_service_check_names_each_unit() {
+        let s = linux_services_script(&["ndtask".into(), "mgsusageag".into()]);
+        assert!(s.contains("systemctl is-active \"$s\""), "{s}");
+        assert!(s.contains("for s in ndtask mgsusageag;"), "{s}");
+        assert_eq!(
+            parse_service_lines("ndtask: active (systemd)\nmgsusageag: failed (systemd)\n"),
+            [
+                ("ndtask".to_string(), "active (systemd)".to_string()),
+                ("mgsusageag".to_string(), "failed (systemd)".to_string())
+            ]
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use regex::Regex;
 use serde_json::json;
 
-use super::shell::connect_job_vm;
+use super::shell::{connect_job_vm, read_as_root};
 use super::vm::job_os;
 use super::ScanEnv;
 use crate::domain::{OsFamily, StageName};
@@ -153,6 +153,11 @@ impl Stage for LogCheckStage {
             ))?)
         };
         let shell = connect_job_vm(ctx, &self.env).await?;
+        // Agent logs may be root's only: the job's own user reads them with sudo.
+        let user = match os {
+            OsFamily::Linux => self.env.vm.login_user(ctx.job.id),
+            OsFamily::Windows => "root".to_string(),
+        };
         let timeout = Duration::from_secs(profile.log_timeout_secs);
         let poll = Duration::from_secs(profile.log_poll_secs.max(1));
         let started = Instant::now();
@@ -167,9 +172,14 @@ impl Stage for LogCheckStage {
             let mut files = Vec::new();
             let mut absent = Vec::new();
             for path in &profile.log_files {
-                match shell
-                    .read_file(path, MAX_LOG_BYTES, Duration::from_secs(60))
-                    .await
+                match read_as_root(
+                    shell.as_ref(),
+                    &user,
+                    path,
+                    MAX_LOG_BYTES,
+                    Duration::from_secs(60),
+                )
+                .await
                 {
                     // Windows logs may be UTF-16 (with a byte-order mark).
                     Ok(bytes) => files.push((path.clone(), decode_text(&bytes))),

@@ -2,8 +2,10 @@
 //! license agent, check its logs and the inventory, and tear it all down.
 
 mod agent;
+mod bundle;
 mod dhcp;
 mod logs;
+mod os_release;
 mod report;
 mod shell;
 mod teardown;
@@ -19,7 +21,9 @@ use crate::domain::{OsFamily, StageName};
 use crate::inventory::{FlexeraOne, InventoryClient};
 
 pub use agent::AgentInstallStage;
+pub use bundle::{Bundle, BundleError};
 pub use logs::LogCheckStage;
+pub use os_release::{choose_package, ChosenPackage, NoPackage, OsRelease};
 pub use report::ReportCheckStage;
 pub use teardown::{teardown_job, TeardownStage};
 pub use upload::ClusterUploadStage;
@@ -51,7 +55,7 @@ impl ScanEnv {
             clusters,
             inventory,
             vm: cfg.vm.clone(),
-            agent: cfg.agent.linux().cloned(),
+            agent: cfg.agent.linux(),
             windows_agent: cfg.agent.windows(),
             inventory_interval_secs: cfg.inventory.check_interval_secs,
             inventory_deadline_secs: cfg.inventory.deadline_secs,

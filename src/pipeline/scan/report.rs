@@ -9,7 +9,6 @@ use serde_json::json;
 
 use super::teardown::delete_job_vms;
 use super::ScanEnv;
-use crate::cluster::guest_hostname;
 use crate::domain::{fmt_duration_ms, fmt_millis, now_millis, StageName};
 use crate::inventory::InventoryError;
 use crate::pipeline::{Stage, StageCtx, StageError, StageFailure, StageOutcome};
@@ -57,7 +56,8 @@ impl Stage for ReportCheckStage {
             .inventory
             .clone()
             .ok_or(ReportError::NotConfigured)?;
-        let hostname = guest_hostname(ctx.job.id);
+        // Exactly the name vm-create gave the guest (Windows: its computer name).
+        let hostname = super::vm::job_hostname(ctx);
         // The first check of this run starts the deadline; earlier checks parked the job.
         let runs = ctx.store().stage_runs(ctx.job.id).await?;
         let earlier: Vec<_> = runs

@@ -129,12 +129,13 @@ async fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()
 
 pub fn ssh_options(
     env: &ScanEnv,
+    user: String,
     host: &str,
     port: u16,
     key: SshKey,
     host_key: Option<String>,
 ) -> SshOptions {
-    let mut o = SshOptions::new(host, port, env.vm.ssh_user.clone());
+    let mut o = SshOptions::new(host, port, user);
     o.key = Some(key);
     // The guest is untrusted: it only ever sees the job's own key, unless an
     // operator opted in to the legacy fixed password (vm-create flags it).
@@ -166,10 +167,51 @@ pub async fn connect_vm(ctx: &StageCtx, env: &ScanEnv) -> Result<SshShell, Stage
         .and_then(Value::as_str)
         .map(str::to_string);
     let key = job_key(ctx).await?;
-    let shell = SshShell::connect(&ssh_options(env, host, port, key, host_key))
+    let user = env.vm.login_user(ctx.job.id);
+    let shell = SshShell::connect(&ssh_options(env, user, host, port, key, host_key))
         .await
         .map_err(ShellError::from)?;
     Ok(shell)
+}
+
+/// `command` as root: as it is for root, else through `sudo -n` (never
+/// prompting: the seed gave the job's user passwordless sudo) and `sh -c`,
+/// so that pipes, `&&` and variable assignments keep their meaning.
+pub fn as_root(user: &str, command: &str) -> String {
+    if user == "root" {
+        command.to_string()
+    } else {
+        format!("sudo -n sh -c {}", crate::remote::quote(command))
+    }
+}
+
+/// Reads at most `max` bytes of a file that may be root's only (agent
+/// logs): over SFTP as root, else with `sudo -n head`. A missing file is
+/// `RemoteError::File`, as from SFTP.
+pub async fn read_as_root(
+    shell: &dyn RemoteShell,
+    user: &str,
+    path: &str,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, RemoteError> {
+    if user == "root" {
+        return shell.read_file(path, max, timeout).await;
+    }
+    let p = crate::remote::quote(path);
+    let cmd = as_root(user, &format!("[ -f {p} ] || exit 3; head -c {max} -- {p}"));
+    let out = shell.run(&cmd, timeout, &|_, _| {}).await?;
+    match out.exit_status {
+        0 => Ok(out.stdout.into_bytes()),
+        3 => Err(RemoteError::File {
+            path: path.to_string(),
+            reason: "no such file".into(),
+        }),
+        s => Err(RemoteError::File {
+            path: path.to_string(),
+            reason: format!("sudo -n head exited with status {s}: {}", out.stderr.trim()),
+        }),
+    }
 }
 
 /// WinRM options for a Windows guest at `host` (`port`: what the cluster reported).

@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
+use super::os_release::OsRelease;
 use super::shell::{
     job_key, job_password, run_ps_logged, ssh_options, winrm_not_ready, winrm_options, ShellError,
 };
 use super::ScanEnv;
 use crate::cluster::egress::{Destination, EgressError, GuestNetwork};
 use crate::cluster::{
-    guest_hostname, vm_name, ClusterError, ClusterImage, ClusterVm, Deadlines, VmSpec,
+    guest_name, vm_name, ClusterError, ClusterImage, ClusterVm, Deadlines, VmSpec,
 };
 use crate::domain::{OsFamily, StageName};
 use crate::pipeline::{Stage, StageCtx, StageError, StageFailure, StageOutcome};
@@ -38,6 +39,12 @@ pub enum VmError {
     },
     #[error("guest network: {0}")]
     Egress(#[from] EgressError),
+    #[error("the guest is still called {seen} after Rename-Computer to {wanted} and a restart (waited {secs} s)")]
+    Rename {
+        seen: String,
+        wanted: String,
+        secs: u64,
+    },
 }
 
 impl StageFailure for VmError {
@@ -121,17 +128,19 @@ pub fn recorded_guest_network(ctx: &StageCtx) -> GuestNetwork {
         .unwrap_or_default()
 }
 
-/// cloud-init user-data: the job's key for the login user, the hostname.
+/// cloud-init user-data: the hostname, and the job's key for the login
+/// user: root (`disable_root: false`), else a user the seed creates with
+/// passwordless sudo, a locked password and the job's key only.
 pub fn user_data(user: &str, hostname: &str, public_key: &str, extra: &str) -> String {
     let mut s =
         format!("#cloud-config\nhostname: {hostname}\nfqdn: {hostname}\nmanage_etc_hosts: true\n");
     if user == "root" {
-        s.push_str("disable_root: false\n");
-    }
-    s.push_str(&format!("ssh_authorized_keys:\n  - {public_key}\n"));
-    if user != "root" {
         s.push_str(&format!(
-            "users:\n  - default\n  - name: {user}\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    shell: /bin/sh\n    ssh_authorized_keys:\n      - {public_key}\n"
+            "disable_root: false\nssh_authorized_keys:\n  - {public_key}\n"
+        ));
+    } else {
+        s.push_str(&format!(
+            "users:\n  - default\n  - name: {user}\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    shell: /bin/sh\n    lock_passwd: true\n    ssh_authorized_keys:\n      - {public_key}\n"
         ));
     }
     if !extra.trim().is_empty() {
@@ -141,18 +150,14 @@ pub fn user_data(user: &str, hostname: &str, public_key: &str, extra: &str) -> S
     s
 }
 
-/// `/etc/os-release` as a JSON object of its KEY=value pairs.
-pub fn parse_os_release(text: &str) -> Value {
-    let mut m = serde_json::Map::new();
-    for line in text.lines() {
-        if let Some((k, v)) = line.split_once('=') {
-            let v = v.trim().trim_matches('"').trim_matches('\'');
-            if !k.trim().is_empty() && !k.starts_with('#') {
-                m.insert(k.trim().to_string(), Value::String(v.to_string()));
-            }
-        }
-    }
-    Value::Object(m)
+/// The name the job's guest has (and the inventory lists): as vm-create
+/// recorded it, else the scheme for the job's OS family.
+pub fn job_hostname(ctx: &StageCtx) -> String {
+    ctx.output_of(StageName::VmCreate)
+        .and_then(|d| d.get("hostname"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| guest_name(ctx.job.id, job_os(ctx)))
 }
 
 /// The OS family chosen on submit (Linux when the job predates the choice).
@@ -172,6 +177,7 @@ impl VmCreateStage {
         let host = vm.host.clone().unwrap_or_else(|| "127.0.0.1".into());
         let opts = ssh_options(
             &self.env,
+            self.env.vm.login_user(ctx.job.id),
             &host,
             vm.port.unwrap_or(22),
             job_key(ctx).await?,
@@ -198,6 +204,11 @@ impl VmCreateStage {
             .await
     }
 
+    /// `vm.login_secs`, scaled for a VM running under TCG.
+    fn login_secs(&self, vm: &ClusterVm) -> u64 {
+        self.env.vm.login_secs * tcg_factor(&self.env, vm) as u64
+    }
+
     /// Tries `connect` every 2 s for `vm.login_secs` while its errors are
     /// `not_ready`; then fails naming the last error, with the console tail.
     async fn login_until<S, F, Fut>(
@@ -212,7 +223,7 @@ impl VmCreateStage {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<S, RemoteError>>,
     {
-        let secs = self.env.vm.login_secs;
+        let secs = self.login_secs(vm);
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut last = String::from("no attempt");
         while Instant::now() < deadline {
@@ -233,6 +244,16 @@ impl VmCreateStage {
             console: self.console(ctx, vm).await,
         }
         .into())
+    }
+}
+
+/// How much slower than KVM the VM boots: `vm.tcg_deadline_factor` when the
+/// provider says it runs under TCG, else 1.
+fn tcg_factor(env: &ScanEnv, vm: &ClusterVm) -> u32 {
+    if vm.detail["accel"].as_str() == Some("tcg") {
+        env.vm.tcg_deadline_factor.max(1)
+    } else {
+        1
     }
 }
 
@@ -283,6 +304,93 @@ impl VmCreateStage {
         .await
     }
 
+    /// The guest's computer name, as Windows reports it.
+    async fn computer_name(
+        &self,
+        ctx: &StageCtx,
+        shell: &WinRmShell,
+    ) -> Result<String, StageError> {
+        let out = run_ps_logged(ctx, shell, "$env:COMPUTERNAME", Duration::from_secs(60)).await?;
+        Ok(out.stdout.trim().to_string())
+    }
+
+    /// Makes the guest carry the job's computer name: the sysprep answer
+    /// file may have set it; else Rename-Computer and a restart (the new name
+    /// takes effect only then), waited for until WinRM answers with it.
+    async fn ensure_computer_name(
+        &self,
+        ctx: &StageCtx,
+        vm: &ClusterVm,
+        shell: WinRmShell,
+    ) -> Result<WinRmShell, StageError> {
+        let wanted = guest_name(ctx.job.id, OsFamily::Windows);
+        let seen = match self.computer_name(ctx, &shell).await {
+            Ok(n) => n,
+            Err(e) => {
+                shell.close().await;
+                return Err(e);
+            }
+        };
+        if seen.eq_ignore_ascii_case(&wanted) {
+            ctx.info(format!("computer name {seen}")).await?;
+            return Ok(shell);
+        }
+        ctx.info(format!(
+            "computer name is {seen:?}, not the job's {wanted}: renaming and restarting"
+        ))
+        .await?;
+        let script = format!(
+            "Rename-Computer -NewName {} -Force -ErrorAction Stop\nRestart-Computer -Force",
+            crate::remote::winrm::ps_quote(&wanted)
+        );
+        // The restart may cut the connection before the command's answer.
+        let answer =
+            super::shell::run_ps_answer(ctx, &shell, &script, Duration::from_secs(120)).await?;
+        shell.close().await;
+        match answer {
+            Ok(out) if out.exit_status != 0 => {
+                return Err(ShellError::from(RemoteError::Protocol(format!(
+                    "Rename-Computer exited with status {}: {}",
+                    out.exit_status,
+                    crate::remote::winrm::decode_text(out.stderr.as_bytes()).trim()
+                )))
+                .into());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                ctx.info(format!("the restart closed the connection ({e})"))
+                    .await?
+            }
+        }
+        // A restart is a shutdown and a boot: the port and login deadlines.
+        let secs =
+            (self.env.vm.port_secs + self.env.vm.login_secs) * tcg_factor(&self.env, vm) as u64;
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let original = seen.clone();
+        let mut seen = seen;
+        while Instant::now() < deadline {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = ctx.cancel.cancelled() => return Err(StageError::Cancelled),
+            }
+            // Until Windows goes down it still answers with the old name.
+            let shell = self.login_winrm(ctx, vm).await?;
+            match self.computer_name(ctx, &shell).await {
+                Ok(n) if n.eq_ignore_ascii_case(&wanted) => {
+                    ctx.info(format!("computer name {n} after the restart"))
+                        .await?;
+                    ctx.set_detail(json!({"renamed_from": original}), true)
+                        .await?;
+                    return Ok(shell);
+                }
+                Ok(n) => seen = n,
+                Err(_) => {}
+            }
+            shell.close().await;
+        }
+        Err(VmError::Rename { seen, wanted, secs }.into())
+    }
+
     /// The Windows half of vm-create: log in over WinRM, record the guest's
     /// network configuration and its OS.
     async fn finish_windows(
@@ -300,6 +408,7 @@ impl VmCreateStage {
                 return Err(e);
             }
         };
+        let shell = self.ensure_computer_name(ctx, vm, shell).await?;
         let endpoint = shell.endpoint().to_string();
         let host = vm.host.clone().unwrap_or_else(|| "127.0.0.1".into());
         let port = winrm_options(&self.env, &host, vm.port, None)
@@ -378,7 +487,10 @@ impl Stage for VmCreateStage {
             .and_then(|i| serde_json::from_value(i.clone()).ok())
             .ok_or(VmError::NoImage)?;
         let key = job_key(ctx).await?;
-        let hostname = guest_hostname(ctx.job.id);
+        // Windows: a NetBIOS-sized computer name, set by the cluster's sysprep
+        // answer file ({hostname}) or renamed below.
+        let hostname = guest_name(ctx.job.id, job_os(ctx));
+        let login_user = self.env.vm.login_user(ctx.job.id);
         let spec = VmSpec {
             job: ctx.job.id,
             name: vm_name(ctx.job.id),
@@ -386,7 +498,7 @@ impl Stage for VmCreateStage {
             cpus: self.env.vm.cpus,
             memory_mib: self.env.vm.memory_mib,
             user_data: user_data(
-                &self.env.vm.ssh_user,
+                &login_user,
                 &hostname,
                 &key.public_line(),
                 &self.env.vm.extra_user_data,
@@ -425,10 +537,26 @@ impl Stage for VmCreateStage {
             }
         }
 
+        let factor = tcg_factor(&self.env, &vm) as u64;
+        if let Some(accel) = vm.detail["accel"].as_str() {
+            let line = if factor > 1 {
+                format!(
+                    "accelerator: {accel} (software emulation, no KVM): address, port and login deadlines x{factor} ({} s, {} s, {} s)",
+                    self.env.vm.address_secs * factor,
+                    self.env.vm.port_secs * factor,
+                    self.env.vm.login_secs * factor
+                )
+            } else {
+                format!("accelerator: {accel}")
+            };
+            ctx.info(line).await?;
+            ctx.set_detail(json!({"accel": accel, "deadline_factor": factor}), true)
+                .await?;
+        }
         let deadlines = Deadlines {
             power_on: Duration::from_secs(self.env.vm.power_on_secs),
-            address: Duration::from_secs(self.env.vm.address_secs),
-            port_open: Duration::from_secs(self.env.vm.port_secs),
+            address: Duration::from_secs(self.env.vm.address_secs * factor),
+            port_open: Duration::from_secs(self.env.vm.port_secs * factor),
         };
         let started = Instant::now();
         let vm = match provider.wait_ready(&vm, &deadlines).await {
@@ -461,24 +589,24 @@ impl Stage for VmCreateStage {
         };
         let fingerprint = shell.host_key_fingerprint().to_string();
         ctx.info(format!(
-            "logged in as {}; host key {fingerprint} recorded",
-            self.env.vm.ssh_user
+            "logged in as {login_user}{}; host key {fingerprint} recorded",
+            if login_user == "root" {
+                ""
+            } else {
+                " (the job's own user; privileged steps run with sudo -n)"
+            }
         ))
         .await?;
         let timeout = Duration::from_secs(60);
         let os = match shell.read_file("/etc/os-release", 64 * 1024, timeout).await {
-            Ok(bytes) => parse_os_release(&String::from_utf8_lossy(&bytes)),
+            Ok(bytes) => OsRelease::parse(&String::from_utf8_lossy(&bytes)),
             Err(e) => {
                 ctx.warn(format!("cannot read /etc/os-release: {e}"))
                     .await?;
-                Value::Null
+                OsRelease::default()
             }
         };
-        let pretty = os
-            .get("PRETTY_NAME")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown OS")
-            .to_string();
+        let pretty = os.pretty_name();
         ctx.info(format!("guest OS: {pretty}")).await?;
         shell.close().await;
         ctx.set_detail(
@@ -487,7 +615,8 @@ impl Stage for VmCreateStage {
                 "ssh_port": vm.port,
                 "host_key": fingerprint,
                 "os": pretty,
-                "os_release": os,
+                "os_release": os.to_json(),
+                "login_user": login_user,
                 "ready_secs": ready_secs,
                 "boot_secs": started.elapsed().as_secs_f64(),
                 "console_tail": self.console(ctx, &vm).await,
@@ -515,6 +644,7 @@ mod tests {
             "runcmd:\n  - echo hi",
         );
         assert!(rocky.contains("  - name: rocky") && rocky.ends_with("  - echo hi\n"));
+        assert!(!root.contains("users:"));
     }
 
     #[test]
@@ -535,9 +665,10 @@ mod tests {
     }
 
     #[test]
-    fn parses_os_release() {
-        let v = parse_os_release("NAME=\"Rocky Linux\"\nVERSION_ID=\"9.4\"\nID=rocky\n# c\n");
-        assert_eq!(v["ID"], "rocky");
-        assert_eq!(v["VERSION_ID"], "9.4");
+    fn the_job_user_gets_the_key_and_sudo_and_root_only_when_asked() {
+        let u = user_data("vmscan-1a2b3c4d", "h", "ssh-ed25519 AAAA k", "");
+        assert!(u.contains("  - name: vmscan-1a2b3c4d\n    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n"));
+        assert!(u.contains("lock_passwd: true") && !u.contains("disable_root"));
+        assert_eq!(u.matches("ssh-ed25519 AAAA k").count(), 1, "{u}");
     }
 }
