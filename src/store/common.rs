@@ -101,6 +101,13 @@ macro_rules! store_impl {
                 collect(rows)
             }
 
+            async fn count_queued(&self) -> StoreResult<i64> {
+                let (n,): (i64,) = sqlx::query_as(sql::COUNT_QUEUED)
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(n)
+            }
+
             async fn count_by_state(&self) -> StoreResult<Vec<(JobState, i64)>> {
                 let rows: Vec<(String, i64)> = sqlx::query_as(sql::COUNT_BY_STATE)
                     .fetch_all(&self.pool)

@@ -255,6 +255,8 @@ pub trait Store:
     async fn get_job(&self, id: JobId) -> StoreResult<Option<Job>>;
     async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>>;
     async fn count_by_state(&self) -> StoreResult<Vec<(JobState, i64)>>;
+    /// Jobs waiting for a worker (the submission limit's question).
+    async fn count_queued(&self) -> StoreResult<i64>;
     /// Jobs `user` submitted since `since`.
     async fn count_recent_jobs(&self, user: &str, since: Millis) -> StoreResult<i64>;
     async fn request_cancel(&self, id: JobId) -> StoreResult<CancelOutcome>;

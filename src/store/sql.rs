@@ -40,6 +40,10 @@ pub const COUNT_RECENT_JOBS: &str =
 
 pub const COUNT_BY_STATE: &str = "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state";
 
+/// The queue's length: a range of the (state) index, so its cost follows
+/// the queue, not the history (every submission asks).
+pub const COUNT_QUEUED: &str = "SELECT COUNT(*) FROM jobs WHERE state = 'queued'";
+
 /// A job that never ran is cancelled on the spot.
 pub const CANCEL_UNSTARTED: &str = "UPDATE jobs SET state = 'cancelled', cancel_requested = TRUE, error = 'cancelled before it started', \
      finished_at = $2, updated_at = $2 \

@@ -140,14 +140,7 @@ async fn create_job(
 /// A full queue, or a user submitting faster than `server.max_submissions_per_minute`: 429.
 async fn submission_limits(st: &AppState, me: &Identity) -> ApiResult<()> {
     let cfg = &st.config.server;
-    let queued: i64 = st
-        .store
-        .count_by_state()
-        .await?
-        .iter()
-        .filter(|(s, _)| *s == JobState::Queued)
-        .map(|(_, n)| n)
-        .sum();
+    let queued = st.store.count_queued().await?;
     if queued >= cfg.max_queued_jobs {
         return Err(ApiError::TooMany(
             format!(

@@ -100,6 +100,7 @@ for_each_backend!(
         assert_eq!(queued.len(), 7);
         let counts = s.count_by_state().await.unwrap();
         assert_eq!(counts, vec![(JobState::Queued, 7)]);
+        assert_eq!(s.count_queued().await.unwrap(), 7);
         assert!(s.get_job(JobId::new()).await.unwrap().is_none());
     }
 );
