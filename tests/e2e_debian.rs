@@ -52,22 +52,6 @@ fn fixtures() -> (PathBuf, PathBuf) {
     (image, deb)
 }
 
-fn sha256_of(path: &std::path::Path) -> String {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).unwrap();
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    hex::encode(h.finalize())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scans_a_debian_cloud_image_with_the_deb_agent_end_to_end() {
     let (image_dir, deb) = fixtures();
@@ -112,7 +96,7 @@ async fn scans_a_debian_cloud_image_with_the_deb_agent_end_to_end() {
     let job = app
         .submit(json!({
             "url": images.url("disk.qcow2"),
-            "checksum": format!("sha256:{}", sha256_of(&image_dir.join("disk.qcow2"))),
+            "checksum": format!("sha256:{}", support::sha256_file(&image_dir.join("disk.qcow2"))),
             "email": "sam@example.com",
         }))
         .await;
@@ -156,18 +140,7 @@ async fn scans_a_debian_cloud_image_with_the_deb_agent_end_to_end() {
         "{log}"
     );
     assert_eq!(agent["service_manager"], "systemd", "{agent}");
-    let services: Vec<String> = agent["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            format!(
-                "{} {}",
-                s["name"].as_str().unwrap(),
-                s["state"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let services = support::service_states(agent);
     assert_eq!(services.len(), 2, "{agent}");
     assert!(
         services[0].starts_with("ndtask active") && services[1].starts_with("mgsusageag active"),

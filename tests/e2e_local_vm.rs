@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -22,12 +22,6 @@ fn repo() -> PathBuf {
 /// The fixture image, built (and cached) by the project's own script.
 fn test_image_dir() -> PathBuf {
     support::guest::fixture_dir()
-}
-
-fn sha256_of(path: &Path) -> String {
-    use sha2::Digest;
-    let bytes = std::fs::read(path).unwrap();
-    hex::encode(sha2::Sha256::digest(&bytes))
 }
 
 struct World {
@@ -126,7 +120,7 @@ async fn scans_the_fixture_image_from_a_tar_gz_end_to_end() {
     let archive = test_image_dir().join("disk.raw.tar.gz");
     let job = w
         .app
-        .submit(json!({"url": w.images.url("disk.raw.tar.gz"), "checksum": format!("sha256:{}", sha256_of(&archive)), "email": "sam@example.com"}))
+        .submit(json!({"url": w.images.url("disk.raw.tar.gz"), "checksum": format!("sha256:{}", support::sha256_file(&archive)), "email": "sam@example.com"}))
         .await;
     let id = job["id"].as_str().unwrap();
     let done = w.app.wait_final(id, Duration::from_secs(300)).await;
@@ -165,18 +159,7 @@ async fn scans_the_fixture_image_from_a_tar_gz_end_to_end() {
     let agent = &stage(&done, "agent-install")["detail"];
     assert_eq!(agent["login_user"], user);
     assert_eq!(agent["service_manager"], "none (process check)", "{agent}");
-    let services: Vec<String> = agent["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            format!(
-                "{} {}",
-                s["name"].as_str().unwrap(),
-                s["state"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let services = support::service_states(agent);
     assert_eq!(
         services,
         [

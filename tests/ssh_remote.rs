@@ -9,7 +9,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use vmscan::remote::{quote, RemoteError, RemoteShell, SshKey, SshOptions, SshShell, Stream};
 
 mod support;
@@ -52,20 +51,6 @@ impl Lines {
 }
 
 fn ignore(_: Stream, _: &str) {}
-
-fn sha256_file(path: &Path) -> String {
-    let mut f = std::fs::File::open(path).unwrap();
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    hex::encode(h.finalize())
-}
 
 /// `len` bytes that do not compress and are not all the same.
 fn write_noise(path: &Path, len: usize) {
@@ -273,7 +258,7 @@ async fn uploads_20_mib_over_sftp() {
         .await
         .unwrap();
     eprintln!("sftp upload of 20 MiB took {:?}", started.elapsed());
-    assert_eq!(sha256_file(&remote), sha256_file(&local));
+    assert_eq!(support::sha256_file(&remote), support::sha256_file(&local));
     assert!(
         sshd.log().contains("Starting session: subsystem 'sftp'"),
         "SFTP was not used: {}",
@@ -380,7 +365,7 @@ async fn uploads_through_cat_when_the_server_has_no_sftp() {
         .await
         .unwrap();
     eprintln!("exec upload of 20 MiB took {:?}", started.elapsed());
-    assert_eq!(sha256_file(&remote), sha256_file(&local));
+    assert_eq!(support::sha256_file(&remote), support::sha256_file(&local));
     let log = sshd.log();
     assert!(
         log.contains("subsystem request for sftp") && !log.contains("Starting session: subsystem"),
@@ -619,7 +604,7 @@ async fn works_against_dropbear_like_the_fixture_vm() {
         .upload(&local, remote.to_str().unwrap(), T)
         .await
         .unwrap();
-    assert_eq!(sha256_file(&remote), sha256_file(&local));
+    assert_eq!(support::sha256_file(&remote), support::sha256_file(&local));
     let head = shell
         .read_file(remote.to_str().unwrap(), 4, T)
         .await

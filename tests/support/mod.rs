@@ -352,3 +352,36 @@ pub fn stage<'a>(job: &'a Value, name: &str) -> &'a Value {
         .and_then(|s| s.iter().find(|s| s["name"] == name))
         .unwrap_or_else(|| panic!("no stage {name} in {job:#}"))
 }
+
+/// The SHA-256 of a file, read in 1 MiB pieces (images are large).
+pub fn sha256_file(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// "name state" for each service an agent-install stage recorded.
+pub fn service_states(agent_detail: &Value) -> Vec<String> {
+    agent_detail["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["name"].as_str().unwrap(),
+                s["state"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
