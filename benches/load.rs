@@ -59,15 +59,7 @@ struct Settings {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(e) = rt.block_on(run()) {
-        eprintln!("load bench failed: {e:#}");
-        std::process::exit(1);
-    }
+    support::run_bench("load", run());
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -798,12 +790,10 @@ async fn check_jobs(pool: &PgPool, submitted: &[String]) -> anyhow::Result<Ends>
     // The runner writes one summary line ("job succeeded", "job failed: …")
     // right before it marks the job final.
     let summaries_not_one: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT j.id, (SELECT COUNT(*) FROM job_log l WHERE l.job_id = j.id AND l.stage IS NULL \
-           AND (l.message = 'job succeeded' OR l.message LIKE 'job failed: %' \
-                OR l.message LIKE 'job cancelled%')) AS n \
-         FROM jobs j WHERE (SELECT COUNT(*) FROM job_log l WHERE l.job_id = j.id AND l.stage IS NULL \
-           AND (l.message = 'job succeeded' OR l.message LIKE 'job failed: %' \
-                OR l.message LIKE 'job cancelled%')) <> 1",
+        "SELECT j.id, COUNT(l.id) FROM jobs j LEFT JOIN job_log l ON l.job_id = j.id \
+           AND l.stage IS NULL AND (l.message = 'job succeeded' OR l.message LIKE 'job failed: %' \
+                OR l.message LIKE 'job cancelled%') \
+         GROUP BY j.id HAVING COUNT(l.id) <> 1",
     )
     .fetch_all(pool)
     .await?;

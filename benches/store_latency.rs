@@ -83,16 +83,7 @@ struct Scenario {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench` (and maybe a filter); nothing to parse.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(e) = rt.block_on(run()) {
-        eprintln!("store_latency bench failed: {e:#}");
-        std::process::exit(1);
-    }
+    support::run_bench("store_latency", run());
 }
 
 async fn run() -> anyhow::Result<()> {

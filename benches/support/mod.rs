@@ -5,6 +5,20 @@ use anyhow::Context;
 use sqlx::{Connection, Executor};
 use uuid::Uuid;
 
+/// A bench's `main`: runs it on two worker threads and exits 1 with the
+/// error when it fails. (`cargo bench` passes `--bench`; nothing to parse.)
+pub fn run_bench(name: &str, bench: impl std::future::Future<Output = anyhow::Result<()>>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(bench) {
+        eprintln!("{name} bench failed: {e:#}");
+        std::process::exit(1);
+    }
+}
+
 pub fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
     match std::env::var(name) {
         Ok(v) if !v.trim().is_empty() => v

@@ -212,6 +212,8 @@ async fn execute(
         None => 0,
         Some(t) => match (1..1000).find(|n| skip_token(*n) == *t) {
             Some(n) => n,
+            // Inferred, not documented: how the service answers a token it
+            // did not issue; a 400 makes a mis-encoded token fail loudly.
             None => {
                 return (
                     StatusCode::BAD_REQUEST,
