@@ -121,6 +121,28 @@ macro_rules! store_impl {
                     .collect()
             }
 
+            async fn fold_job_counts(&self) -> StoreResult<u64> {
+                let mut tx = self.pool.begin().await?;
+                let taken: Vec<(String, i64)> = sqlx::query_as(sql::TAKE_COUNT_DELTAS)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                // Summed here and written in state order, so two replicas
+                // folding at once lock base rows in the same order.
+                let mut sums = std::collections::BTreeMap::<String, i64>::new();
+                for (state, n) in &taken {
+                    *sums.entry(state.clone()).or_default() += n;
+                }
+                for (state, n) in sums {
+                    sqlx::query(sql::ADD_JOB_COUNT)
+                        .bind(state)
+                        .bind(n)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(taken.len() as u64)
+            }
+
             async fn count_recent_jobs(&self, user: &str, since: Millis) -> StoreResult<i64> {
                 let (n,): (i64,) = sqlx::query_as(sql::COUNT_RECENT_JOBS)
                     .bind(user)

@@ -255,6 +255,10 @@ pub trait Store:
     async fn get_job(&self, id: JobId) -> StoreResult<Option<Job>>;
     async fn list_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>>;
     async fn count_by_state(&self) -> StoreResult<Vec<(JobState, i64)>>;
+    /// Folds the per-change count deltas into the per-state base, so a
+    /// count stays a read of a few rows (the reaper calls it). Safe to run
+    /// concurrently from every replica; returns the deltas folded.
+    async fn fold_job_counts(&self) -> StoreResult<u64>;
     /// Jobs waiting for a worker (the submission limit's question).
     async fn count_queued(&self) -> StoreResult<i64>;
     /// Jobs `user` submitted since `since`.
@@ -345,6 +349,7 @@ pub async fn open(url: &str, max_connections: u32) -> StoreResult<DynStore> {
         ));
     };
     store.migrate().await?;
+    store.fold_job_counts().await?;
     Ok(store)
 }
 

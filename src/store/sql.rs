@@ -38,7 +38,20 @@ pub const GET_JOB: &str = concat!("SELECT ", job_cols!(), " FROM jobs WHERE id =
 pub const COUNT_RECENT_JOBS: &str =
     "SELECT COUNT(*) FROM jobs WHERE requested_by = $1 AND created_at >= $2";
 
-pub const COUNT_BY_STATE: &str = "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state";
+/// Jobs per state: the folded base plus the deltas the triggers added since
+/// (migration 0008), in one statement so both come from one snapshot. Its
+/// cost follows the number of states and unfolded changes, not the history.
+pub const COUNT_BY_STATE: &str = "SELECT state, CAST(SUM(n) AS BIGINT) AS n FROM \
+     (SELECT state, n FROM job_counts UNION ALL SELECT state, n FROM job_count_deltas) t \
+     GROUP BY state HAVING SUM(n) <> 0 ORDER BY state";
+
+/// Takes the deltas this transaction folds; rows a concurrent fold already
+/// took are not returned (on PostgreSQL it waits for that fold, then skips them).
+pub const TAKE_COUNT_DELTAS: &str = "DELETE FROM job_count_deltas RETURNING state, n";
+
+/// Adds folded deltas to a state's base count.
+pub const ADD_JOB_COUNT: &str = "INSERT INTO job_counts (state, n) VALUES ($1, $2) \
+     ON CONFLICT (state) DO UPDATE SET n = job_counts.n + excluded.n";
 
 /// The queue's length: a range of the (state) index, so its cost follows
 /// the queue, not the history (every submission asks).

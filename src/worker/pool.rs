@@ -143,5 +143,8 @@ async fn reaper_loop(env: RunEnv, stop: CancellationToken) {
             }
             Err(e) => tracing::warn!(error = %e, "reaper failed"),
         }
+        if let Err(e) = env.store.fold_job_counts().await {
+            tracing::warn!(error = %e, "folding the job counts failed");
+        }
     }
 }

@@ -404,3 +404,105 @@ for_each_backend!(
         assert_eq!(again.attempt, 2);
     }
 );
+
+/// Counts each state of every job by listing them all (the ground truth the
+/// trigger-kept counts must match).
+async fn listed_counts(s: &DynStore) -> Vec<(JobState, i64)> {
+    let mut by_state = std::collections::BTreeMap::<&'static str, (JobState, i64)>::new();
+    for job in s
+        .list_jobs(&JobFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+    {
+        by_state
+            .entry(job.state.as_str())
+            .or_insert((job.state, 0))
+            .1 += 1;
+    }
+    by_state.into_values().collect()
+}
+
+for_each_backend!(
+    job_counts_stay_exact_under_concurrent_transitions_and_folds,
+    |s: DynStore| async move {
+        for i in 0..60 {
+            s.create_job(new_job(&format!("https://h.example/{i}.img")))
+                .await
+                .unwrap();
+        }
+        let s = Arc::new(s);
+        let mut tasks = Vec::new();
+        // Four workers move jobs queued → running → waiting → running →
+        // succeeded/failed (the opposite-direction transitions a per-state
+        // counter row would deadlock on), while two tasks fold concurrently.
+        for w in 0..4 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u32;
+                while let Some((_, lease)) = s.claim(&format!("w{w}"), LEASE).await.unwrap() {
+                    n += 1;
+                    if lease.attempt == 1 && !n.is_multiple_of(3) {
+                        // Parked with a wake time already past: claimable again.
+                        s.park(&lease, 0, "inventory report not in yet")
+                            .await
+                            .unwrap();
+                        continue;
+                    }
+                    let end = if n.is_multiple_of(4) {
+                        JobState::Failed
+                    } else {
+                        JobState::Succeeded
+                    };
+                    s.finish_job(&lease, end, None).await.unwrap();
+                }
+            }));
+        }
+        for _ in 0..2 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..30 {
+                    s.fold_job_counts().await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let s = Arc::try_unwrap(s).ok().unwrap();
+        // Some failed jobs are retried and one queued job is cancelled, after the storm.
+        let failed = s
+            .list_jobs(&JobFilter {
+                state: Some(JobState::Failed),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(!failed.is_empty(), "the storm ended some jobs as failed");
+        s.retry_job(failed[0].id).await.unwrap();
+        let extra = s
+            .create_job(new_job("https://h.example/x.img"))
+            .await
+            .unwrap();
+        s.request_cancel(extra.id).await.unwrap();
+
+        let truth = listed_counts(&s).await;
+        assert_eq!(truth.iter().map(|(_, n)| n).sum::<i64>(), 61);
+        assert_eq!(s.count_by_state().await.unwrap(), truth, "before folding");
+        assert!(s.fold_job_counts().await.unwrap() > 0);
+        assert_eq!(s.count_by_state().await.unwrap(), truth, "after folding");
+        assert_eq!(
+            s.fold_job_counts().await.unwrap(),
+            0,
+            "nothing left to fold"
+        );
+        assert_eq!(
+            s.count_by_state().await.unwrap(),
+            truth,
+            "after an empty fold"
+        );
+    }
+);
