@@ -170,6 +170,15 @@ impl Application {
                 shutdown.clone(),
             ))
         });
+        // Watched sources; every replica may run it, one at a time holds the lease.
+        let watches = self.config.watch.scheduler.then(|| {
+            let s = crate::watch::scheduler::Scheduler::new(
+                self.store.clone(),
+                self.config.clone(),
+                worker::worker_name(),
+            );
+            tokio::spawn(s.run(shutdown.clone()))
+        });
         // Email and Jira deliveries; safe in every replica (rows are leased).
         let notifier = if self.config.notify.any_enabled() {
             let d = crate::notify::Deliverer::from_config(self.store.clone(), self.config.clone())?;
@@ -213,6 +222,11 @@ impl Application {
         }
         if let Some(j) = janitor {
             j.abort();
+        }
+        if let Some(w) = watches {
+            // A check in flight is abandoned: nothing of it is recorded, so
+            // whoever holds the lease next simply checks again.
+            let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
         }
         if let Some(n) = notifier {
             // Outstanding rows stay in the outbox for the next start.

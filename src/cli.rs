@@ -106,6 +106,11 @@ pub enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Watched sources (on the configured database; the daemon checks them).
+    Watch {
+        #[command(subcommand)]
+        action: crate::cli_watch::WatchAction,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -270,6 +275,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = load(&cli.config, None)?;
             let store = open_store(&cfg).await?;
             crate::cli_accounts::user(&store, action).await
+        }
+        Command::Watch { action } => {
+            let cfg = load(&cli.config, None)?;
+            let store = open_store(&cfg).await?;
+            crate::cli_watch::watch(&store, &cfg, action).await
         }
         Command::Token { action } => {
             let cfg = load(&cli.config, None)?;

@@ -15,7 +15,7 @@ use crate::identity::accounts::{self, TokenRequest};
 use crate::store::auth::{AuditAction, AuditEntry, Outcome, UserChange};
 use crate::store::DynStore;
 
-fn shell_user() -> String {
+pub(crate) fn shell_user() -> String {
     let who = std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "unknown".into());

@@ -19,6 +19,7 @@ mod auth;
 mod notify;
 mod publish;
 mod scan;
+mod watch;
 pub use auth::{AuthBackendKind, AuthConfig, CookieSecure, LdapConfig, LdapTls, NewNames};
 pub use notify::{EmailConfig, JiraConfig, JiraDeployment, NotifyConfig, SmtpSecurity};
 pub use publish::{
@@ -29,6 +30,7 @@ pub use scan::{
     InventoryConfig, InventoryKind, PackageConfig, VmConfig, WinRmConfig, DEB_INSTALL,
     INSTALL_SUCCESS, LINUX_INVENTORY_COMMAND, RPM_INSTALL, UPLOAD_SUCCESS,
 };
+pub use watch::WatchConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -56,6 +58,7 @@ pub struct Config {
     pub inventory: InventoryConfig,
     pub notify: NotifyConfig,
     pub publish: PublishConfig,
+    pub watch: WatchConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -501,6 +504,17 @@ impl Config {
             return bad(format!(
                 "worker.lease_secs = {} is too short (at least 3)",
                 self.worker.lease_secs
+            ));
+        }
+        if self.watch.lease_secs < 3 || self.watch.poll_ms < 10 {
+            return bad("watch.lease_secs must be at least 3 and watch.poll_ms at least 10".into());
+        }
+        if self.watch.min_interval_secs == 0
+            || self.watch.default_interval_secs < self.watch.min_interval_secs
+        {
+            return bad(format!(
+                "watch.min_interval_secs must be at least 1 and watch.default_interval_secs ({}) at least that ({})",
+                self.watch.default_interval_secs, self.watch.min_interval_secs
             ));
         }
         if self.worker.max_lease_expiries < 1 {

@@ -140,7 +140,67 @@ function follow(id) {
   });
 }
 
+async function sendJson(method, url, body) {
+  return fetch(url, {
+    method,
+    headers: {"Content-Type": "application/json", "X-CSRF-Token": csrfToken()},
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+}
+
+// The watches page: make a watch; a watch page: check now, pause, resume, delete.
+function setupWatches() {
+  const form = document.getElementById("watch-form");
+  if (form) {
+    form.addEventListener("submit", async ev => {
+      ev.preventDefault();
+      const btn = document.getElementById("watch-btn");
+      btn.disabled = true;
+      const body = {};
+      for (const [k, v] of new FormData(form).entries()) if (v.trim() !== "") body[k] = v.trim();
+      try {
+        const resp = await sendJson("POST", "/api/v1/watches", body);
+        if (resp.ok) {
+          const w = await resp.json();
+          toast("success", `Watching <a href="/watches/${esc(w.id)}">${esc(w.url_redacted)}</a>; the first check is due now`);
+          form.reset();
+          setTimeout(() => window.location.reload(), 1500);
+        } else {
+          toast("error", "Not watched: " + esc(await apiError(resp)));
+        }
+      } catch (e) {
+        toast("error", "Not watched: cannot reach vmscan (" + esc(e.message) + ")");
+      } finally {
+        btn.disabled = false;
+      }
+    });
+  }
+  const page = document.getElementById("watch");
+  if (!page) return;
+  const id = page.dataset.id;
+  for (const b of document.querySelectorAll(".watch-action")) {
+    b.addEventListener("click", async () => {
+      const action = b.dataset.action;
+      if (action === "delete" && !confirm("Delete this watch? The scans it queued stay.")) return;
+      const [method, url, body] = {
+        check: ["POST", `/api/v1/watches/${id}/check`, undefined],
+        pause: ["PATCH", `/api/v1/watches/${id}`, {enabled: false}],
+        resume: ["PATCH", `/api/v1/watches/${id}`, {enabled: true}],
+        delete: ["DELETE", `/api/v1/watches/${id}`, undefined],
+      }[action];
+      const resp = await sendJson(method, url, body);
+      if (!resp.ok) {
+        toast("error", esc(await apiError(resp)));
+        return;
+      }
+      toast("success", esc((await resp.json()).message));
+      setTimeout(() => { window.location.href = action === "delete" ? "/watches" : window.location.href; }, 1200);
+    });
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   setupSubmit();
   setupJobPage();
+  setupWatches();
 });

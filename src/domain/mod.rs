@@ -13,7 +13,7 @@ pub use ids::JobId;
 pub use os::{detected_os, OsChoice, OsFamily, OsFamilyError};
 pub use redact::redact_url;
 pub use role::{Role, RoleError};
-pub use source::{SourceUrl, SourceUrlError};
+pub use source::{percent_decode, SourceUrl, SourceUrlError};
 pub use state::{JobState, StageName, StageState};
 
 /// Milliseconds since the Unix epoch; the one time representation in the store.

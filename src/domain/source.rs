@@ -52,7 +52,8 @@ impl SourceUrl {
     }
 }
 
-fn percent_decode(s: &str) -> String {
+/// Percent-decodes a URL path segment (lossy UTF-8).
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -2,14 +2,14 @@
 //! the worker's runner decides what runs, checkpoints results and tears down.
 
 mod archive;
-mod checksum;
+pub mod checksum;
 mod context;
 mod convert;
 mod extract;
 mod fetch;
 mod guest_os;
 mod hashing;
-mod http;
+pub mod http;
 pub mod image_format;
 mod inspect;
 pub mod netpolicy;

@@ -108,11 +108,14 @@ pub enum AuditAction {
     ImageRestored,
     ImagePromoted,
     ImageOwnerChanged,
+    WatchCreated,
+    WatchChanged,
+    WatchDeleted,
     Denied,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 14] = [
+    pub const ALL: [AuditAction; 17] = [
         AuditAction::Login,
         AuditAction::Logout,
         AuditAction::Submit,
@@ -126,6 +129,9 @@ impl AuditAction {
         AuditAction::ImageRestored,
         AuditAction::ImagePromoted,
         AuditAction::ImageOwnerChanged,
+        AuditAction::WatchCreated,
+        AuditAction::WatchChanged,
+        AuditAction::WatchDeleted,
         AuditAction::Denied,
     ];
 
@@ -144,6 +150,9 @@ impl AuditAction {
             AuditAction::ImageRestored => "image_restored",
             AuditAction::ImagePromoted => "image_promoted",
             AuditAction::ImageOwnerChanged => "image_owner_changed",
+            AuditAction::WatchCreated => "watch_created",
+            AuditAction::WatchChanged => "watch_changed",
+            AuditAction::WatchDeleted => "watch_deleted",
             AuditAction::Denied => "denied",
         }
     }

@@ -9,6 +9,7 @@ mod postgres;
 mod rows;
 mod sql;
 mod sqlite;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -243,7 +244,13 @@ pub struct StageStat {
 /// Storage for jobs and everything hanging off them.
 #[async_trait]
 pub trait Store:
-    auth::AuthStore + catalog::CatalogStore + notify::NotifyStore + Send + Sync + 'static
+    auth::AuthStore
+    + catalog::CatalogStore
+    + notify::NotifyStore
+    + watch::WatchStore
+    + Send
+    + Sync
+    + 'static
 {
     /// Which backend this is ("sqlite" / "postgres"), for logs and metrics.
     fn backend(&self) -> &'static str;

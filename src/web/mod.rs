@@ -16,6 +16,7 @@ pub mod routes;
 pub mod serve;
 pub mod streams;
 pub mod views;
+mod watches;
 
 use std::sync::Arc;
 
@@ -57,6 +58,7 @@ fn all_routes(state: AppState) -> routes::Routes {
     let r = routes::Routes::new(state);
     let r = api::routes(r);
     let r = catalog::routes(r);
+    let r = watches::routes(r);
     let r = image::routes(r);
     let r = pages::routes(r);
     let r = login::routes(r);

@@ -12,3 +12,4 @@ mod limits;
 mod reliability;
 mod runner;
 mod store_suite;
+mod watches;

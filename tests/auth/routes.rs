@@ -42,6 +42,14 @@ const EXPECTED: &[(&str, &str, A)] = &[
     ("PUT", "/api/v1/images/{key}/owner", ADMIN),
     ("GET", "/images", VIEWER),
     ("GET", "/images/{name}", VIEWER),
+    ("POST", "/api/v1/watches", REQUESTER),
+    ("GET", "/api/v1/watches", VIEWER),
+    ("GET", "/api/v1/watches/{id}", VIEWER),
+    ("PATCH", "/api/v1/watches/{id}", REQUESTER),
+    ("DELETE", "/api/v1/watches/{id}", REQUESTER),
+    ("POST", "/api/v1/watches/{id}/check", REQUESTER),
+    ("GET", "/watches", VIEWER),
+    ("GET", "/watches/{id}", VIEWER),
     ("GET", "/api/v1/jobs/{id}/image", IMAGE_KEY),
     ("GET", "/", VIEWER),
     ("GET", "/jobs", VIEWER),
@@ -126,6 +134,7 @@ struct Ids {
     image_name: String,
     token_id: i64,
     user: String,
+    watch: String,
 }
 
 fn fill(method: &str, path: &str, ids: &Ids) -> String {
@@ -142,6 +151,8 @@ fn fill(method: &str, path: &str, ids: &Ids) -> String {
         path.replace("{key}", &ids.image_id.to_string())
     } else if path == "/images/{name}" {
         path.replace("{name}", &ids.image_name)
+    } else if path.starts_with("/api/v1/watches/") || path.starts_with("/watches/") {
+        path.replace("{id}", &ids.watch)
     } else if path == "/api/v1/users/{name}" {
         path.replace("{name}", &ids.user)
     } else {
@@ -189,7 +200,19 @@ async fn each_rule_answers_each_role_as_the_table_says() {
         // ...and a token of someone else, for the token routes.
         app.token_for("spare", "viewer").await;
         let token_id = app.store.list_tokens(Some("spare")).await.unwrap()[0].id;
+        // ...a watch of the requester's (never checked: it is paused at once)...
+        let (status, watch) = crate::post_with(
+            &app.base,
+            &requester,
+            "/api/v1/watches",
+            json!({"url": "https://images.example.com/a.raw"}),
+        )
+        .await;
+        assert_eq!(status, 201, "{watch}");
+        let watch_id = watch["id"].as_str().unwrap().to_string();
+        app.store.set_watch_enabled(&watch_id, false).await.unwrap();
         let ids = Ids {
+            watch: watch_id,
             job: job_id.clone(),
             image_id,
             image_name: "golden".into(),

@@ -13,6 +13,7 @@ pub mod nutanix;
 pub mod openstack;
 pub mod slapd;
 pub mod smtp;
+pub mod source;
 pub mod sshd;
 pub mod tls;
 pub mod trap;
