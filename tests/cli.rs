@@ -1,5 +1,6 @@
 //! The `vmscan` binary run as an admin would: `vmscan inspect FILE [--json]`
-//! on images built here with qemu-img. No database, no config file.
+//! on images built here with qemu-img (no database, no config file), and
+//! `vmscan watch …` on a fresh SQLite database.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -185,4 +186,76 @@ fn inspect_exits_2_when_the_file_cannot_be_read() {
         err.contains("cannot read") && err.contains("missing.qcow2"),
         "{err}"
     );
+}
+
+fn vmscan_on(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmscan"))
+        .args(args)
+        .env_remove("VMSCAN_CONFIG")
+        .env("VMSCAN_STORAGE__DATA_DIR", data)
+        .env("VMSCAN_LOG", "warn")
+        .env("USER", "sam")
+        .env_remove("SUDO_USER")
+        .output()
+        .expect("vmscan runs")
+}
+
+#[test]
+fn watch_add_list_show_pause_and_rm_work_on_the_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = vmscan_on(
+        &data,
+        &[
+            "watch",
+            "add",
+            "https://images.example.com/rocky/",
+            "--kind",
+            "listing",
+            "--pattern",
+            "Rocky-9-*.qcow2",
+            "--checksum",
+            "file:https://images.example.com/rocky/SHA256SUMS",
+            "--every",
+            "6h",
+            "--name",
+            "rocky-9",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(id.len(), 36, "prints the watch id: {id}");
+
+    let list = vmscan_on(&data, &["watch", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains(&id) && text.contains("listing"), "{text}");
+
+    let show = vmscan_on(&data, &["watch", "show", &id]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        text.contains("every    21600 s") && text.contains("shell:sam"),
+        "{text}"
+    );
+
+    assert!(vmscan_on(&data, &["watch", "pause", &id]).status.success());
+    let text = String::from_utf8_lossy(&vmscan_on(&data, &["watch", "list"]).stdout).to_string();
+    assert!(text.contains("paused"), "{text}");
+
+    // Bad input says which field is wrong, and nothing is made.
+    let bad = vmscan_on(
+        &data,
+        &["watch", "add", "https://h.example/a.raw", "--every", "10s"],
+    );
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("interval: 10 s is shorter"), "{err}");
+
+    assert!(vmscan_on(&data, &["watch", "rm", &id]).status.success());
+    let gone = vmscan_on(&data, &["watch", "show", &id]);
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("not found"));
 }

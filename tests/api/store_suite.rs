@@ -506,3 +506,96 @@ for_each_backend!(
         );
     }
 );
+
+for_each_backend!(
+    a_watch_check_lands_only_with_the_lease_and_the_fingerprint_it_began_from,
+    |s: DynStore| async move {
+        use vmscan::store::watch::{CheckOutcome, CheckRecord, NewWatch, Recorded, ScanTemplate};
+        use vmscan::watch::WatchKind;
+        let w = s
+            .create_watch(&NewWatch {
+                owner: "ann".into(),
+                url: "https://h.example/a.raw".into(),
+                kind: WatchKind::Url,
+                sums_url: None,
+                interval_secs: 60,
+                template: ScanTemplate {
+                    requested_by: "ann".into(),
+                    email: None,
+                    note: None,
+                    options: json!({}),
+                },
+            })
+            .await
+            .unwrap();
+        let far = vmscan::domain::now_millis() + 60_000;
+        fn rec<'a>(id: &'a str, fp: &'a str, far: i64) -> CheckRecord<'a> {
+            CheckRecord {
+                watch_id: id,
+                previous: None,
+                outcome: CheckOutcome::Changed,
+                message: "new image",
+                image_url: Some("https://h.example/a.raw"),
+                fingerprint: Some(fp),
+                etag: None,
+                last_modified: None,
+                next_check_at: far,
+                job: Some(new_job("https://h.example/a.raw")),
+            }
+        }
+        assert!(s
+            .acquire_lease("watch-scheduler", "one", far)
+            .await
+            .unwrap());
+        assert!(
+            !s.acquire_lease("watch-scheduler", "two", far)
+                .await
+                .unwrap(),
+            "held by one"
+        );
+        // Not the holder: nothing lands, no job.
+        assert_eq!(
+            s.record_check("watch-scheduler", "two", far, rec(&w.id, "fp1", far))
+                .await
+                .unwrap(),
+            Recorded::Lost
+        );
+        // The holder, from the fingerprint the watch has: the check and its scan land together.
+        let Recorded::Done { job: Some(job) } = s
+            .record_check("watch-scheduler", "one", far, rec(&w.id, "fp1", far))
+            .await
+            .unwrap()
+        else {
+            panic!("not recorded")
+        };
+        assert_eq!(
+            s.get_job(job)
+                .await
+                .unwrap()
+                .unwrap()
+                .requested_by
+                .as_deref(),
+            Some("ann@example.com")
+        );
+        // A second check that began before the first landed (from no fingerprint) is stale.
+        assert_eq!(
+            s.record_check("watch-scheduler", "one", far, rec(&w.id, "fp1", far))
+                .await
+                .unwrap(),
+            Recorded::Lost
+        );
+        let got = s.get_watch(&w.id).await.unwrap().unwrap();
+        assert_eq!((got.scans, got.checks), (1, 1));
+        assert_eq!(
+            s.count_by_state().await.unwrap(),
+            vec![(JobState::Queued, 1)]
+        );
+        // Released, the lease is free for another holder.
+        s.release_lease("watch-scheduler", "one").await.unwrap();
+        assert!(s
+            .acquire_lease("watch-scheduler", "two", far)
+            .await
+            .unwrap());
+        assert_eq!(s.watch_checks(&w.id, 10).await.unwrap().len(), 1);
+    }
+);
