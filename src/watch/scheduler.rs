@@ -11,7 +11,7 @@ use url::Url;
 use super::check::{observe, Previous, Target};
 use crate::artifacts::{check_label, name_from_file, split_version};
 use crate::config::Config;
-use crate::domain::{now_millis, ChecksumSpec, Millis, SourceUrl};
+use crate::domain::{now_millis, ChecksumSpec, Millis, Role, SourceUrl};
 use crate::pipeline::http::Fetcher;
 use crate::pipeline::netpolicy::NetPolicy;
 use crate::store::watch::{CheckOutcome, CheckRecord, Recorded, Watch};
@@ -104,6 +104,15 @@ impl Scheduler {
             }
             Err(e) => (CheckOutcome::Error, e, None),
         };
+        if outcome == CheckOutcome::Changed {
+            if let Err(why) = self.owner_may_scan(w).await? {
+                // The fingerprint stays, so the change is picked up once the
+                // owner may scan again.
+                return self
+                    .record(w, CheckOutcome::Error, &why, None, started)
+                    .await;
+            }
+        }
         let job = match (&outcome, &obs) {
             (CheckOutcome::Changed, Some(obs)) => {
                 match scan_of(w, &obs.image_url, obs.checksum.clone()) {
@@ -128,6 +137,30 @@ impl Scheduler {
             job,
         };
         self.land(w, rec).await
+    }
+
+    /// Nobody scans in the name of someone who may no longer: a watch of a
+    /// disabled, removed or demoted account queues nothing. (`shell:` owners
+    /// made it with the CLI on the database itself.)
+    async fn owner_may_scan(
+        &self,
+        w: &Watch,
+    ) -> Result<Result<(), String>, crate::store::StoreError> {
+        if w.owner.starts_with("shell:") {
+            return Ok(Ok(()));
+        }
+        Ok(match self.store.get_user(&w.owner).await? {
+            None => Err(format!(
+                "not scanned: the owner {} no longer exists",
+                w.owner
+            )),
+            Some(u) if u.disabled => Err(format!("not scanned: the owner {} is disabled", w.owner)),
+            Some(u) if u.role < Role::Requester => Err(format!(
+                "not scanned: the owner {} is now a {} and may not request scans",
+                w.owner, u.role
+            )),
+            Some(_) => Ok(()),
+        })
     }
 
     async fn observe(&self, w: &Watch) -> Result<super::check::Observation, String> {

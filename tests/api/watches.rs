@@ -384,3 +384,50 @@ async fn a_scheduler_killed_mid_check_neither_loses_nor_duplicates_a_scan() {
         drop(second);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_owner_s_watch_queues_nothing_until_they_are_enabled() {
+    use vmscan::store::auth::UserChange;
+    let src = Source::start().await;
+    src.put("app-1.raw", b"build 1");
+    let app = app(Backend::Sqlite).await;
+    let rita = app.person("rita", "Rita", "requester").await;
+    let w: Value = rita
+        .post(app.url("/api/v1/watches"))
+        .json(&json!({"url": src.url("images/"), "kind": "listing", "pattern": "app-*.raw", "interval": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = w["id"].as_str().unwrap().to_string();
+    wait_scans(&app, &id, 1).await;
+    let change = |disabled| UserChange {
+        role: None,
+        disabled: Some(disabled),
+        password_hash: None,
+        email: None,
+        display_name: None,
+    };
+    app.store.update_user("rita", &change(true)).await.unwrap();
+    src.put("app-2.raw", b"build 2");
+    let start = Instant::now();
+    loop {
+        let w = watch_of(&app, &id).await;
+        if w["watch"]["last_outcome"] == "error" {
+            assert_eq!(
+                w["watch"]["last_message"],
+                "not scanned: the owner rita is disabled"
+            );
+            assert_eq!(w["watch"]["scans"], 1);
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "{w:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.store.update_user("rita", &change(false)).await.unwrap();
+    let done = wait_scans(&app, &id, 2).await;
+    assert!(done["job"]["url"].as_str().unwrap().ends_with("app-2.raw"));
+    app.stop().await;
+}
