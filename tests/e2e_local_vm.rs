@@ -496,10 +496,12 @@ async fn bench_scan_stage_times_and_parallel_scans() {
         w.flexera.set_reconcile_delay(Duration::ZERO);
         let started = std::time::Instant::now();
         let mut ids = Vec::new();
-        for _ in 0..parallel {
+        for i in 0..parallel {
+            // Each its own version: the default (the submit time, to the
+            // second) would collide between scans queued in the same second.
             let job = w
                 .app
-                .submit(json!({"url": w.images.url("disk.raw.tar.gz")}))
+                .submit(json!({"url": w.images.url("disk.raw.tar.gz"), "version": format!("bench-{parallel}-{i}")}))
                 .await;
             ids.push(job["id"].as_str().unwrap().to_string());
         }

@@ -49,6 +49,8 @@ pub struct JobView {
     pub notifications: Vec<NotificationView>,
     /// What the submitter chose: target cluster, OS family, image name, version…
     pub options: Value,
+    /// The watch that queued this scan, if one did.
+    pub watch: Option<String>,
     pub cluster: Option<String>,
     /// The family the job scans as: `linux` or `windows`; `auto` until the
     /// inspect stage has looked at the image.
@@ -437,6 +439,11 @@ pub fn job_view(
         jira: None,
         notifications: Vec::new(),
         options: job.options.clone(),
+        watch: job
+            .options
+            .get("watch")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         cluster: job
             .options
             .get("cluster")

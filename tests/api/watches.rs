@@ -93,6 +93,14 @@ async fn a_listing_watch_scans_each_new_image_once_and_publishes_it_as_current()
         let job = &first["job"];
         assert_eq!(job["state"], "succeeded", "{job:#}");
         assert_eq!(job["requested_by"], "rita");
+        assert_eq!(job["watch"], id.as_str());
+        let (_, page) = app
+            .get_text(&format!("/jobs/{}", job["id"].as_str().unwrap()))
+            .await;
+        assert!(
+            page.contains(&format!("href=\"/watches/{id}\"")),
+            "the job page links its watch"
+        );
         assert!(
             job["url"]
                 .as_str()
