@@ -12,6 +12,22 @@ macro_rules! leased {
     };
 }
 
+/// A new job's INSERT, bound; `create_job` and the watch scheduler's
+/// check transaction both queue jobs with it.
+macro_rules! insert_job {
+    ($job:expr, $now:expr) => {
+        sqlx::query_as(sql::INSERT_JOB)
+            .bind(JobId::new().to_string())
+            .bind($job.url.to_string())
+            .bind($job.checksum.map(|c| c.to_string()))
+            .bind($job.requested_by)
+            .bind($job.email)
+            .bind($job.note)
+            .bind($job.options.to_string())
+            .bind($now)
+    };
+}
+
 macro_rules! store_impl {
     ($store:ty, $db:ty, $claim:expr) => {
         impl $store {
@@ -60,15 +76,7 @@ macro_rules! store_impl {
 
             async fn create_job(&self, job: NewJob) -> StoreResult<Job> {
                 let now = now_millis();
-                let row: JobRow = sqlx::query_as(sql::INSERT_JOB)
-                    .bind(JobId::new().to_string())
-                    .bind(job.url.to_string())
-                    .bind(job.checksum.map(|c| c.to_string()))
-                    .bind(job.requested_by)
-                    .bind(job.email)
-                    .bind(job.note)
-                    .bind(job.options.to_string())
-                    .bind(now)
+                let row: JobRow = super::common::insert_job!(job, now)
                     .fetch_one(&self.pool)
                     .await?;
                 self.notify_work().await;
@@ -533,6 +541,7 @@ macro_rules! store_impl {
     };
 }
 
+pub(crate) use insert_job;
 pub(crate) use leased;
 pub(crate) use store_impl;
 

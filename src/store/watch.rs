@@ -11,6 +11,7 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::common::insert_job;
 use super::rows::{job_id, JobRow};
 use super::{sql, Job, NewJob, PgStore, SqliteStore, StoreError, StoreResult};
 use crate::domain::{now_millis, JobId, Millis};
@@ -481,17 +482,7 @@ macro_rules! watch_impl {
                 }
                 let mut queued = None;
                 if let Some(job) = rec.job {
-                    let row: JobRow = sqlx::query_as(sql::INSERT_JOB)
-                        .bind(JobId::new().to_string())
-                        .bind(job.url.to_string())
-                        .bind(job.checksum.map(|c| c.to_string()))
-                        .bind(job.requested_by)
-                        .bind(job.email)
-                        .bind(job.note)
-                        .bind(job.options.to_string())
-                        .bind(now)
-                        .fetch_one(&mut *tx)
-                        .await?;
+                    let row: JobRow = insert_job!(job, now).fetch_one(&mut *tx).await?;
                     let job = Job::try_from(row)?;
                     sqlx::query(sql::SYSTEM_LOG)
                         .bind(job.id.to_string())

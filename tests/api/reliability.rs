@@ -14,7 +14,7 @@ use crate::support::daemon::Daemon;
 use crate::support::fileserver::{Behaviour, FileServer};
 use crate::support::{backends, fresh_pg_database, pg_admin_url, Backend};
 
-fn env_for(db: &str, data: &Path, lease_secs: u64) -> Vec<(&'static str, String)> {
+pub(crate) fn env_for(db: &str, data: &Path, lease_secs: u64) -> Vec<(&'static str, String)> {
     vec![
         ("VMSCAN_STORAGE__DATABASE_URL", db.to_string()),
         ("VMSCAN_STORAGE__DATA_DIR", data.display().to_string()),

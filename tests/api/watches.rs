@@ -272,22 +272,29 @@ async fn a_watch_request_is_checked_field_by_field() {
     app.stop().await;
 }
 
+/// The reliability tests' replica set-up, plus watches checked every second.
 fn env_for(db: &str, data: &std::path::Path) -> Vec<(&'static str, String)> {
-    vec![
-        ("VMSCAN_STORAGE__DATABASE_URL", db.to_string()),
-        ("VMSCAN_STORAGE__DATA_DIR", data.display().to_string()),
-        ("VMSCAN_SERVER__LISTEN", "127.0.0.1:0".into()),
-        ("VMSCAN_WORKER__POLL_INTERVAL_MS", "100".into()),
-        ("VMSCAN_FETCH__DENY_CIDRS", "[]".into()),
-        (
-            "VMSCAN_PIPELINE__STAGES",
-            "[\"fetch\", \"checksum\"]".into(),
-        ),
+    let mut env = crate::reliability::env_for(db, data, 3);
+    env.extend([
         ("VMSCAN_WATCH__MIN_INTERVAL_SECS", "1".into()),
         ("VMSCAN_WATCH__DEFAULT_INTERVAL_SECS", "1".into()),
         ("VMSCAN_WATCH__POLL_MS", "100".into()),
         ("VMSCAN_WATCH__LEASE_SECS", "3".into()),
-    ]
+    ]);
+    env
+}
+
+/// Makes a watch as whoever `client` is; its id.
+async fn make_watch(client: &reqwest::Client, base: &str, body: Value) -> String {
+    let r = client
+        .post(format!("{base}/api/v1/watches"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let w: Value = r.json().await.unwrap();
+    w["id"].as_str().expect("watch made").to_string()
 }
 
 async fn get_json(client: &reqwest::Client, url: &str) -> Value {
@@ -324,16 +331,12 @@ async fn a_scheduler_killed_mid_check_neither_loses_nor_duplicates_a_scan() {
         let first = Daemon::start(&["serve"], &env_for(&db, &tmp.path().join("a")));
         let client = first.admin_client();
         let base = first.base.clone().unwrap();
-        let w: Value = client
-            .post(format!("{base}/api/v1/watches"))
-            .json(&json!({"url": src.url("images/"), "kind": "listing", "pattern": "app-*.raw", "interval": 1}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = w["id"].as_str().expect("watch made").to_string();
+        let id = make_watch(
+            &client,
+            &base,
+            json!({"url": src.url("images/"), "kind": "listing", "pattern": "app-*.raw", "interval": 1}),
+        )
+        .await;
         let url = format!("{base}/api/v1/watches/{id}");
         wait_watch(&client, &url, "first scan", |w| w["watch"]["scans"] == 1).await;
 
@@ -400,16 +403,12 @@ async fn a_disabled_owner_s_watch_queues_nothing_until_they_are_enabled() {
     src.put("app-1.raw", b"build 1");
     let app = app(Backend::Sqlite).await;
     let rita = app.person("rita", "Rita", "requester").await;
-    let w: Value = rita
-        .post(app.url("/api/v1/watches"))
-        .json(&json!({"url": src.url("images/"), "kind": "listing", "pattern": "app-*.raw", "interval": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = w["id"].as_str().unwrap().to_string();
+    let id = make_watch(
+        &rita,
+        &app.base,
+        json!({"url": src.url("images/"), "kind": "listing", "pattern": "app-*.raw", "interval": 1}),
+    )
+    .await;
     wait_scans(&app, &id, 1).await;
     let change = |disabled| UserChange {
         role: None,
