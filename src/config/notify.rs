@@ -23,6 +23,10 @@ pub struct NotifyConfig {
     pub jira_link_wait_secs: u64,
     /// Log lines quoted in the "scan failed" email.
     pub log_lines: i64,
+    /// Jobs of a batch (a manifest) are told about once, in one summary
+    /// email and Jira ticket when the last one ends, instead of per image.
+    /// false: each image is told about as a single submission is, and no summary.
+    pub batch_summary: bool,
     pub email: EmailConfig,
     pub jira: JiraConfig,
 }
@@ -109,6 +113,7 @@ impl Default for NotifyConfig {
             lease_secs: 120,
             jira_link_wait_secs: 60,
             log_lines: 20,
+            batch_summary: true,
             email: EmailConfig::default(),
             jira: JiraConfig::default(),
         }

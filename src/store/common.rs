@@ -168,6 +168,12 @@ macro_rules! store_impl {
                         job.state
                     )));
                 }
+                if job.batch_id.is_some() {
+                    sqlx::query(super::batch::REOPEN)
+                        .bind(id.to_string())
+                        .execute(&self.pool)
+                        .await?;
+                }
                 self.notify_work().await;
                 Ok(job)
             }

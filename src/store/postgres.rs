@@ -52,7 +52,7 @@ impl PgStore {
         })
     }
 
-    async fn notify_work(&self) {
+    pub(super) async fn notify_work(&self) {
         // Best effort: workers also poll, so a lost notification only costs latency.
         if let Err(e) = sqlx::query(sql::PG_NOTIFY).execute(&self.pool).await {
             tracing::warn!(error = %e, "pg_notify failed");

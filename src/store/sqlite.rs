@@ -46,7 +46,7 @@ impl SqliteStore {
         })
     }
 
-    async fn notify_work(&self) {
+    pub(super) async fn notify_work(&self) {
         self.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
