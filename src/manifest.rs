@@ -531,11 +531,17 @@ fn checksum(v: &Value) -> Result<Option<String>, (&'static str, String)> {
                 }
                 None => return Err(("type", "missing (md5, sha1, sha256 or sha512)".into())),
             };
-            let value = match m.get("value") {
-                Some(Value::String(h)) => h.trim().to_string(),
-                Some(_) => return Err(("value", "must be a string of hex digits".into())),
-                None => return Err(("value", "missing".into())),
-            };
+            let value =
+                match m.get("value") {
+                    Some(Value::String(h)) => h.trim().to_string(),
+                    Some(Value::Number(_)) => return Err((
+                        "value",
+                        "is a number: quote it (YAML reads a digest of digits only as a number)"
+                            .into(),
+                    )),
+                    Some(_) => return Err(("value", "must be a string of hex digits".into())),
+                    None => return Err(("value", "missing".into())),
+                };
             format!("{algo}:{value}")
                 .parse::<ChecksumSpec>()
                 .map(|c| Some(c.to_string()))
@@ -651,7 +657,7 @@ mod tests {
     #[test]
     fn reports_every_error_with_its_image_and_field() {
         let text = format!(
-            "owner: t\nbogus: 1\nimages:\n  no-url:\n    name: x\n  bad-type:\n    get_url: https://h.example/a\n    checksum: {{type: sha384, value: {SHA}}}\n  bad-value:\n    get_url: https://h.example/a\n    checksum: {{type: sha256, value: abc}}\n  no-value:\n    get_url: https://h.example/a\n    checksum: {{type: sha256}}\n  bad-size:\n    get_url: https://h.example/a\n    size: [1]\n  typo:\n    get_url: https://h.example/a\n    clustr: x\n  local:\n    input:\n      path: /tmp/x.qcow2\n  twice:\n    get_url: https://h.example/a\n    input: {{url: https://h.example/b}}\n  scalar: hello\n"
+            "owner: t\nbogus: 1\nimages:\n  no-url:\n    name: x\n  bad-type:\n    get_url: https://h.example/a\n    checksum: {{type: sha384, value: {SHA}}}\n  bad-value:\n    get_url: https://h.example/a\n    checksum: {{type: sha256, value: abc}}\n  no-value:\n    get_url: https://h.example/a\n    checksum: {{type: sha256}}\n  number:\n    get_url: https://h.example/a\n    checksum: {{type: md5, value: 12345678901234567890123456789012}}\n  bad-size:\n    get_url: https://h.example/a\n    size: [1]\n  typo:\n    get_url: https://h.example/a\n    clustr: x\n  local:\n    input:\n      path: /tmp/x.qcow2\n  twice:\n    get_url: https://h.example/a\n    input: {{url: https://h.example/b}}\n  scalar: hello\n"
         );
         let e = errors(&text);
         let want = [
@@ -660,6 +666,7 @@ mod tests {
             "images.bad-type.checksum.type: unknown checksum algorithm \"sha384\" (use md5, sha1, sha256 or sha512)",
             "images.bad-value.checksum.value: a sha256 checksum has 64 hex digits, \"abc\" has 3",
             "images.no-value.checksum.value: missing",
+            "images.number.checksum.value: is a number: quote it",
             "images.bad-size.size: must be a size such as 20G, or a number of bytes",
             "images.typo.clustr: unknown field",
             "images.local.input.path: a file on the builder's machine cannot be fetched",
