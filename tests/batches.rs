@@ -50,14 +50,14 @@ impl Images {
     /// debian-12's checksum is well formed but wrong, so it fails at checksum.
     fn manifest(&self) -> String {
         format!(
-            "owner: sam-team\nimages:\n  rocky-9:\n    name: rocky-9\n    version: \"9.4\"\n    get_url: {}\n    checksum: {{type: sha256, value: {}}}\n    note: nightly\n  alma-9:\n    name: alma-9\n    version: 9.4\n    input:\n      url: {}\n      checksum:\n        type: sha256\n        value: {}\n  debian-12:\n    name: debian-12\n    version: '12.7'\n    get_url: {}\n    checksum: {{type: sha256, value: {}}}\n",
+            "owner: sam-team\nimages:\n  rocky-9:\n    name: rocky-9\n    version: \"9.4\"\n    get_url: {}\n    checksum: {{type: sha256, value: {}}}\n    note: nightly\n  alma-9:\n    name: alma-9\n    version: 9.4\n    input:\n      url: {}\n      checksum:\n        type: sha256\n        value: {}\n  debian-12:\n    name: debian-12\n    version: '12.7'\n    get_url: {}\n    checksum: {{type: sha256, value: '{}'}}\n",
             self.url("rocky-9.raw"),
             self.sha256("rocky-9.raw"),
             self.url("alma-9.raw"),
             self.sha256("alma-9.raw"),
             self.url("debian-12.raw"),
-            // Quoted: unquoted, YAML reads a digest of digits only as a number.
-            format!("'{}'", "0".repeat(64)),
+            // Quoted (above): unquoted, YAML reads a digest of digits only as a number.
+            "0".repeat(64),
         )
     }
 }
