@@ -43,7 +43,7 @@ pub async fn submit(
     }
     let clusters = Clusters::configured(cfg);
     let mut jobs = Vec::new();
-    let mut errors = Vec::new();
+    let mut errors = std::mem::take(&mut m.errors);
     for img in &mut m.images {
         let mut req = std::mem::take(&mut img.request);
         // Flags fill in what the manifest leaves out.

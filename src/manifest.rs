@@ -152,7 +152,12 @@ pub struct Manifest {
     pub owner: Option<String>,
     /// Extra addresses to tell (as `email` on a single submission).
     pub email: Option<String>,
+    /// The images whose shape is right, for the single-submission checks.
     pub images: Vec<ManifestImage>,
+    /// What is wrong with the shape of the rest (and of the top level).
+    /// Nothing may be queued unless this is empty; it is reported together
+    /// with the errors the single-submission checks find in `images`.
+    pub errors: Vec<FieldError>,
     /// Fields read and ignored, for the submitter to see.
     pub warnings: Vec<String>,
 }
@@ -249,6 +254,8 @@ const INPUT_FIELDS: &[&str] = &["url", "path", "format", "checksum"];
 
 /// Reads and checks a manifest's shape; the single-submission checks of
 /// each image (URL, cluster, name…) run after, on [`ManifestImage::request`].
+/// Err: nothing to check further (not YAML/JSON, no images); other errors
+/// are in [`Manifest::errors`].
 pub fn parse(text: &str, syntax: Syntax) -> Result<Manifest, ManifestErrors> {
     let one = |field: &str, message: String| {
         ManifestErrors(vec![FieldError {
@@ -323,10 +330,14 @@ pub fn parse(text: &str, syntax: Syntax) -> Result<Manifest, ManifestErrors> {
         }
         Some(Ordered(i)) => i,
     };
+    if images.is_empty() {
+        return Err(ManifestErrors(errors));
+    }
     let mut out = Manifest {
         owner,
         email,
         images: Vec::new(),
+        errors: Vec::new(),
         warnings: Vec::new(),
     };
     for (key, v) in images {
@@ -336,11 +347,8 @@ pub fn parse(text: &str, syntax: Syntax) -> Result<Manifest, ManifestErrors> {
         }
     }
     duplicates(&out.images, &mut errors);
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(ManifestErrors(errors))
-    }
+    out.errors = errors;
+    Ok(out)
 }
 
 /// A string field that YAML may have read as a number (`version: 9.4`).
@@ -583,12 +591,11 @@ mod tests {
     const SHA: &str = "39277948d53a10f1087454a1e0ed1c9bb48b48f6a4ddbf5113adc36f70be6730";
 
     fn errors(text: &str) -> Vec<String> {
-        parse(text, Syntax::Yaml)
-            .unwrap_err()
-            .0
-            .iter()
-            .map(|e| e.to_string())
-            .collect()
+        let e = match parse(text, Syntax::Yaml) {
+            Ok(m) => m.errors,
+            Err(e) => e.0,
+        };
+        e.iter().map(|e| e.to_string()).collect()
     }
 
     #[test]
@@ -713,7 +720,7 @@ mod tests {
             Syntax::Yaml,
         );
         // The checksum is checked here already; the URL by the single checks.
-        let e = m.unwrap_err().0;
+        let e = m.unwrap().errors;
         assert_eq!(e[0].field, "input.checksum");
         let m = parse("images:\n  a:\n    input: {url: ftp://x}\n", Syntax::Yaml).unwrap();
         let located = m.images[0].locate("url: unsupported URL scheme \"ftp\"");

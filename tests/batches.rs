@@ -301,18 +301,29 @@ async fn an_invalid_manifest_queues_nothing_and_names_every_error() {
             })
             .collect();
         let fields: Vec<&str> = errors.iter().map(|(f, _)| f.as_str()).collect();
-        // The shape's errors come first: checked before the single-image checks run.
+        // The shape's errors, then those of the single-submission checks of
+        // the images whose shape is right: all in one answer.
         assert_eq!(
             fields,
-            ["bad-type.checksum.type", "no-url.get_url"],
+            [
+                "bad-type.checksum.type",
+                "no-url.get_url",
+                "bad-size.size",
+                "bad-cluster.cluster"
+            ],
             "{errors:#?}"
         );
         assert!(errors[0].1.contains("\"crc32\""), "{errors:?}");
+        assert!(errors[2].1.contains("\"20GB\" is ambiguous"), "{errors:?}");
+        assert!(
+            errors[3].1.contains("not a configured cluster"),
+            "{errors:?}"
+        );
         assert!(body["error"]
             .as_str()
             .unwrap()
-            .starts_with("the manifest has 2 errors; nothing was queued"));
-        // With the shape right, the single-submission checks name theirs.
+            .starts_with("the manifest has 4 errors; nothing was queued"));
+        // The single-submission checks, as the manifest names the fields.
         let manifest = format!(
             "images:\n  good:\n    get_url: {}\n  bad-size:\n    get_url: {}\n    size: 20GB\n  bad-cluster:\n    get_url: {}\n    cluster: openstack:nope\n  bad-url:\n    input: {{url: 'ftp://h.example/x.qcow2'}}\n",
             images.url("rocky-9.raw"),
@@ -573,6 +584,96 @@ async fn convert_grows_the_disk_and_refuses_to_shrink_it() {
     assert!(
         page.contains("grown from 32.0 MiB (33554432 bytes) to 64.0 MiB (67108864 bytes)"),
         "{page}"
+    );
+    app.stop().await;
+}
+
+/// `vmscan submit -f manifest.yml [--wait]` on the store a running daemon
+/// (here the test's app, on the same SQLite file) works from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_submits_a_manifest_and_waits_for_its_summary() {
+    let images = Images::new();
+    let app = TestApp::spawn(Backend::Sqlite, |c| intake(c, images.dir.path())).await;
+    let cfg = images.dir.path().join("vmscan.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[storage]\ndata_dir = {:?}\n[fetch]\nallowed_roots = [{:?}]\n",
+            app.data_dir.display().to_string(),
+            images.dir.path().display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = |args: Vec<String>| {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_vmscan"))
+                .arg("--config")
+                .arg(&cfg)
+                .args(&args)
+                .env("VMSCAN_LOG", "warn")
+                .output()
+                .expect("vmscan runs")
+        })
+    };
+    let file = |name: &str, text: &str| {
+        let p = images.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+
+    // An invalid manifest: every error on stderr, nothing queued, exit 2.
+    let bad = file(
+        "bad.yml",
+        &format!(
+            "images:\n  a:\n    get_url: {}\n    checksum: {{type: whirlpool, value: ab}}\n  b:\n    get_url: {}\n    os: beos\n",
+            images.url("rocky-9.raw"),
+            images.url("alma-9.raw")
+        ),
+    );
+    let out = run(vec!["submit".into(), "-f".into(), bad]).await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("nothing was queued"), "{err}");
+    assert!(
+        err.contains("images.a.checksum.type: unknown checksum algorithm \"whirlpool\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("images.b.os: \"beos\" is not an OS family"),
+        "{err}"
+    );
+    assert_eq!(job_count(&app).await, 0);
+
+    // A good one with a failing image: each job's id, then the summary, exit 1.
+    let good = file("good.yml", &images.manifest());
+    let out = run(vec!["submit".into(), "-f".into(), good, "--wait".into()])
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("batch "), "{stdout}");
+    for (line, key) in lines[1..4].iter().zip(["rocky-9", "alma-9", "debian-12"]) {
+        let (id, k) = line.split_once("  ").unwrap();
+        assert_eq!(k, key);
+        assert_eq!(app.job(id).await["batch_key"], key);
+    }
+    assert!(
+        stdout
+            .trim_end()
+            .ends_with("2 of 3 passed, 1 failed at checksum"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("failed at checksum: ")
+            && stdout.contains("checksum mismatch: expected sha256 0000"),
+        "{stdout}"
     );
     app.stop().await;
 }

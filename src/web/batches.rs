@@ -163,7 +163,8 @@ async fn create_batch(
     if let Err(e) = submission_limits(&st, &me, m.images.len() as i64).await {
         return Err(refused(e).await);
     }
-    let mut errors = Vec::new();
+    // The shape's errors and each image's own, in one answer.
+    let mut errors = std::mem::take(&mut m.errors);
     let mut jobs = Vec::new();
     for img in &mut m.images {
         let mut req = std::mem::take(&mut img.request);
