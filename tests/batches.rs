@@ -677,3 +677,74 @@ async fn the_cli_submits_a_manifest_and_waits_for_its_summary() {
     );
     app.stop().await;
 }
+
+/// A batch whose last job never reached a worker (cancelled while queued)
+/// still gets its summary, from the delivery loop's sweep; with
+/// `batch_summary = false` each image is told about on its own instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sweep_closes_a_batch_cancelled_before_it_ran_and_summaries_can_be_off() {
+    let images = Images::new();
+    let smtp = SmtpSink::start().await;
+    let jira = FakeJira::start(2).await;
+    let app = TestApp::spawn(Backend::Sqlite, |c| {
+        intake(c, images.dir.path());
+        notify(c, &smtp, &jira);
+        c.notify.jira.enabled = false;
+        c.notify.batch_sweep_secs = 1;
+        c.worker.pool_size = 0;
+    })
+    .await;
+    let (status, b) = post_manifest(&app.client, &app, "application/yaml", images.manifest()).await;
+    assert_eq!(status, 201, "{b:#}");
+    for j in b["jobs"].as_array().unwrap() {
+        let (status, _) = app
+            .post(
+                &format!("/api/v1/jobs/{}/cancel", j["id"].as_str().unwrap()),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let m = smtp.wait_for("batch", Duration::from_secs(20)).await;
+    assert_eq!(
+        m.subject,
+        "[vmscan] batch sam-team (3 images): 0 of 3 passed, 3 cancelled"
+    );
+    app.stop().await;
+
+    // Summaries off: per-image mails, as for single submissions, and no summary.
+    let smtp = SmtpSink::start().await;
+    let app = TestApp::spawn(Backend::Sqlite, |c| {
+        intake(c, images.dir.path());
+        notify(c, &smtp, &jira);
+        c.notify.jira.enabled = false;
+        c.notify.batch_summary = false;
+        c.notify.batch_sweep_secs = 1;
+    })
+    .await;
+    let (status, b) = post_manifest(&app.client, &app, "application/yaml", images.manifest()).await;
+    assert_eq!(status, 201, "{b:#}");
+    let done = wait_batch_ended(&app, b["id"].as_str().unwrap()).await;
+    assert_eq!(
+        done["summary"]["text"],
+        "2 of 3 passed, 1 failed at checksum"
+    );
+    smtp.wait_for("scan failed at checksum", Duration::from_secs(20))
+        .await;
+    let start = Instant::now();
+    while smtp.messages().len() < 6 && start.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let subjects: Vec<String> = smtp.messages().into_iter().map(|m| m.subject).collect();
+    assert_eq!(
+        subjects.len(),
+        6,
+        "started and ended, per image: {subjects:?}"
+    );
+    assert!(
+        subjects.iter().all(|s| !s.contains("batch")),
+        "{subjects:?}"
+    );
+    app.stop().await;
+}

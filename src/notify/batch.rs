@@ -1,8 +1,6 @@
 //! The batch summary: one email and one Jira ticket when the last job of a
 //! batch has ended, instead of one per image (`notify.batch_summary`).
 
-use std::time::Duration;
-
 use lettre::message::Mailbox;
 
 use super::email::{esc, Mail};
@@ -13,9 +11,6 @@ use crate::store::batch::Batch;
 use crate::store::notify::{Delivered, Notification};
 
 pub const KIND: &str = "batch_finished";
-
-/// How often each delivery loop looks for batches whose close was missed.
-pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// The channels a batch's summary goes to.
 pub fn summary_channels(batch_summary: bool, email: bool, jira: bool) -> Vec<&'static str> {

@@ -205,10 +205,11 @@ impl Deliverer {
         let me = format!("{}-notify", crate::worker::worker_name());
         let poll = Duration::from_millis(self.cfg.notify.poll_interval_ms.max(10));
         let lease = Duration::from_secs(self.cfg.notify.lease_secs);
-        let mut last_sweep = std::time::Instant::now() - batch::SWEEP_EVERY;
+        let sweep = Duration::from_secs(self.cfg.notify.batch_sweep_secs.max(1));
+        let mut last_sweep: Option<std::time::Instant> = None;
         loop {
-            if last_sweep.elapsed() >= batch::SWEEP_EVERY {
-                last_sweep = std::time::Instant::now();
+            if last_sweep.is_none_or(|t| t.elapsed() >= sweep) {
+                last_sweep = Some(std::time::Instant::now());
                 self.close_ended_batches().await;
             }
             let batch = match self.store.claim_notifications(&me, lease, 16).await {
