@@ -392,7 +392,6 @@ async fn a_batch_that_does_not_fit_the_limits_is_refused_whole() {
         );
         assert_eq!(job_count(&app).await, 2);
         // The per-user rate counts the batch as its images too.
-        let rita = app.client_as("rita", "requester").await;
         let app2 = TestApp::spawn(backend, |c| {
             intake(c, images.dir.path());
             c.worker.pool_size = 0;
@@ -408,7 +407,6 @@ async fn a_batch_that_does_not_fit_the_limits_is_refused_whole() {
             .unwrap()
             .contains("max_submissions_per_minute = 2"));
         assert_eq!(job_count(&app2).await, 0);
-        drop(rita);
         app.stop().await;
         app2.stop().await;
     }

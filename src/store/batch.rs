@@ -11,11 +11,12 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
+use super::common::bind_new_job;
 use super::notify::JiraIssue;
 use super::rows::{batch_id, collect, JobRow};
 use super::sql::job_cols;
 use super::{Job, NewJob, PgStore, SqliteStore, StoreResult};
-use crate::domain::{now_millis, BatchId, JobId, Millis};
+use crate::domain::{now_millis, BatchId, Millis};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Batch {
@@ -156,15 +157,7 @@ macro_rules! batch_impl {
                 let mut rows: Vec<JobRow> = Vec::with_capacity(b.jobs.len());
                 for job in b.jobs {
                     rows.push(
-                        sqlx::query_as(INSERT_JOB)
-                            .bind(JobId::new().to_string())
-                            .bind(job.url.to_string())
-                            .bind(job.checksum.map(|c| c.to_string()))
-                            .bind(job.requested_by)
-                            .bind(job.email)
-                            .bind(job.note)
-                            .bind(job.options.to_string())
-                            .bind(now)
+                        bind_new_job!(sqlx::query_as(INSERT_JOB), job, now)
                             .bind(id.to_string())
                             .bind(&b.requester_name)
                             .fetch_one(&mut *tx)

@@ -12,6 +12,22 @@ macro_rules! leased {
     };
 }
 
+/// Binds a new job's columns $1…$8: a fresh id, what was submitted, and
+/// `now` as created_at/updated_at (single submissions and batches alike).
+macro_rules! bind_new_job {
+    ($query:expr, $job:expr, $now:expr) => {
+        $query
+            .bind($crate::domain::JobId::new().to_string())
+            .bind($job.url.to_string())
+            .bind($job.checksum.map(|c| c.to_string()))
+            .bind($job.requested_by)
+            .bind($job.email)
+            .bind($job.note)
+            .bind($job.options.to_string())
+            .bind($now)
+    };
+}
+
 macro_rules! store_impl {
     ($store:ty, $db:ty, $claim:expr) => {
         impl $store {
@@ -60,15 +76,7 @@ macro_rules! store_impl {
 
             async fn create_job(&self, job: NewJob) -> StoreResult<Job> {
                 let now = now_millis();
-                let row: JobRow = sqlx::query_as(sql::INSERT_JOB)
-                    .bind(JobId::new().to_string())
-                    .bind(job.url.to_string())
-                    .bind(job.checksum.map(|c| c.to_string()))
-                    .bind(job.requested_by)
-                    .bind(job.email)
-                    .bind(job.note)
-                    .bind(job.options.to_string())
-                    .bind(now)
+                let row: JobRow = bind_new_job!(sqlx::query_as(sql::INSERT_JOB), job, now)
                     .fetch_one(&self.pool)
                     .await?;
                 self.notify_work().await;
@@ -517,6 +525,7 @@ macro_rules! store_impl {
     };
 }
 
+pub(crate) use bind_new_job;
 pub(crate) use leased;
 pub(crate) use store_impl;
 
