@@ -127,6 +127,18 @@ function setupBatchPage() {
   const root = document.getElementById("batch");
   if (!root || root.dataset.ended === "true") return;
   const id = root.dataset.id;
+  root.addEventListener("click", async ev => {
+    const btn = ev.target.closest("button[data-batch-action]");
+    if (!btn) return;
+    btn.disabled = true;
+    const resp = await fetch(`/api/v1/batches/${id}/cancel`, {method: "POST", headers: {"X-CSRF-Token": csrfToken()}});
+    if (resp.ok) {
+      toast("success", esc((await resp.json()).message));
+    } else {
+      toast("error", "cancel failed: " + esc(await apiError(resp)));
+      btn.disabled = false;
+    }
+  });
   const timer = setInterval(async () => {
     const resp = await fetch(`/batches/${id}/panel`);
     if (!resp.ok) return;

@@ -746,3 +746,49 @@ async fn the_sweep_closes_a_batch_cancelled_before_it_ran_and_summaries_can_be_o
     );
     app.stop().await;
 }
+
+/// A batch is its submitter's: another requester may not cancel it, its
+/// owner and an operator may (every job not yet ended is cancelled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_is_cancelled_by_its_owner_or_an_operator_only() {
+    let images = Images::new();
+    let app = TestApp::spawn(Backend::Sqlite, |c| {
+        intake(c, images.dir.path());
+        c.worker.pool_size = 0;
+    })
+    .await;
+    let ann = app.client_as("ann", "requester").await;
+    let rita = app.client_as("rita", "requester").await;
+    let otto = app.client_as("otto", "operator").await;
+    let cancel = |client: &reqwest::Client, id: &str| {
+        client
+            .post(app.url(&format!("/api/v1/batches/{id}/cancel")))
+            .send()
+    };
+    for (who, name) in [(&ann, "ann"), (&otto, "otto")] {
+        let (status, b) = post_manifest(&ann, &app, "application/yaml", images.manifest()).await;
+        assert_eq!(status, 201, "{b:#}");
+        let id = b["id"].as_str().unwrap();
+        let r = cancel(&rita, id).await.unwrap();
+        assert_eq!(r.status().as_u16(), 403);
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains(
+                "was requested by ann; to cancel someone else's batch you need the operator role"
+            ),
+            "{body}"
+        );
+        let r = cancel(who, id).await.unwrap();
+        assert_eq!(r.status().as_u16(), 202, "{name}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body["message"],
+            "3 jobs cancelled before they started; 0 running jobs stop and tear down"
+        );
+        assert_eq!(
+            body["batch"]["summary"]["text"],
+            "0 of 3 passed, 3 cancelled"
+        );
+    }
+    app.stop().await;
+}

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::api::{read_body, submission_limits, submit_as};
 use super::audit::record;
-use super::auth::{Access, Identity};
+use super::auth::{Access, Denied, Identity};
 use super::routes::Routes;
 use super::views::{self, Viewer};
 use super::{ApiError, ApiResult, AppState};
@@ -24,7 +24,7 @@ use crate::domain::{fmt_millis, BatchId, Role};
 use crate::manifest::{self, ManifestErrors, Syntax};
 use crate::store::auth::{AuditAction, Outcome};
 use crate::store::batch::{Batch, NewBatch};
-use crate::store::LogLevel;
+use crate::store::{CancelOutcome, LogLevel};
 
 pub const CREATE_PATH: &str = "/api/v1/batches";
 
@@ -33,6 +33,11 @@ pub fn routes(r: Routes) -> Routes {
     r.post(CREATE_PATH, Access::Role(Requester), create_batch)
         .get("/api/v1/batches", Access::Role(Viewer), list_batches)
         .get("/api/v1/batches/{id}", Access::Role(Viewer), get_batch)
+        .post(
+            "/api/v1/batches/{id}/cancel",
+            Access::Role(Requester),
+            cancel_batch,
+        )
         .get("/batches/{id}", Access::Role(Viewer), batch_page)
         .get("/batches/{id}/panel", Access::Role(Viewer), batch_panel)
 }
@@ -258,6 +263,79 @@ async fn get_batch(
     Ok(Json(load(&st, parse_batch_id(&id)?).await?))
 }
 
+/// Cancels every job of the batch that has not ended. As for a job: a
+/// requester acts on their own batches, an operator on anyone's.
+async fn cancel_batch(
+    State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id = parse_batch_id(&id)?;
+    let batch = st
+        .store
+        .get_batch(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("batch {id} not found")))?;
+    let mine = batch.requested_by.as_deref() == Some(me.user.as_str());
+    if !mine && !me.may(Role::Operator) {
+        let owner = batch.requested_by.as_deref().unwrap_or("nobody");
+        let e = ApiError::Denied(Denied {
+            required_role: Some(Role::Operator),
+            ..Denied::forbidden(format!(
+                "batch {id} was requested by {owner}; to cancel someone else's batch you need the operator role ({} has {})",
+                me.user, me.role
+            ))
+        });
+        record(
+            &st,
+            &me,
+            AuditAction::Cancel,
+            Some(id.to_string()),
+            Outcome::Refused,
+            Some(e.to_string()),
+        )
+        .await;
+        return Err(e);
+    }
+    let (mut cancelled, mut requested) = (0, 0);
+    for job in st.store.batch_jobs(id).await? {
+        if job.state.is_final() {
+            continue;
+        }
+        match st.store.request_cancel(job.id).await? {
+            CancelOutcome::Cancelled => cancelled += 1,
+            CancelOutcome::Requested => {
+                requested += 1;
+                st.store
+                    .append_system_log(
+                        job.id,
+                        LogLevel::Warn,
+                        &format!("cancel requested by {} (batch {id})", me.user),
+                    )
+                    .await?;
+            }
+            CancelOutcome::AlreadyFinal(_) => {}
+        }
+    }
+    let message = format!(
+        "{cancelled} jobs cancelled before they started; {requested} running jobs stop and tear down"
+    );
+    record(
+        &st,
+        &me,
+        AuditAction::Cancel,
+        Some(id.to_string()),
+        Outcome::Ok,
+        Some(message.clone()),
+    )
+    .await;
+    let view = load(&st, id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"message": message, "batch": view})),
+    ))
+}
+
 #[derive(Template, WebTemplate)]
 #[template(path = "batch.html")]
 struct BatchPage {
@@ -269,6 +347,8 @@ struct BatchPage {
 #[template(path = "batch_panel.html")]
 struct BatchPanel {
     batch: BatchView,
+    /// Whether the viewer may cancel this batch.
+    can_act: bool,
 }
 
 async fn batch_page(
@@ -277,14 +357,23 @@ async fn batch_page(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let batch = load(&st, parse_batch_id(&id)?).await?;
+    let me = Viewer::of(&me);
     Ok(BatchPage {
-        me: Viewer::of(&me),
-        panel: BatchPanel { batch },
+        panel: BatchPanel {
+            can_act: me.may_act_on(&batch.requested_by),
+            batch,
+        },
+        me,
     }
     .into_response())
 }
 
-async fn batch_panel(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn batch_panel(
+    State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let batch = load(&st, parse_batch_id(&id)?).await?;
-    Ok(BatchPanel { batch }.into_response())
+    let can_act = Viewer::of(&me).may_act_on(&batch.requested_by);
+    Ok(BatchPanel { batch, can_act }.into_response())
 }

@@ -37,6 +37,7 @@ const EXPECTED: &[(&str, &str, A)] = &[
     ("POST", "/api/v1/batches", REQUESTER),
     ("GET", "/api/v1/batches", VIEWER),
     ("GET", "/api/v1/batches/{id}", VIEWER),
+    ("POST", "/api/v1/batches/{id}/cancel", REQUESTER),
     ("GET", "/batches/{id}", VIEWER),
     ("GET", "/batches/{id}/panel", VIEWER),
     ("GET", "/api/v1/images", VIEWER),
