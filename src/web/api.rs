@@ -383,18 +383,30 @@ async fn check_owner(st: &AppState, me: &Identity, id: JobId, what: &str) -> Api
         .get_job(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
-    let mine = job.requested_by.as_deref() == Some(me.user.as_str());
-    if !mine && !me.may(Role::Operator) {
-        let owner = job.requested_by.as_deref().unwrap_or("nobody");
-        return Err(ApiError::Denied(Denied {
-            required_role: Some(Role::Operator),
-            ..Denied::forbidden(format!(
-                "job {id} was requested by {owner}; to {what} someone else's job you need the operator role ({} has {})",
-                me.user, me.role
-            ))
-        }));
-    }
+    owner_or_operator(me, job.requested_by.as_deref(), &format!("job {id}"), what)?;
     Ok(job)
+}
+
+/// The rule for acting on a job or a batch: its requester, or an operator.
+/// `thing` is "job …" / "batch …"; `what` the action ("cancel").
+pub fn owner_or_operator(
+    me: &Identity,
+    requested_by: Option<&str>,
+    thing: &str,
+    what: &str,
+) -> ApiResult<()> {
+    if requested_by == Some(me.user.as_str()) || me.may(Role::Operator) {
+        return Ok(());
+    }
+    let owner = requested_by.unwrap_or("nobody");
+    let kind = thing.split(' ').next().unwrap_or(thing);
+    Err(ApiError::Denied(Denied {
+        required_role: Some(Role::Operator),
+        ..Denied::forbidden(format!(
+            "{thing} was requested by {owner}; to {what} someone else's {kind} you need the operator role ({} has {})",
+            me.user, me.role
+        ))
+    }))
 }
 
 async fn cancel_job(

@@ -13,9 +13,9 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::api::{read_body, submission_limits, submit_as};
+use super::api::{owner_or_operator, read_body, submission_limits, submit_as};
 use super::audit::record;
-use super::auth::{Access, Denied, Identity};
+use super::auth::{Access, Identity};
 use super::routes::Routes;
 use super::views::{self, Viewer};
 use super::{ApiError, ApiResult, AppState};
@@ -276,16 +276,12 @@ async fn cancel_batch(
         .get_batch(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("batch {id} not found")))?;
-    let mine = batch.requested_by.as_deref() == Some(me.user.as_str());
-    if !mine && !me.may(Role::Operator) {
-        let owner = batch.requested_by.as_deref().unwrap_or("nobody");
-        let e = ApiError::Denied(Denied {
-            required_role: Some(Role::Operator),
-            ..Denied::forbidden(format!(
-                "batch {id} was requested by {owner}; to cancel someone else's batch you need the operator role ({} has {})",
-                me.user, me.role
-            ))
-        });
+    if let Err(e) = owner_or_operator(
+        &me,
+        batch.requested_by.as_deref(),
+        &format!("batch {id}"),
+        "cancel",
+    ) {
         record(
             &st,
             &me,
