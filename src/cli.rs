@@ -47,11 +47,22 @@ pub enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-    /// Queue a scan of an image URL.
+    /// Queue a scan of an image URL, or (-f) of every image of a manifest.
     Submit {
-        url: String,
-        /// ALGO:HEX, bare hex, or file:URL of a SUMS file.
-        #[arg(long)]
+        /// The image's URL (not with -f).
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        url: Option<String>,
+        /// A manifest (YAML, or JSON by its .json name) in gen-vm-image's
+        /// architecture.yml shape: every image is checked, then all are
+        /// queued as one batch, or none.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Grow the disk to this size before upload (20G = 20 GiB; never shrinks).
+        #[arg(long, conflicts_with = "file")]
+        size: Option<String>,
+        /// ALGO:HEX, bare hex, or file:URL of a SUMS file (a manifest
+        /// gives each image its own).
+        #[arg(long, conflicts_with = "file")]
         checksum: Option<String>,
         #[arg(long)]
         email: Option<String>,
@@ -64,7 +75,8 @@ pub enum Command {
         /// from the image's partitions; the default).
         #[arg(long)]
         os: Option<String>,
-        /// Wait for the job to finish; exit 0 only if it succeeded.
+        /// Wait for the job (every job of the batch) to finish; exit 0 only
+        /// if it (each of them) succeeded.
         #[arg(long)]
         wait: bool,
     },
@@ -288,6 +300,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Submit {
             url,
+            file,
+            size,
             checksum,
             email,
             note,
@@ -297,19 +311,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let cfg = load(&cli.config, None)?;
             let store = open_store(&cfg).await?;
+            if let Some(file) = file {
+                let defaults = SubmitRequest {
+                    email,
+                    note,
+                    cluster,
+                    os,
+                    ..SubmitRequest::default()
+                };
+                return crate::cli_batch::submit(&cfg, &store, &file, defaults, wait).await;
+            }
             let new = validate(
                 SubmitRequest {
-                    url: Some(url),
+                    url,
                     checksum,
                     email,
                     note,
-                    requested_by: None,
-                    name: None,
-                    version: None,
-                    description: None,
                     cluster,
                     os,
-                    options: None,
+                    size: size.map(serde_json::Value::String),
+                    ..SubmitRequest::default()
                 },
                 &Clusters::configured(&cfg),
             )?;

@@ -46,6 +46,9 @@ pub enum WatchAction {
         os: Option<String>,
         #[arg(long)]
         note: Option<String>,
+        /// Grow each scanned image's disk to this size (20G = 20 GiB).
+        #[arg(long)]
+        size: Option<String>,
     },
     /// List watches.
     List,
@@ -86,6 +89,7 @@ pub async fn watch(
             cluster,
             os,
             note,
+            size,
         } => {
             let req = WatchRequest {
                 url: Some(url),
@@ -98,6 +102,7 @@ pub async fn watch(
                 cluster,
                 os,
                 note,
+                size: size.map(serde_json::Value::String),
                 ..Default::default()
             };
             let (checked, scan) = request::check(req, &cfg.watch).map_err(anyhow::Error::msg)?;

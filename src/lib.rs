@@ -4,15 +4,18 @@
 
 pub mod app;
 pub mod artifacts;
+pub mod batches;
 pub mod bounded_body;
 pub mod cli;
 mod cli_accounts;
+mod cli_batch;
 mod cli_watch;
 pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod identity;
 pub mod inventory;
+pub mod manifest;
 pub mod notify;
 pub mod pipeline;
 pub mod remote;

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::cluster::ClusterInfo;
-use crate::domain::{ChecksumSpec, OsChoice, SourceUrl};
+use crate::domain::{ChecksumSpec, DiskSize, OsChoice, SourceUrl};
 use crate::store::NewJob;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -17,7 +17,7 @@ pub fn blank_to_none(s: Option<String>) -> Option<String> {
 }
 
 /// What a submitter sends. Unknown fields are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct SubmitRequest {
     pub url: Option<String>,
     pub checksum: Option<String>,
@@ -38,6 +38,10 @@ pub struct SubmitRequest {
     /// image's partitions): picks SSH or WinRM. Default: auto.
     #[serde(default)]
     pub os: Option<String>,
+    /// Grow the image's virtual disk to this size before upload: bytes, or
+    /// a string with a binary unit ("20G" = 20 GiB, as qemu-img reads it).
+    #[serde(default)]
+    pub size: Option<serde_json::Value>,
     #[serde(default)]
     pub options: Option<serde_json::Value>,
 }
@@ -128,9 +132,10 @@ pub fn validate(req: SubmitRequest, clusters: &[ClusterInfo]) -> Result<NewJob, 
         Some(o @ serde_json::Value::Object(_)) => o,
         Some(_) => return Err(SubmitError("options: must be a JSON object".into())),
     };
-    // Set by vmscan from the login, never by the body.
+    // Set by vmscan (from the login, the manifest), never by the body.
     if let Some(o) = options.as_object_mut() {
         o.remove("also_notify");
+        o.remove("batch_key");
     }
     for (field, value) in [("name", req.name), ("version", req.version)] {
         if let Some(v) = blank_to_none(value) {
@@ -180,6 +185,15 @@ pub fn validate(req: SubmitRequest, clusters: &[ClusterInfo]) -> Result<NewJob, 
         }
     };
     options["os"] = json!(os.as_str());
+    match req.size {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::String(s)) if s.trim().is_empty() => {}
+        Some(v) => options["size"] = v,
+    }
+    if let Some(v) = options.get("size").filter(|v| !v.is_null()) {
+        let size = DiskSize::from_json(v).map_err(|e| SubmitError(format!("size: {e}")))?;
+        options["size"] = json!(size.bytes());
+    }
     if let Some(d) = blank_to_none(req.description) {
         if d.chars().count() > 1000 {
             return Err(SubmitError(
@@ -219,6 +233,7 @@ mod tests {
             description: None,
             cluster: None,
             os: None,
+            size: None,
             options: None,
         }
     }
@@ -267,6 +282,25 @@ mod tests {
             .unwrap_err()
             .0
             .starts_with("os: \"beos\" is not an OS family"));
+    }
+
+    #[test]
+    fn the_disk_size_is_recorded_in_bytes() {
+        let mut r = req("https://h.example/a.qcow2");
+        r.size = Some(json!("20G"));
+        assert_eq!(validate(r).unwrap().options["size"], json!(20u64 << 30));
+        let mut r = req("https://h.example/a.qcow2");
+        r.options = Some(json!({"size": 1048576}));
+        assert_eq!(validate(r).unwrap().options["size"], json!(1048576));
+        let mut r = req("https://h.example/a.qcow2");
+        r.size = Some(json!(""));
+        assert!(validate(r).unwrap().options.get("size").is_none());
+        let mut r = req("https://h.example/a.qcow2");
+        r.size = Some(json!("20GB"));
+        assert!(validate(r)
+            .unwrap_err()
+            .0
+            .starts_with("size: \"20GB\" is ambiguous"));
     }
 
     #[test]

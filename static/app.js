@@ -77,6 +77,78 @@ function setupSubmit() {
   setInterval(refreshTable, 5000);
 }
 
+// A manifest file goes to the batch API as it is (YAML or JSON); every
+// error comes back with its image and field and is listed under the form.
+function setupManifest() {
+  const form = document.getElementById("manifest-form");
+  if (!form) return;
+  form.addEventListener("submit", async ev => {
+    ev.preventDefault();
+    const btn = document.getElementById("manifest-btn");
+    const list = document.getElementById("manifest-errors");
+    const file = document.getElementById("manifest").files[0];
+    if (!file) return;
+    btn.disabled = true;
+    list.innerHTML = "";
+    const json = /\.json$/i.test(file.name);
+    try {
+      const resp = await fetch("/api/v1/batches", {
+        method: "POST",
+        headers: {"Content-Type": json ? "application/json" : "application/yaml", "X-CSRF-Token": csrfToken()},
+        body: await file.text(),
+      });
+      if (resp.ok) {
+        const b = await resp.json();
+        toast("success", `Batch <a href="${esc(b.page)}">${esc(b.id.slice(0, 8))}</a> queued: ${b.jobs.length} images`);
+        for (const w of b.warnings || []) toast("info", esc(w));
+        form.reset();
+        refreshTable();
+      } else {
+        let body = {};
+        try { body = await resp.json(); } catch (_) { body = {error: resp.status + " " + resp.statusText}; }
+        toast("error", "Not queued: " + esc(body.error || resp.statusText));
+        for (const e of body.errors || []) {
+          const li = document.createElement("li");
+          li.className = "error";
+          li.textContent = (e.image ? "images." + e.image + (e.field ? "." + e.field : "") : e.field) + ": " + e.message;
+          list.appendChild(li);
+        }
+      }
+    } catch (e) {
+      toast("error", "Not queued: cannot reach vmscan (" + esc(e.message) + ")");
+    } finally {
+      btn.disabled = false;
+    }
+  });
+}
+
+// A batch page refreshes its table until every job has ended.
+function setupBatchPage() {
+  const root = document.getElementById("batch");
+  if (!root || root.dataset.ended === "true") return;
+  const id = root.dataset.id;
+  root.addEventListener("click", async ev => {
+    const btn = ev.target.closest("button[data-batch-action]");
+    if (!btn) return;
+    btn.disabled = true;
+    const resp = await fetch(`/api/v1/batches/${id}/cancel`, {method: "POST", headers: {"X-CSRF-Token": csrfToken()}});
+    if (resp.ok) {
+      toast("success", esc((await resp.json()).message));
+    } else {
+      toast("error", "cancel failed: " + esc(await apiError(resp)));
+      btn.disabled = false;
+    }
+  });
+  const timer = setInterval(async () => {
+    const resp = await fetch(`/batches/${id}/panel`);
+    if (!resp.ok) return;
+    document.getElementById("batch-panel").innerHTML = await resp.text();
+    if (document.getElementById("batch-summary") && /ended/.test(document.querySelector("#batch-panel h2").textContent)) {
+      clearInterval(timer);
+    }
+  }, 5000);
+}
+
 function appendLog(line) {
   const log = document.getElementById("log");
   if (log.querySelector(`[data-id="${line.id}"]`)) return;
@@ -201,6 +273,8 @@ function setupWatches() {
 
 document.addEventListener("DOMContentLoaded", () => {
   setupSubmit();
+  setupManifest();
+  setupBatchPage();
   setupJobPage();
   setupWatches();
 });

@@ -261,6 +261,48 @@ async fn failing_scan(
     (w, done, err)
 }
 
+/// `size` grows the disk before upload: the booted guest itself sees the
+/// larger disk (its kernel's sector count of the boot disk, read over SSH
+/// by a pre-install step), from the raw fixture and from the qcow2 one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guest_boots_from_the_disk_grown_to_the_requested_size() {
+    let w = world(|c, _| {
+        let linux = c.agent.profiles.get_mut("linux").unwrap();
+        linux.pre_install =
+            vec!["for d in /sys/block/vd*; do echo \"blockdev $d $(cat $d/size)\"; done".into()];
+    })
+    .await;
+    for (file, grown) in [("disk.raw", 64u64 << 20), ("disk.qcow2", 80 << 20)] {
+        let job = w
+            .app
+            .submit(json!({"url": w.images.url(file), "size": grown}))
+            .await;
+        let id = job["id"].as_str().unwrap();
+        let done = w.app.wait_final(id, Duration::from_secs(300)).await;
+        let log = w.app.log_text(id).await;
+        assert_eq!(done["state"], "succeeded", "{file}: {done:#}\n{log}");
+        let convert = &stage(&done, "convert")["detail"];
+        assert_eq!(
+            convert["source_virtual_size"],
+            32 << 20,
+            "{file}: {convert}"
+        );
+        assert_eq!(convert["virtual_size"], grown, "{file}: {convert}");
+        assert_eq!(convert["resized"], true);
+        // 512-byte sectors, as the guest's kernel counts them.
+        let want = format!("blockdev /sys/block/vda {}", grown / 512);
+        assert!(
+            log.contains(&want),
+            "{file}: no {want:?} in the guest's output:\n{log}"
+        );
+        assert!(done["disk"]
+            .as_str()
+            .unwrap()
+            .starts_with("grown from 32.0 MiB"));
+        assert_nothing_left(&w, &done);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_installer_fails_the_scan_and_tears_down() {
     let (_w, done, err) = failing_scan("fail", |_, _| {}).await;

@@ -23,6 +23,14 @@ pub struct NotifyConfig {
     pub jira_link_wait_secs: u64,
     /// Log lines quoted in the "scan failed" email.
     pub log_lines: i64,
+    /// Jobs of a batch (a manifest) are told about once, in one summary
+    /// email and Jira ticket when the last one ends, instead of per image.
+    /// false: each image is told about as a single submission is, and no summary.
+    pub batch_summary: bool,
+    /// How often each delivery loop looks for batches whose last job ended
+    /// without passing through a worker (cancelled before it started,
+    /// failed by the reaper, a crash between the two writes).
+    pub batch_sweep_secs: u64,
     pub email: EmailConfig,
     pub jira: JiraConfig,
 }
@@ -109,6 +117,8 @@ impl Default for NotifyConfig {
             lease_secs: 120,
             jira_link_wait_secs: 60,
             log_lines: 20,
+            batch_summary: true,
+            batch_sweep_secs: 30,
             email: EmailConfig::default(),
             jira: JiraConfig::default(),
         }

@@ -5,14 +5,16 @@ mod ids;
 mod os;
 mod redact;
 mod role;
+mod size;
 mod source;
 mod state;
 
 pub use checksum::{Checksum, ChecksumAlgo, ChecksumError, ChecksumSpec};
-pub use ids::JobId;
+pub use ids::{BatchId, JobId};
 pub use os::{detected_os, OsChoice, OsFamily, OsFamilyError};
 pub use redact::redact_url;
 pub use role::{Role, RoleError};
+pub use size::{DiskSize, DiskSizeError, MAX_DISK_BYTES};
 pub use source::{percent_decode, SourceUrl, SourceUrlError};
 pub use state::{JobState, StageName, StageState};
 

@@ -2,6 +2,7 @@
 //! failing the scan); a delivery loop sends email and keeps a Jira ticket per
 //! job, retrying with back-off and recording each notification's state.
 
+mod batch;
 pub mod email;
 pub mod jira;
 
@@ -56,6 +57,7 @@ pub struct Outbox {
     store: DynStore,
     email: bool,
     jira: bool,
+    batch_summary: bool,
 }
 
 impl Outbox {
@@ -64,7 +66,13 @@ impl Outbox {
             store,
             email: cfg.email.enabled,
             jira: cfg.jira.enabled,
+            batch_summary: cfg.batch_summary,
         }
+    }
+
+    /// A job of a batch is told about in the batch's summary only.
+    fn in_summary(&self, job: &Job) -> bool {
+        self.batch_summary && job.batch_id.is_some()
     }
 
     async fn put(&self, job: &Job, channel: &str, kind: &str, payload: Value) {
@@ -109,6 +117,9 @@ fn facts(detail: &Value) -> Value {
 #[async_trait]
 impl JobEvents for Outbox {
     async fn job_started(&self, job: &Job) {
+        if self.in_summary(job) {
+            return;
+        }
         let p = json!({"run": job.run_base_attempt});
         if self.jira {
             self.put(job, JIRA, "job_started", p.clone()).await;
@@ -119,14 +130,14 @@ impl JobEvents for Outbox {
     }
 
     async fn stage_started(&self, job: &Job, stage: StageName) {
-        if self.jira {
+        if self.jira && !self.in_summary(job) {
             self.put(job, JIRA, "stage_started", json!({"stage": stage.as_str()}))
                 .await;
         }
     }
 
     async fn stage_finished(&self, job: &Job, stage: StageName, end: &StageEnd<'_>) {
-        if self.jira {
+        if self.jira && !self.in_summary(job) {
             let p = json!({
                 "stage": stage.as_str(),
                 "state": end.state.as_str(),
@@ -139,6 +150,16 @@ impl JobEvents for Outbox {
     }
 
     async fn job_finished(&self, job: &Job, state: JobState, error: Option<&str>) {
+        if let Some(b) = job.batch_id {
+            // The last job of the batch to end records the summary (once).
+            let channels = batch::summary_channels(self.batch_summary, self.email, self.jira);
+            if let Err(e) = self.store.close_batch(b, &channels).await {
+                tracing::warn!(batch = %b, error = %e, "cannot close the batch; the sweep retries");
+            }
+            if self.in_summary(job) {
+                return;
+            }
+        }
         let p = json!({"state": state.as_str(), "error": error});
         if self.jira {
             self.put(job, JIRA, "job_finished", p.clone()).await;
@@ -184,7 +205,13 @@ impl Deliverer {
         let me = format!("{}-notify", crate::worker::worker_name());
         let poll = Duration::from_millis(self.cfg.notify.poll_interval_ms.max(10));
         let lease = Duration::from_secs(self.cfg.notify.lease_secs);
+        let sweep = Duration::from_secs(self.cfg.notify.batch_sweep_secs.max(1));
+        let mut last_sweep: Option<std::time::Instant> = None;
         loop {
+            if last_sweep.is_none_or(|t| t.elapsed() >= sweep) {
+                last_sweep = Some(std::time::Instant::now());
+                self.close_ended_batches().await;
+            }
             let batch = match self.store.claim_notifications(&me, lease, 16).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -220,10 +247,12 @@ impl Deliverer {
 
     /// One attempt at one notification.
     pub async fn deliver(&self, n: &Notification) -> Delivered {
-        let r = match n.channel.as_str() {
-            EMAIL => self.deliver_email(n).await,
-            JIRA => self.deliver_jira(n).await,
-            other => Err(SendError::permanent(format!("unknown channel {other:?}"))),
+        let r = match (n.channel.as_str(), n.kind.as_str()) {
+            (EMAIL, batch::KIND) => self.deliver_batch_email(n).await,
+            (JIRA, batch::KIND) => self.deliver_batch_jira(n).await,
+            (EMAIL, _) => self.deliver_email(n).await,
+            (JIRA, _) => self.deliver_jira(n).await,
+            (other, _) => Err(SendError::permanent(format!("unknown channel {other:?}"))),
         };
         match r {
             Ok(d) => d,
@@ -299,26 +328,7 @@ impl Deliverer {
             }
         }
         let f = self.facts(n).await?;
-        let mut to: Vec<Mailbox> = Vec::new();
-        if let Some(addr) = f.job.email.as_deref().and_then(|e| e.parse().ok()) {
-            to.push(Mailbox::new(f.name.clone(), addr));
-        }
-        // Extra addresses were checked against auth.notify_domains at submit.
-        let also = f
-            .job
-            .options
-            .get("also_notify")
-            .and_then(|v| v.as_array())
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_string));
-        for a in self.cfg.notify.email.admins.iter().cloned().chain(also) {
-            if let Ok(m) = a.parse::<Mailbox>() {
-                if !to.iter().any(|t| t.email == m.email) {
-                    to.push(m);
-                }
-            }
-        }
+        let to = self.recipients(&f.job, f.name.clone());
         if to.is_empty() {
             return Ok(Delivered::Skipped(
                 "no recipients (no requester email, no notify.email.admins)".into(),
@@ -338,6 +348,30 @@ impl Deliverer {
         let mail = render_email(&f, n, to, &lines);
         mailer.send(&mail).await?;
         Ok(Delivered::Sent)
+    }
+
+    /// The requester, the admins and the job's extra addresses.
+    fn recipients(&self, job: &Job, name: Option<String>) -> Vec<Mailbox> {
+        let mut to: Vec<Mailbox> = Vec::new();
+        if let Some(addr) = job.email.as_deref().and_then(|e| e.parse().ok()) {
+            to.push(Mailbox::new(name, addr));
+        }
+        // Extra addresses were checked against auth.notify_domains at submit.
+        let also = job
+            .options
+            .get("also_notify")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string));
+        for a in self.cfg.notify.email.admins.iter().cloned().chain(also) {
+            if let Ok(m) = a.parse::<Mailbox>() {
+                if !to.iter().any(|t| t.email == m.email) {
+                    to.push(m);
+                }
+            }
+        }
+        to
     }
 
     async fn deliver_jira(&self, n: &Notification) -> Result<Delivered, SendError> {
@@ -406,15 +440,20 @@ impl Deliverer {
     }
 }
 
-/// The page of a job, for links in emails and tickets.
-pub fn job_link(cfg: &Config, job: &Job) -> String {
+/// The dashboard's address, for links in emails and tickets.
+fn base_url(cfg: &Config) -> String {
     let base = cfg
         .server
         .external_url
         .clone()
         .filter(|u| !u.trim().is_empty())
         .unwrap_or_else(|| format!("http://{}", cfg.server.listen));
-    format!("{}/jobs/{}", base.trim_end_matches('/'), job.id)
+    base.trim_end_matches('/').to_string()
+}
+
+/// The page of a job, for links in emails and tickets.
+pub fn job_link(cfg: &Config, job: &Job) -> String {
+    format!("{}/jobs/{}", base_url(cfg), job.id)
 }
 
 /// What a message says about a job, loaded when it is sent.

@@ -25,6 +25,16 @@ pub enum ConvertError {
     Check(String),
     #[error("the converted image is {got} but the source is {want} (virtual size)")]
     Shrunk { got: String, want: String },
+    #[error("size: the requested disk size {want} is smaller than the image's virtual size {have}; vmscan grows disks, it never shrinks one")]
+    SmallerThanImage { want: String, have: String },
+    #[error("size: an ISO image is attached as a CD-ROM and has no disk to grow; leave size out")]
+    SizeOfIso,
+}
+
+/// "20.0 GiB (21474836480 bytes)": human units, and the exact count that
+/// tells two close sizes apart.
+fn both_units(n: u64) -> String {
+    format!("{} ({n} bytes)", fmt_bytes(n))
 }
 
 impl StageFailure for ConvertError {
@@ -68,13 +78,29 @@ impl Stage for ConvertStage {
         };
         let virtual_size = inspected.get("virtual_size").and_then(|v| v.as_u64());
         let target = self.cfg.target_format.as_str();
+        // The disk size asked for at submission (bytes; checked there).
+        let grow_to = ctx.job.options.get("size").and_then(|v| v.as_u64());
+        if let (Some(want), Some(have)) = (grow_to, virtual_size) {
+            if want < have {
+                return Err(ConvertError::SmallerThanImage {
+                    want: both_units(want),
+                    have: both_units(have),
+                }
+                .into());
+            }
+        }
+        let grow_to = grow_to.filter(|w| Some(*w) != virtual_size);
+        if format == "iso" && grow_to.is_some() {
+            return Err(ConvertError::SizeOfIso.into());
+        }
         if format == "iso" {
             ctx.set_detail(json!({"path": src.display().to_string(), "format": "iso", "converted": false, "progress": 1.0, "skipped": "ISO images are attached as CD-ROMs, not converted"}), true).await?;
             ctx.info("ISO image: attached as a CD-ROM, nothing to convert")
                 .await?;
             return Ok(StageOutcome::Done);
         }
-        if format == target {
+        // Growing needs a copy: the downloaded file stays as it was verified.
+        if format == target && grow_to.is_none() {
             ctx.set_detail(json!({"path": src.display().to_string(), "format": target, "converted": false, "progress": 1.0, "skipped": format!("already {target}")}), true).await?;
             ctx.info(format!("already {target}: no conversion, no copy"))
                 .await?;
@@ -104,6 +130,10 @@ impl Stage for ConvertStage {
             .await
             .map_err(|e| ConvertError::Io(format!("cannot rename {}: {e}", part.display())))?;
 
+        let before = match grow_to {
+            Some(want) => Some(self.grow(ctx, &out, target, want).await?),
+            None => None,
+        };
         if self.cfg.target_format == crate::config::TargetFormat::Qcow2 {
             self.check(&out).await?;
         }
@@ -155,10 +185,21 @@ impl Stage for ConvertStage {
                 "secs": (secs * 10.0).round() / 10.0,
                 "reinspected": report.verdict,
                 "sha256": output_sha256,
+                "source_virtual_size": virtual_size,
+                "requested_size": grow_to,
+                "resized": before.is_some(),
             }),
             true,
         )
         .await?;
+        if let Some(before) = before {
+            ctx.info(format!(
+                "disk grown from {} to {} (requested size)",
+                both_units(before),
+                both_units(info.virtual_size)
+            ))
+            .await?;
+        }
         ctx.info(format!(
             "converted to {target} in {secs:.1} s: {} on disk, virtual size {}",
             fmt_bytes(info.actual_size.or(file_size).unwrap_or(0)),
@@ -249,6 +290,69 @@ impl ConvertStage {
         }
         ctx.set_detail(json!({"progress": 1.0}), true).await?;
         Ok(())
+    }
+
+    /// `qemu-img resize` of the converted copy to `want` bytes; returns the
+    /// virtual size before. Never shrinks (no `--shrink`; checked before too).
+    async fn grow(
+        &self,
+        ctx: &StageCtx,
+        out: &Path,
+        format: &str,
+        want: u64,
+    ) -> Result<u64, StageError> {
+        let limits = Some(self.limits());
+        let before = qemu::info(
+            &self.cfg.qemu_img,
+            out,
+            format,
+            Duration::from_secs(120),
+            limits,
+        )
+        .await
+        .map_err(ConvertError::from)?
+        .virtual_size;
+        if want < before {
+            return Err(ConvertError::SmallerThanImage {
+                want: both_units(want),
+                have: both_units(before),
+            }
+            .into());
+        }
+        if want == before {
+            return Ok(before);
+        }
+        ctx.info(format!(
+            "growing the disk from {} to {}",
+            both_units(before),
+            both_units(want)
+        ))
+        .await?;
+        let args: Vec<OsString> = vec![
+            "resize".into(),
+            "-f".into(),
+            format.into(),
+            out.into(),
+            want.to_string().into(),
+        ];
+        let (status, stdout, stderr) = qemu::run(
+            &self.cfg.qemu_img,
+            "resize",
+            &args,
+            Duration::from_secs(600),
+            limits,
+        )
+        .await
+        .map_err(ConvertError::from)?;
+        if !status.success() {
+            return Err(ConvertError::from(QemuError::Failed {
+                what: "resize".into(),
+                status: status.to_string(),
+                stderr: qemu::last_lines(if stderr.is_empty() { &stdout } else { &stderr }),
+            })
+            .into());
+        }
+        Ok(before)
     }
 
     /// `qemu-img check`: 0 clean, 3 leaked clusters only (harmless), else broken.

@@ -12,12 +12,12 @@ macro_rules! leased {
     };
 }
 
-/// A new job's INSERT, bound; `create_job` and the watch scheduler's
-/// check transaction both queue jobs with it.
-macro_rules! insert_job {
-    ($job:expr, $now:expr) => {
-        sqlx::query_as(sql::INSERT_JOB)
-            .bind(JobId::new().to_string())
+/// Binds a new job's columns $1…$8: a fresh id, what was submitted, and
+/// `now` as created_at/updated_at (single submissions and batches alike).
+macro_rules! bind_new_job {
+    ($query:expr, $job:expr, $now:expr) => {
+        $query
+            .bind($crate::domain::JobId::new().to_string())
             .bind($job.url.to_string())
             .bind($job.checksum.map(|c| c.to_string()))
             .bind($job.requested_by)
@@ -76,7 +76,7 @@ macro_rules! store_impl {
 
             async fn create_job(&self, job: NewJob) -> StoreResult<Job> {
                 let now = now_millis();
-                let row: JobRow = super::common::insert_job!(job, now)
+                let row: JobRow = bind_new_job!(sqlx::query_as(sql::INSERT_JOB), job, now)
                     .fetch_one(&self.pool)
                     .await?;
                 self.notify_work().await;
@@ -197,6 +197,12 @@ macro_rules! store_impl {
                         "job {id} is {}; only failed or cancelled jobs can be retried",
                         job.state
                     )));
+                }
+                if job.batch_id.is_some() {
+                    sqlx::query(super::batch::REOPEN)
+                        .bind(id.to_string())
+                        .execute(&self.pool)
+                        .await?;
                 }
                 self.notify_work().await;
                 Ok(job)
@@ -541,7 +547,7 @@ macro_rules! store_impl {
     };
 }
 
-pub(crate) use insert_job;
+pub(crate) use bind_new_job;
 pub(crate) use leased;
 pub(crate) use store_impl;
 

@@ -2,6 +2,7 @@
 //! the external resources each job created. SQL lives in `sql.rs` only.
 
 pub mod auth;
+pub mod batch;
 pub mod catalog;
 mod common;
 pub mod notify;
@@ -17,7 +18,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::domain::{ChecksumSpec, JobId, JobState, Millis, SourceUrl, StageName, StageState};
+use crate::domain::{
+    BatchId, ChecksumSpec, JobId, JobState, Millis, SourceUrl, StageName, StageState,
+};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -71,6 +74,8 @@ pub struct Job {
     pub finished_at: Option<Millis>,
     /// Log lines dropped by the per-job cap (between the head and the tail).
     pub log_dropped: i64,
+    /// The batch (manifest) the job was submitted in.
+    pub batch_id: Option<BatchId>,
 }
 
 /// How much of a job's log is kept: `max_lines` in all, the first
@@ -245,6 +250,7 @@ pub struct StageStat {
 #[async_trait]
 pub trait Store:
     auth::AuthStore
+    + batch::BatchStore
     + catalog::CatalogStore
     + notify::NotifyStore
     + watch::WatchStore

@@ -9,7 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 use tokio::sync::watch;
 
-use super::common::{fenced, leased, store_impl};
+use super::common::{bind_new_job, fenced, leased, store_impl};
 use super::rows::{collect, job_id, JobRow, LogRow, ResourceRow, StageRunRow};
 use super::{millis, sql};
 use super::{

@@ -1,7 +1,7 @@
 //! Row shapes as the database returns them, and their conversion to domain types.
 
 use super::{Job, LogLevel, LogLine, Resource, StageRun, StoreError, StoreResult};
-use crate::domain::{JobId, JobState, StageState};
+use crate::domain::{BatchId, JobId, JobState, StageState};
 
 #[derive(sqlx::FromRow)]
 pub struct JobRow {
@@ -29,11 +29,17 @@ pub struct JobRow {
     started_at: Option<i64>,
     finished_at: Option<i64>,
     log_dropped: i64,
+    batch_id: Option<String>,
 }
 
 pub fn job_id(s: &str) -> StoreResult<JobId> {
     s.parse()
         .map_err(|e| StoreError::Corrupt(format!("job id: {e}")))
+}
+
+pub fn batch_id(s: &str) -> StoreResult<BatchId> {
+    s.parse()
+        .map_err(|e| StoreError::Corrupt(format!("batch id: {e}")))
 }
 
 fn json(s: &str) -> serde_json::Value {
@@ -71,6 +77,7 @@ impl TryFrom<JobRow> for Job {
             started_at: r.started_at,
             finished_at: r.finished_at,
             log_dropped: r.log_dropped,
+            batch_id: r.batch_id.as_deref().map(batch_id).transpose()?,
         })
     }
 }

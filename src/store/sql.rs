@@ -6,7 +6,7 @@ macro_rules! job_cols {
     () => {
         "id, url, checksum, requested_by, email, note, options, state, current_stage, error, \
          attempt, run_base_attempt, lease_expiries, locked_by, lease_expires_at, wake_at, wait_reason, \
-         cancel_requested, abort_reason, created_at, updated_at, started_at, finished_at, log_dropped"
+         cancel_requested, abort_reason, created_at, updated_at, started_at, finished_at, log_dropped, batch_id"
     };
 }
 
@@ -223,3 +223,5 @@ pub const REAP_FAIL: &str =
 
 pub const PG_NOTIFY: &str = "SELECT pg_notify('vmscan_jobs', '')";
 pub const PG_CHANNEL: &str = "vmscan_jobs";
+
+pub(super) use job_cols;

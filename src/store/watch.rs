@@ -11,7 +11,7 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::common::insert_job;
+use super::common::bind_new_job;
 use super::rows::{job_id, JobRow};
 use super::{sql, Job, NewJob, PgStore, SqliteStore, StoreError, StoreResult};
 use crate::domain::{now_millis, JobId, Millis};
@@ -482,7 +482,9 @@ macro_rules! watch_impl {
                 }
                 let mut queued = None;
                 if let Some(job) = rec.job {
-                    let row: JobRow = insert_job!(job, now).fetch_one(&mut *tx).await?;
+                    let row: JobRow = bind_new_job!(sqlx::query_as(sql::INSERT_JOB), job, now)
+                        .fetch_one(&mut *tx)
+                        .await?;
                     let job = Job::try_from(row)?;
                     sqlx::query(sql::SYSTEM_LOG)
                         .bind(job.id.to_string())

@@ -34,6 +34,8 @@ pub struct WatchRequest {
     pub os: Option<String>,
     pub note: Option<String>,
     pub email: Option<String>,
+    /// Grow each scanned image's disk to this size (as for a submission).
+    pub size: Option<serde_json::Value>,
 }
 
 /// The watch's own fields, checked.
@@ -156,6 +158,7 @@ pub fn check(req: WatchRequest, cfg: &WatchConfig) -> Result<(Checked, SubmitReq
         description: req.description,
         cluster: req.cluster,
         os: req.os,
+        size: req.size,
         options: None,
     };
     Ok((

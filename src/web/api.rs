@@ -52,13 +52,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     limit: usize,
 ) -> ApiResult<T> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(limit)
-        } else {
-            ApiError::BadRequest(format!("cannot read request body: {e}"))
-        }
-    })?;
+    let body = read_body(body, limit)?;
     if body.is_empty() {
         return Err(ApiError::BadRequest(
             "request body is empty; send a JSON object such as {\"url\": \"https://…\"}".into(),
@@ -66,6 +60,17 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
     }
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+}
+
+/// A request body, or the error that says why it could not be read.
+pub fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> ApiResult<Bytes> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(limit)
+        } else {
+            ApiError::BadRequest(format!("cannot read request body: {e}"))
+        }
+    })
 }
 
 /// The clusters a job can target; `default` marks the one used when none is named.
@@ -79,7 +84,7 @@ async fn create_job(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let req: SubmitRequest = parse_json(body, st.config.server.max_body_bytes)?;
-    if let Err(e) = submission_limits(&st, &me).await {
+    if let Err(e) = submission_limits(&st, &me, 1).await {
         record(
             &st,
             &me,
@@ -138,25 +143,41 @@ async fn create_job(
 }
 
 /// A full queue, or a user submitting faster than `server.max_submissions_per_minute`: 429.
-async fn submission_limits(st: &AppState, me: &Identity) -> ApiResult<()> {
+/// A batch counts as its `n` jobs: one that does not fit is refused whole.
+pub async fn submission_limits(st: &AppState, me: &Identity, n: i64) -> ApiResult<()> {
     let cfg = &st.config.server;
+    let batch = |n: i64| {
+        if n > 1 {
+            format!("; this batch of {n} scans does not fit")
+        } else {
+            String::new()
+        }
+    };
     let queued = st.store.count_queued().await?;
-    if queued >= cfg.max_queued_jobs {
+    if queued + n > cfg.max_queued_jobs {
+        let what = if queued >= cfg.max_queued_jobs {
+            "the queue is full"
+        } else {
+            "the queue has no room"
+        };
         return Err(ApiError::TooMany(
             format!(
-                "the queue is full: {queued} jobs are waiting for a worker (server.max_queued_jobs = {}); try again later",
-                cfg.max_queued_jobs
+                "{what}: {queued} jobs are waiting for a worker (server.max_queued_jobs = {}){}; try again later",
+                cfg.max_queued_jobs,
+                batch(n)
             ),
             60,
         ));
     }
     let since = crate::domain::now_millis() - 60_000;
     let mine = st.store.count_recent_jobs(&me.user, since).await?;
-    if mine >= cfg.max_submissions_per_minute {
+    if mine + n > cfg.max_submissions_per_minute {
         return Err(ApiError::TooMany(
             format!(
-                "{} submitted {mine} scans in the last minute (server.max_submissions_per_minute = {}); try again in a minute",
-                me.user, cfg.max_submissions_per_minute
+                "{} submitted {mine} scans in the last minute (server.max_submissions_per_minute = {}){}; try again in a minute",
+                me.user,
+                cfg.max_submissions_per_minute,
+                batch(n)
             ),
             60,
         ));
@@ -362,18 +383,30 @@ async fn check_owner(st: &AppState, me: &Identity, id: JobId, what: &str) -> Api
         .get_job(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
-    let mine = job.requested_by.as_deref() == Some(me.user.as_str());
-    if !mine && !me.may(Role::Operator) {
-        let owner = job.requested_by.as_deref().unwrap_or("nobody");
-        return Err(ApiError::Denied(Denied {
-            required_role: Some(Role::Operator),
-            ..Denied::forbidden(format!(
-                "job {id} was requested by {owner}; to {what} someone else's job you need the operator role ({} has {})",
-                me.user, me.role
-            ))
-        }));
-    }
+    owner_or_operator(me, job.requested_by.as_deref(), &format!("job {id}"), what)?;
     Ok(job)
+}
+
+/// The rule for acting on a job or a batch: its requester, or an operator.
+/// `thing` is "job …" / "batch …"; `what` the action ("cancel").
+pub fn owner_or_operator(
+    me: &Identity,
+    requested_by: Option<&str>,
+    thing: &str,
+    what: &str,
+) -> ApiResult<()> {
+    if requested_by == Some(me.user.as_str()) || me.may(Role::Operator) {
+        return Ok(());
+    }
+    let owner = requested_by.unwrap_or("nobody");
+    let kind = thing.split(' ').next().unwrap_or(thing);
+    Err(ApiError::Denied(Denied {
+        required_role: Some(Role::Operator),
+        ..Denied::forbidden(format!(
+            "{thing} was requested by {owner}; to {what} someone else's {kind} you need the operator role ({} has {})",
+            me.user, me.role
+        ))
+    }))
 }
 
 async fn cancel_job(

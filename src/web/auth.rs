@@ -419,15 +419,25 @@ fn cross_site_checks(st: &AppState, headers: &HeaderMap, path: &str) -> Result<(
         return Err(Denied::forbidden("cross-site request refused"));
     }
     if path.starts_with("/api/") && has_body(headers) {
-        let json = headers
+        let ct = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-        if !json {
+            .unwrap_or("");
+        // Manifests may be YAML too; like JSON, a YAML type is not one a
+        // cross-site form can send.
+        let ok = match crate::manifest::Syntax::from_content_type(ct) {
+            Some(crate::manifest::Syntax::Json) => true,
+            Some(crate::manifest::Syntax::Yaml) => path == super::batches::CREATE_PATH,
+            None => false,
+        };
+        if !ok {
             return Err(Denied {
                 status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                message: "the API takes JSON only: send Content-Type: application/json".into(),
+                message: if path == super::batches::CREATE_PATH {
+                    "a manifest is YAML or JSON: send Content-Type: application/yaml or application/json".into()
+                } else {
+                    "the API takes JSON only: send Content-Type: application/json".into()
+                },
                 required_role: None,
             });
         }

@@ -14,6 +14,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Unprocessable(String),
+    /// A manifest with errors: each is listed with its image and field.
+    #[error("{0}")]
+    Manifest(crate::manifest::ManifestErrors),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -39,7 +42,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unprocessable(_) | ApiError::Manifest(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -69,7 +72,10 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(e) = &self {
             tracing::error!(error = ?e, "internal error");
         }
-        let body = json!({"error": self.to_string(), "status": status.as_u16()});
+        let mut body = json!({"error": self.to_string(), "status": status.as_u16()});
+        if let ApiError::Manifest(m) = &self {
+            body["errors"] = json!(m.0);
+        }
         let mut resp = (status, Json(body)).into_response();
         if let ApiError::TooMany(_, secs) = &self {
             resp.headers_mut()

@@ -6,6 +6,7 @@ mod accounts;
 mod api;
 mod audit;
 pub mod auth;
+mod batches;
 mod catalog;
 mod error;
 mod health;
@@ -57,6 +58,7 @@ pub struct AppState {
 fn all_routes(state: AppState) -> routes::Routes {
     let r = routes::Routes::new(state);
     let r = api::routes(r);
+    let r = batches::routes(r);
     let r = catalog::routes(r);
     let r = watches::routes(r);
     let r = image::routes(r);

@@ -59,6 +59,35 @@ pub struct JobView {
     pub os_source: &'static str,
     /// What the inspect stage saw on the disk.
     pub os_evidence: Option<String>,
+    /// The batch (manifest) the job came in, and its key there.
+    pub batch_id: Option<String>,
+    pub batch_key: Option<String>,
+    /// The disk: the size asked for, and what convert made of the image's.
+    pub disk: Option<String>,
+}
+
+/// "grown from 2.0 GiB (…) to 20.0 GiB (…)": the requested size and both
+/// sizes of the image once convert has run.
+fn disk_text(job: &Job, current: &[&StageRun]) -> Option<String> {
+    let both = |b: u64| format!("{} ({b} bytes)", fmt_bytes(b));
+    let want = job.options.get("size").and_then(Value::as_u64);
+    let convert = current
+        .iter()
+        .rev()
+        .find(|r| r.stage == StageName::Convert.as_str() && r.state == StageState::Succeeded);
+    let size = |k: &str| {
+        convert
+            .and_then(|r| r.detail.get(k))
+            .and_then(Value::as_u64)
+    };
+    match (size("source_virtual_size"), size("virtual_size"), want) {
+        (Some(from), Some(to), _) if from != to => {
+            Some(format!("grown from {} to {}", both(from), both(to)))
+        }
+        (_, Some(to), Some(_)) => Some(format!("{} (already the requested size)", both(to))),
+        (_, _, Some(w)) => Some(format!("{} requested", both(w))),
+        _ => None,
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -246,7 +275,9 @@ fn facts(detail: &Value) -> Vec<(String, String)> {
         "source",
         "path",
         "format",
+        "source_virtual_size",
         "virtual_size",
+        "requested_size",
         "cluster",
         "vm",
         "image",
@@ -276,6 +307,11 @@ fn facts(detail: &Value) -> Vec<(String, String)> {
                     .unwrap_or_else(|| v.to_string()),
                 Value::Number(n) if key.ends_with("_secs") => {
                     format!("{:.1} s", n.as_f64().unwrap_or(0.0))
+                }
+                // Both units: the human one, and the count qemu-img prints.
+                Value::Number(n) if key.ends_with("_size") && n.as_u64().is_some() => {
+                    let b = n.as_u64().unwrap_or(0);
+                    format!("{} ({b} bytes)", fmt_bytes(b))
                 }
                 other => other.to_string(),
             };
@@ -452,6 +488,13 @@ pub fn job_view(
         os: os.0,
         os_source: os.1,
         os_evidence: os.2,
+        batch_id: job.batch_id.map(|b| b.to_string()),
+        batch_key: job
+            .options
+            .get("batch_key")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        disk: disk_text(job, &current),
         links: Links {
             api: format!("/api/v1/jobs/{id}"),
             page: format!("/jobs/{id}"),

@@ -206,6 +206,36 @@ fn base64_decode(s: &str) -> Vec<u8> {
     out
 }
 
+/// Logs in on the form the page shows, as Ann (a requester).
+async fn log_in_as_ann(driver: &Driver) {
+    driver.type_into("#username", "ann").await;
+    driver.type_into("#password", "ann-password-1234").await;
+    driver.click("#login-btn").await;
+    let who = driver
+        .wait_text(
+            "(document.getElementById('whoami')||{}).innerText",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        who.contains("Ann Example") && who.contains("requester"),
+        "{who}"
+    );
+}
+
+async fn add_ann(app: &TestApp) {
+    vmscan::identity::accounts::add_local_user(
+        &app.store,
+        "ann",
+        vmscan::domain::Role::Requester,
+        Some("ann-password-1234"),
+        Some("ann@example.com".into()),
+        Some("Ann Example".into()),
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pastes_a_url_sees_the_popup_and_follows_the_job_page() {
     let Some(driver) = Driver::start().await else {
@@ -221,16 +251,7 @@ async fn pastes_a_url_sees_the_popup_and_follows_the_job_page() {
         c.pipeline.stages = vmscan::pipeline::BUILT_STAGES[..5].to_vec();
     })
     .await;
-    vmscan::identity::accounts::add_local_user(
-        &app.store,
-        "ann",
-        vmscan::domain::Role::Requester,
-        Some("ann-password-1234"),
-        Some("ann@example.com".into()),
-        Some("Ann Example".into()),
-    )
-    .await
-    .unwrap();
+    add_ann(&app).await;
 
     // Not logged in: the dashboard answers with the login form.
     driver.goto(&app.url("/")).await;
@@ -247,19 +268,7 @@ async fn pastes_a_url_sees_the_popup_and_follows_the_job_page() {
     driver
         .js("document.getElementById('username').value = ''; return null;")
         .await;
-    driver.type_into("#username", "ann").await;
-    driver.type_into("#password", "ann-password-1234").await;
-    driver.click("#login-btn").await;
-    let who = driver
-        .wait_text(
-            "(document.getElementById('whoami')||{}).innerText",
-            Duration::from_secs(10),
-        )
-        .await;
-    assert!(
-        who.contains("Ann Example") && who.contains("requester"),
-        "{who}"
-    );
+    log_in_as_ann(&driver).await;
     // A bad URL: the popup says exactly what is wrong.
     driver.type_into("#url", "ftp://files.example/x.img").await;
     driver.click("#submit-btn").await;
@@ -331,5 +340,100 @@ async fn pastes_a_url_sees_the_popup_and_follows_the_job_page() {
             .screenshot(&std::path::Path::new(&dir).join("index.png"))
             .await;
     }
+    app.stop().await;
+}
+
+/// The manifest upload: a bad file lists every error under the form and
+/// queues nothing; a good one links its batch page, which follows the jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_a_manifest_and_follows_the_batch_page() {
+    let Some(driver) = Driver::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["a.raw", "b.raw"] {
+        std::fs::write(dir.path().join(name), vec![3u8; 500_000]).unwrap();
+    }
+    let url = |n: &str| format!("file://{}", dir.path().join(n).display());
+    let root = dir.path().to_path_buf();
+    let app = TestApp::spawn(Backend::Sqlite, |c| {
+        c.fetch.allowed_roots = vec![root];
+        c.pipeline.stages = vmscan::pipeline::BUILT_STAGES[..3].to_vec();
+    })
+    .await;
+    add_ann(&app).await;
+    driver.goto(&app.url("/")).await;
+    log_in_as_ann(&driver).await;
+
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(
+        &bad,
+        format!(
+            "owner: web-team\nimages:\n  a:\n    get_url: {}\n    checksum: {{type: crc32, value: ab}}\n  b:\n    size: 20GB\n",
+            url("a.raw")
+        ),
+    )
+    .unwrap();
+    driver
+        .type_into("#manifest", &bad.display().to_string())
+        .await;
+    driver.click("#manifest-btn").await;
+    let errors = driver
+        .wait_text(
+            "Array.from(document.querySelectorAll('#manifest-errors li')).map(e => e.innerText).join('\\n')",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        errors.contains("images.a.checksum.type: unknown checksum algorithm \"crc32\"")
+            && errors.contains("images.b.get_url: missing"),
+        "{errors}"
+    );
+    let toast = driver
+        .wait_text(
+            "(document.querySelector('.toast-error')||{}).innerText",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(toast.contains("nothing was queued"), "{toast}");
+    let (_, jobs) = app.get("/api/v1/jobs").await;
+    assert!(jobs["jobs"].as_array().unwrap().is_empty());
+
+    let good = dir.path().join("good.yml");
+    std::fs::write(
+        &good,
+        format!(
+            "owner: web-team\nimages:\n  a:\n    get_url: {}\n  b:\n    get_url: {}\n",
+            url("a.raw"),
+            url("b.raw")
+        ),
+    )
+    .unwrap();
+    driver
+        .type_into("#manifest", &good.display().to_string())
+        .await;
+    driver.click("#manifest-btn").await;
+    let href = driver
+        .wait_text(
+            "(document.querySelector('.toast-success a')||{}).getAttribute && document.querySelector('.toast-success a').getAttribute('href')",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(href.starts_with("/batches/"), "{href}");
+    driver.goto(&app.url(&href)).await;
+    let summary = driver
+        .wait_text(
+            "(t => t.includes('2 of 2 passed') ? t : '')((document.getElementById('batch-summary')||{}).innerText || '')",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(summary, "2 of 2 passed");
+    let keys = driver
+        .wait_text(
+            "Array.from(document.querySelectorAll('.batch-job')).map(e => e.dataset.key + ' ' + e.dataset.state).join(',')",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(keys, "a succeeded,b succeeded");
     app.stop().await;
 }

@@ -34,6 +34,12 @@ const EXPECTED: &[(&str, &str, A)] = &[
     ("GET", "/api/v1/jobs/{id}/events", VIEWER),
     ("POST", "/api/v1/jobs/{id}/cancel", REQUESTER),
     ("POST", "/api/v1/jobs/{id}/retry", REQUESTER),
+    ("POST", "/api/v1/batches", REQUESTER),
+    ("GET", "/api/v1/batches", VIEWER),
+    ("GET", "/api/v1/batches/{id}", VIEWER),
+    ("POST", "/api/v1/batches/{id}/cancel", REQUESTER),
+    ("GET", "/batches/{id}", VIEWER),
+    ("GET", "/batches/{id}/panel", VIEWER),
     ("GET", "/api/v1/images", VIEWER),
     ("GET", "/api/v1/images/{key}", VIEWER),
     ("DELETE", "/api/v1/images/{key}", ADMIN),
@@ -140,6 +146,9 @@ struct Ids {
 fn fill(method: &str, path: &str, ids: &Ids) -> String {
     let p = if path.starts_with("/api/v1/jobs/") || path.starts_with("/jobs/{id}") {
         path.replace("{id}", &ids.job)
+    } else if path.starts_with("/api/v1/batches/") || path.starts_with("/batches/") {
+        // No such batch: a 404 once the rule let the request through.
+        path.replace("{id}", "0192f0c1-8a6e-7c3d-9f10-1b2c3d4e5f60")
     } else if path.starts_with("/api/v1/tokens/") || path.starts_with("/tokens/") {
         path.replace("{id}", &ids.token_id.to_string())
     } else if path == "/api/v1/images/{key}" && method == "GET"
