@@ -80,6 +80,9 @@ async fn scans_a_debian_cloud_image_with_the_deb_agent_end_to_end() {
                 ..PackageConfig::default()
             },
         )]);
+        // What the guest's kernel sees of its boot disk (grown by `size`).
+        profile.pre_install =
+            vec!["for d in /sys/block/vd*; do echo \"blockdev $d $(cat $d/size)\"; done".into()];
         c.agent.profiles.insert("linux".into(), profile);
         c.inventory.kind = InventoryKind::FlexeraOne;
         c.inventory.check_interval_secs = 3;
@@ -98,6 +101,9 @@ async fn scans_a_debian_cloud_image_with_the_deb_agent_end_to_end() {
             "url": images.url("disk.qcow2"),
             "checksum": format!("sha256:{}", support::sha256_file(&image_dir.join("disk.qcow2"))),
             "email": "sam@example.com",
+            // The 2 GiB image grown before upload; cloud-init's growpart
+            // then grows the root partition in the guest.
+            "size": "3G",
         }))
         .await;
     let id = job["id"].as_str().unwrap();
@@ -119,6 +125,15 @@ async fn scans_a_debian_cloud_image_with_the_deb_agent_end_to_end() {
         );
         assert_eq!(s["state"], "succeeded", "stage {}: {done:#}", s["name"]);
     }
+
+    let convert = &stage(&done, "convert")["detail"];
+    assert_eq!(convert["source_virtual_size"], 2u64 << 30, "{convert}");
+    assert_eq!(convert["virtual_size"], 3u64 << 30, "{convert}");
+    let grown = format!("blockdev /sys/block/vda {}", (3u64 << 30) / 512);
+    assert!(
+        log.contains(&grown),
+        "the guest sees the grown disk: no {grown:?} in\n{log}"
+    );
 
     let inspect = &stage(&done, "inspect")["detail"];
     println!("  inspect: {inspect}");
