@@ -229,6 +229,13 @@ async fn a_manifest_runs_as_one_batch_and_ends_in_one_summary() {
             assert!(html.contains(&format!("data-key=\"{key}\"")), "{html}");
         }
         assert!(html.contains("failed at checksum"));
+        // The batches page lists it with its summary.
+        let (status, list) = app.get_text("/batches").await;
+        assert_eq!(status, 200);
+        assert!(
+            list.contains(&format!("data-id=\"{id}\"")) && list.contains("2 of 3 passed"),
+            "{list}"
+        );
         let (_, job_page) = app
             .get_text(&format!(
                 "/jobs/{}",

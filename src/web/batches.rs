@@ -38,6 +38,7 @@ pub fn routes(r: Routes) -> Routes {
             Access::Role(Requester),
             cancel_batch,
         )
+        .get("/batches", Access::Role(Viewer), batches_page)
         .get("/batches/{id}", Access::Role(Viewer), batch_page)
         .get("/batches/{id}/panel", Access::Role(Viewer), batch_panel)
 }
@@ -345,6 +346,29 @@ struct BatchPanel {
     batch: BatchView,
     /// Whether the viewer may cancel this batch.
     can_act: bool,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "batches.html")]
+struct BatchesPage {
+    me: Viewer,
+    batches: Vec<BatchView>,
+}
+
+/// The newest batches with their summaries (each links its page).
+async fn batches_page(
+    State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
+) -> ApiResult<Response> {
+    let mut batches = Vec::new();
+    for b in st.store.list_batches(None, 50).await? {
+        batches.push(load(&st, b.id).await?);
+    }
+    Ok(BatchesPage {
+        me: Viewer::of(&me),
+        batches,
+    }
+    .into_response())
 }
 
 async fn batch_page(

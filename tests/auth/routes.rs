@@ -54,6 +54,7 @@ const EXPECTED: &[(&str, &str, A)] = &[
     ("PATCH", "/api/v1/watches/{id}", REQUESTER),
     ("DELETE", "/api/v1/watches/{id}", REQUESTER),
     ("POST", "/api/v1/watches/{id}/check", REQUESTER),
+    ("GET", "/batches", VIEWER),
     ("GET", "/watches", VIEWER),
     ("GET", "/watches/{id}", VIEWER),
     ("GET", "/api/v1/jobs/{id}/image", IMAGE_KEY),
