@@ -189,6 +189,18 @@ pub enum ConfigAction {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. } | Command::Worker { .. }) {
+        // A client command piped into `head` ends quietly, as other Unix
+        // tools do, instead of panicking on the closed pipe. (Not the
+        // daemon: a peer closing a socket must never kill it.)
+        // SAFETY: set before any thread exists; SIG_DFL is a valid action.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
     init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -62,7 +62,9 @@ impl FromStr for CheckOutcome {
 /// watch was made.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScanTemplate {
-    pub requested_by: String,
+    /// The login the scans are filed as; none for a watch made with the
+    /// CLI, whose scans are the server shell's like `vmscan submit`'s.
+    pub requested_by: Option<String>,
     pub email: Option<String>,
     pub note: Option<String>,
     pub options: serde_json::Value,

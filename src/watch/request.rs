@@ -56,7 +56,7 @@ impl Checked {
             sums_url: self.sums_url.map(|u| u.to_string()),
             interval_secs: self.interval_secs as i64,
             template: ScanTemplate {
-                requested_by: owner.to_string(),
+                requested_by: scan.requested_by,
                 email: scan.email,
                 note: scan.note,
                 options: scan.options,

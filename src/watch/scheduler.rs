@@ -268,7 +268,7 @@ fn scan_of(
     Ok(NewJob {
         url,
         checksum: checksum.map(ChecksumSpec::Digest),
-        requested_by: Some(w.template.requested_by.clone()),
+        requested_by: w.template.requested_by.clone(),
         email: w.template.email.clone(),
         note: w.template.note.clone(),
         options,

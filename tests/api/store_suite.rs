@@ -520,7 +520,7 @@ for_each_backend!(
                 sums_url: None,
                 interval_secs: 60,
                 template: ScanTemplate {
-                    requested_by: "ann".into(),
+                    requested_by: Some("ann".into()),
                     email: None,
                     note: None,
                     options: json!({}),
