@@ -9,6 +9,7 @@ mod postgres;
 mod rows;
 mod sql;
 mod sqlite;
+mod sqlite_wake;
 
 use std::sync::Arc;
 use std::time::Duration;
