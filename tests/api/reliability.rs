@@ -30,6 +30,18 @@ fn env_for(db: &str, data: &Path, lease_secs: u64) -> Vec<(&'static str, String)
     ]
 }
 
+/// A job for `url` with nothing else asked.
+fn plain_job(url: &str) -> NewJob {
+    NewJob {
+        url: url.parse().unwrap(),
+        checksum: None,
+        requested_by: None,
+        email: None,
+        note: None,
+        options: json!({}),
+    }
+}
+
 async fn get_json(client: &reqwest::Client, url: &str) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
@@ -168,14 +180,7 @@ async fn two_worker_processes_run_500_jobs_exactly_once() {
     let started = Instant::now();
     for i in 0..N {
         store
-            .create_job(NewJob {
-                url: fs.url(&format!("f{i}.img")).parse().unwrap(),
-                checksum: None,
-                requested_by: None,
-                email: None,
-                note: None,
-                options: json!({}),
-            })
+            .create_job(plain_job(&fs.url(&format!("f{i}.img"))))
             .await
             .unwrap();
     }
@@ -269,17 +274,8 @@ async fn a_job_queued_by_another_process_wakes_an_idle_sqlite_worker() {
     };
 
     let store = store::open(&db, 2).await.unwrap();
-    let job = store
-        .create_job(NewJob {
-            url: fs.url("a.img").parse().unwrap(),
-            checksum: None,
-            requested_by: None,
-            email: None,
-            note: None,
-            options: json!({}),
-        })
-        .await
-        .unwrap();
+    let queue = || async { store.create_job(plain_job(&fs.url("a.img"))).await.unwrap() };
+    let job = queue().await;
     let queued = Instant::now();
     loop {
         let j = store.get_job(job.id).await.unwrap().unwrap();
@@ -298,17 +294,7 @@ async fn a_job_queued_by_another_process_wakes_an_idle_sqlite_worker() {
     drop(_worker);
     // A killed worker leaves its socket; the next notify clears it.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    store
-        .create_job(NewJob {
-            url: fs.url("a.img").parse().unwrap(),
-            checksum: None,
-            requested_by: None,
-            email: None,
-            note: None,
-            options: json!({}),
-        })
-        .await
-        .unwrap();
+    queue().await;
     assert!(
         !socket.exists(),
         "the dead worker's socket {} is removed by the next notifier",
