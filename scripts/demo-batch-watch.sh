@@ -2,10 +2,13 @@
 # A batch and a watch, end to end, on the embedded defaults (SQLite, local
 # artifact store), intake + publish stages only (no VM), files served by
 # python's http.server on loopback.
+#   scripts/demo-batch-watch.sh     (prints what a user would see)
 set -euo pipefail
-BIN=/work/main/target/debug/vmscan
+cd "$(dirname "$0")/.."
+cargo build --bin vmscan 2>&1 | tail -1
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/debug/vmscan
 D=$(mktemp -d /tmp/vmscan-demo.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$D"' EXIT
 mkdir -p "$D/srv/rocky" "$D/srv/alma"
 head -c 3000000 /dev/urandom > "$D/srv/rocky/Rocky-9-GenericCloud-9.4.raw"
 head -c 2000000 /dev/urandom > "$D/srv/alma/AlmaLinux-9-GenericCloud-9.4.raw"

@@ -231,6 +231,9 @@ fn init_tracing() {
         .try_init();
 }
 
+/// How often `submit --wait` looks at its job.
+const WAIT_POLL: Duration = Duration::from_millis(100);
+
 fn load(cli_config: &Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
     let mut cfg = Config::load(cli_config.as_deref())?;
     if let Some(d) = data_dir {
@@ -354,7 +357,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                // One row read by key: cheap enough that the end shows at once.
+                tokio::time::sleep(WAIT_POLL).await;
                 let j = store.get_job(job.id).await?.context("job vanished")?;
                 if j.state.is_final() {
                     print_job(&cfg, &store, j.id).await?;

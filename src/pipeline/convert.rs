@@ -134,6 +134,18 @@ impl Stage for ConvertStage {
             Some(want) => Some(self.grow(ctx, &out, target, want).await?),
             None => None,
         };
+        // The output's sha256 (for publishing and the job record) is taken on
+        // a thread of its own while qemu-img checks it and inspect reads it.
+        let stop_hashing = ctx.cancel.child_token();
+        let _stop_hashing_on_drop = stop_hashing.clone().drop_guard();
+        let hashing = {
+            let (out, stop) = (out.clone(), stop_hashing.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut hasher = super::hashing::MultiHasher::new([]);
+                hasher.update_from_file_blocking(&out, &stop)?;
+                Ok::<_, std::io::Error>(hasher.finish())
+            })
+        };
         if self.cfg.target_format == crate::config::TargetFormat::Qcow2 {
             self.check(&out).await?;
         }
@@ -166,13 +178,11 @@ impl Stage for ConvertStage {
             ))
             .into());
         }
-        // The output's checksum, for publishing and the job record.
-        let mut hasher = super::hashing::MultiHasher::new([]);
-        hasher
-            .update_from_file(&out)
+        let output_sha256 = hashing
             .await
-            .map_err(|e| ConvertError::Io(format!("cannot hash {}: {e}", out.display())))?;
-        let output_sha256 = hasher.finish().remove(&crate::domain::ChecksumAlgo::Sha256);
+            .map_err(|e| ConvertError::Io(format!("hashing crashed: {e}")))?
+            .map_err(|e| ConvertError::Io(format!("cannot hash {}: {e}", out.display())))?
+            .remove(&crate::domain::ChecksumAlgo::Sha256);
         ctx.set_detail(
             json!({
                 "path": out.display().to_string(),

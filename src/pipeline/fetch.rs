@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 use super::hashing::{self, MultiHasher};
 use super::http::{Fetcher, HttpError};
 use super::netpolicy::{Denied, NetPolicy};
+use super::writeback::Writeback;
 use super::{Stage, StageCtx, StageError, StageFailure, StageOutcome};
 use crate::config::FetchConfig;
 use crate::domain::{fmt_bytes, ChecksumAlgo, ChecksumSpec, SourceUrl, StageName};
@@ -156,6 +157,8 @@ struct Progress {
     total: Option<u64>,
     /// The slow-source check's window: since when, and the bytes at its start.
     window: (Instant, u64),
+    /// Keeps the disk writing the `.part` while it downloads.
+    writeback: Writeback,
 }
 
 impl Progress {
@@ -168,6 +171,7 @@ impl Progress {
             base,
             bytes: base,
             total,
+            writeback: Writeback::new(base),
         }
     }
 
@@ -734,6 +738,7 @@ impl FetchStage {
         out.write_all(chunk)
             .await
             .map_err(|e| io_err("cannot write", part, e))?;
+        progress.writeback.wrote(out.get_ref(), progress.bytes);
         self.check_rate(progress)?;
         progress.report(ctx, false).await
     }

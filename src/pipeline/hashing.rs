@@ -76,6 +76,35 @@ impl MultiHasher {
             .collect()
     }
 
+    /// Feeds a whole file through the hashers on this (blocking) thread;
+    /// gives up with `Interrupted` once `stop` fires.
+    pub fn update_from_file_blocking(
+        &mut self,
+        path: &Path,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> std::io::Result<u64> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path)?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            if stop.is_cancelled() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    "hashing stopped",
+                ));
+            }
+            let n = match f.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.update(&buf[..n]);
+            total += n as u64;
+        }
+    }
+
     /// Feeds a whole file through the hashers (resumed downloads, local files).
     pub async fn update_from_file(&mut self, path: &Path) -> std::io::Result<u64> {
         let mut f = tokio::fs::File::open(path).await?;

@@ -16,6 +16,7 @@ pub mod netpolicy;
 pub mod publish;
 mod qemu;
 pub mod scan;
+mod writeback;
 
 use std::sync::Arc;
 

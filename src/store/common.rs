@@ -541,7 +541,7 @@ macro_rules! store_impl {
             }
 
             fn work_signal(&self) -> tokio::sync::watch::Receiver<u64> {
-                self.wake.subscribe()
+                self.subscribe_work()
             }
         }
     };

@@ -10,6 +10,7 @@ mod postgres;
 mod rows;
 mod sql;
 mod sqlite;
+mod sqlite_wake;
 pub mod watch;
 
 use std::sync::Arc;

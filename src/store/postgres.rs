@@ -59,6 +59,10 @@ impl PgStore {
         }
         self.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
+
+    fn subscribe_work(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
 }
 
 /// Forwards NOTIFYs from other replicas to this process's workers, reconnecting on error.

@@ -90,12 +90,24 @@ pub async fn run_claimed(env: &RunEnv, job: Job, lease: Lease) -> StoreResult<()
     hb_stop.cancel();
     let _ = hb.await;
     match result {
-        Err(StoreError::Fenced(_)) => Ok(()),
-        other => other,
+        // The job is over and its directory moved aside: free the disk now,
+        // after its followers already saw it end.
+        Ok(Some(disposal)) => {
+            disposal.finish().await;
+            Ok(())
+        }
+        Ok(None) | Err(StoreError::Fenced(_)) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
-async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> StoreResult<()> {
+/// Runs the job to its end; returns what became of its work directory.
+async fn drive(
+    env: &RunEnv,
+    job: Job,
+    lease: &Lease,
+    signals: &Signals,
+) -> StoreResult<Option<super::workdir::Disposal>> {
     let store = &env.store;
     let stale = store.interrupt_stale_runs(lease).await?;
     if stale > 0 {
@@ -234,7 +246,7 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
                         "daemon shutting down: job handed back to the queue",
                     )
                     .await?;
-                return store.hand_back(lease).await;
+                return store.hand_back(lease).await.map(|()| None);
             }
             Ran::Done(Ok(StageOutcome::Done)) => {
                 end(StageState::Succeeded, None).await?;
@@ -250,7 +262,7 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
                         &format!("waiting: {reason} — next check at {}", fmt_millis(until)),
                     )
                     .await?;
-                return store.park(lease, until, &reason).await;
+                return store.park(lease, until, &reason).await.map(|()| None);
             }
             Ran::Done(Err(StageError::Cancelled)) => {
                 end(StageState::Cancelled, Some("cancelled by user")).await?;
@@ -295,7 +307,7 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
                                 ),
                             )
                             .await?;
-                        return store.park(lease, until, &reason).await;
+                        return store.park(lease, until, &reason).await.map(|()| None);
                     }
                 }
                 let reason = format!("{name} failed: {msg}");
@@ -338,11 +350,12 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
             .await?;
     }
     let keep = env.config.storage.keep_secs(state);
-    match super::workdir::dispose(&work_dir, keep).await {
+    let disposal = match super::workdir::dispose(&work_dir, keep).await {
         Ok(d) => {
             store
                 .append_log(lease, None, LogLevel::Info, &d.describe())
-                .await?
+                .await?;
+            Some(d)
         }
         Err(e) => {
             store
@@ -355,12 +368,13 @@ async fn drive(env: &RunEnv, job: Job, lease: &Lease, signals: &Signals) -> Stor
                         work_dir.display()
                     ),
                 )
-                .await?
+                .await?;
+            None
         }
-    }
+    };
     store.finish_job(lease, state, error.as_deref()).await?;
     for e in env.events.iter() {
         e.job_finished(&job, state, error.as_deref()).await;
     }
-    Ok(())
+    Ok(disposal)
 }

@@ -29,14 +29,18 @@ pub async fn remove_secrets(work_dir: &Path) -> std::io::Result<()> {
 /// What happens to a finished job's files, for its log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Disposal {
-    Deleted { bytes: u64 },
+    /// Moved out of the way; [`Disposal::finish`] frees the space.
+    Deleted {
+        bytes: u64,
+        trash: Option<PathBuf>,
+    },
     KeptUntil(i64),
 }
 
 impl Disposal {
     pub fn describe(&self) -> String {
         match self {
-            Disposal::Deleted { bytes } => {
+            Disposal::Deleted { bytes, .. } => {
                 format!("work files deleted ({})", crate::domain::fmt_bytes(*bytes))
             }
             Disposal::KeptUntil(t) => format!(
@@ -45,17 +49,63 @@ impl Disposal {
             ),
         }
     }
+
+    /// Frees what [`dispose`] moved aside (after the job is reported done:
+    /// unlinking gigabytes takes a while). A crash before this leaves the
+    /// trash to the sweep.
+    pub async fn finish(self) {
+        if let Disposal::Deleted {
+            trash: Some(trash), ..
+        } = self
+        {
+            if let Err(e) = remove_all(&trash).await {
+                tracing::warn!(dir = %trash.display(), error = %e, "cannot delete an ended job's work files; the sweep retries");
+            }
+        }
+    }
 }
 
-/// After the job's end: its files are kept `keep_secs` (0: deleted now).
+/// Where an ended job's directory waits for deletion: a sibling in the jobs
+/// directory (same file system, so the rename is instant), unique per run.
+const TRASH_PREFIX: &str = ".deleted-";
+
+/// After the job's end: its files are kept `keep_secs` (0: deleted now; the
+/// directory is renamed away at once and emptied by [`Disposal::finish`]).
 pub async fn dispose(work_dir: &Path, keep_secs: u64) -> std::io::Result<Disposal> {
     if keep_secs > 0 {
         return Ok(Disposal::KeptUntil(now_millis() + keep_secs as i64 * 1000));
     }
     let bytes = du(work_dir).await;
-    match tokio::fs::remove_dir_all(work_dir).await {
+    let name = work_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    let trash = work_dir.with_file_name(format!(
+        "{TRASH_PREFIX}{name}-{}",
+        &suffix[suffix.len() - 8..]
+    ));
+    match tokio::fs::rename(work_dir, &trash).await {
+        Ok(()) => Ok(Disposal::Deleted {
+            bytes,
+            trash: Some(trash),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(Disposal::Deleted { bytes, trash: None })
+        }
+        // Not renamable for some reason: delete in place, as before.
+        Err(_) => {
+            remove_all(work_dir).await?;
+            Ok(Disposal::Deleted { bytes, trash: None })
+        }
+    }
+}
+
+/// `remove_dir_all`, where a directory already gone is success.
+async fn remove_all(dir: &Path) -> std::io::Result<()> {
+    match tokio::fs::remove_dir_all(dir).await {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(Disposal::Deleted { bytes }),
+        _ => Ok(()),
     }
 }
 
@@ -96,7 +146,19 @@ pub async fn sweep(store: &DynStore, storage: &crate::config::StorageConfig) -> 
     let now = now_millis();
     let mut removed = 0;
     while let Ok(Some(e)) = entries.next_entry().await {
-        let Some(id) = e.file_name().to_str().and_then(|n| n.parse::<JobId>().ok()) else {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(TRASH_PREFIX) {
+            // Left by a crash between the rename and the deletion.
+            match remove_all(&e.path()).await {
+                Ok(()) => removed += 1,
+                Err(err) => {
+                    tracing::warn!(dir = %name, error = %err, "cannot remove an ended job's work files")
+                }
+            }
+            continue;
+        }
+        let Some(id) = name.parse::<JobId>().ok() else {
             continue;
         };
         let Ok(Some(job)) = store.get_job(id).await else {

@@ -30,6 +30,18 @@ pub(crate) fn env_for(db: &str, data: &Path, lease_secs: u64) -> Vec<(&'static s
     ]
 }
 
+/// A job for `url` with nothing else asked.
+fn plain_job(url: &str) -> NewJob {
+    NewJob {
+        url: url.parse().unwrap(),
+        checksum: None,
+        requested_by: None,
+        email: None,
+        note: None,
+        options: json!({}),
+    }
+}
+
 async fn get_json(client: &reqwest::Client, url: &str) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
@@ -168,14 +180,7 @@ async fn two_worker_processes_run_500_jobs_exactly_once() {
     let started = Instant::now();
     for i in 0..N {
         store
-            .create_job(NewJob {
-                url: fs.url(&format!("f{i}.img")).parse().unwrap(),
-                checksum: None,
-                requested_by: None,
-                email: None,
-                note: None,
-                options: json!({}),
-            })
+            .create_job(plain_job(&fs.url(&format!("f{i}.img"))))
             .await
             .unwrap();
     }
@@ -228,5 +233,71 @@ async fn two_worker_processes_run_500_jobs_exactly_once() {
         claimers.len(),
         2,
         "both worker processes took part: {claimers:?}"
+    );
+}
+
+/// SQLite has no LISTEN/NOTIFY: a job another process queues (here this test,
+/// as `vmscan submit` would) reaches an idle worker process through its wake
+/// socket, long before the worker's next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_queued_by_another_process_wakes_an_idle_sqlite_worker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = tmp.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("a.img"), "image").unwrap();
+    let fs = FileServer::start(&files).await;
+    let db_file = tmp.path().join("vmscan.db");
+    let db = format!("sqlite:{}", db_file.display());
+    let mut env = env_for(&db, &tmp.path().join("data"), 30);
+    env.push(("VMSCAN_WORKER__POLL_INTERVAL_MS", "120000".into()));
+    let _worker = Daemon::start(&["worker"], &env);
+
+    // The worker binds its socket once it waits for work.
+    let wake_dir = tmp.path().join("vmscan.db.wake");
+    let started = Instant::now();
+    let socket = loop {
+        let found = std::fs::read_dir(&wake_dir).ok().and_then(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "sock"))
+        });
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the worker never bound a wake socket in {}",
+            wake_dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let store = store::open(&db, 2).await.unwrap();
+    let queue = || async { store.create_job(plain_job(&fs.url("a.img"))).await.unwrap() };
+    let job = queue().await;
+    let queued = Instant::now();
+    loop {
+        let j = store.get_job(job.id).await.unwrap().unwrap();
+        if j.state.is_final() {
+            assert_eq!(j.state, JobState::Succeeded, "{:?}", j.error);
+            break;
+        }
+        // Polling alone would first look after two minutes.
+        assert!(
+            queued.elapsed() < Duration::from_secs(60),
+            "the idle worker was not woken: job still {:?}",
+            j.state
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(_worker);
+    // A killed worker leaves its socket; the next notify clears it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    queue().await;
+    assert!(
+        !socket.exists(),
+        "the dead worker's socket {} is removed by the next notifier",
+        socket.display()
     );
 }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ArchiveError;
 use crate::domain::fmt_bytes;
+use crate::pipeline::writeback::Writeback;
 
 /// The expansion ratio is only enforced once this much came out, so small
 /// metadata files that compress well are never mistaken for bombs.
@@ -347,6 +348,7 @@ pub fn copy_sparse(
     let shown = path.display().to_string();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
+    let mut writeback = Writeback::new(0);
     loop {
         let n = match src.read(&mut buf) {
             Ok(0) => break,
@@ -369,6 +371,7 @@ pub fn copy_sparse(
                     .map_err(|e| ArchiveError::io(&shown, e))?;
             }
         }
+        writeback.wrote(&file, total);
     }
     // A trailing hole needs the length set explicitly.
     file.set_len(total)
