@@ -438,3 +438,38 @@ async fn a_disabled_owner_s_watch_queues_nothing_until_they_are_enabled() {
     assert!(done["job"]["url"].as_str().unwrap().ends_with("app-2.raw"));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pointer_watch_follows_the_file_its_latest_names() {
+    let src = Source::start().await;
+    src.put("app-1.0.raw", b"build 1.0");
+    src.put("LATEST", b"# the newest build\napp-1.0.raw\n");
+    let app = app(Backend::Sqlite).await;
+    let (s, w) = app
+        .post(
+            "/api/v1/watches",
+            json!({"url": src.url("images/LATEST"), "kind": "pointer", "interval": 1, "name": "app"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{w}");
+    let id = w["id"].as_str().unwrap().to_string();
+    let first = wait_scans(&app, &id, 1).await;
+    assert!(first["job"]["url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/images/app-1.0.raw"));
+    assert_eq!(first["job"]["state"], "succeeded", "{:#}", first["job"]);
+    src.put("app-1.1.raw", b"build 1.1");
+    src.put("LATEST", b"app-1.1.raw\n");
+    let second = wait_scans(&app, &id, 2).await;
+    assert!(second["job"]["url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/images/app-1.1.raw"));
+    assert_eq!(second["job"]["state"], "succeeded", "{:#}", second["job"]);
+    // Published as the version its file name carries, now current.
+    let (_, hist) = app.get("/api/v1/images/app").await;
+    assert_eq!(hist["versions"][0]["version"], "1.1", "{hist:#}");
+    assert_eq!(hist["versions"][0]["state"], "current");
+    app.stop().await;
+}
