@@ -56,7 +56,11 @@ sleep 10
 echo "\$ vmscan watch show $W"
 "$BIN" watch show "$W"
 echo
-for j in $("$BIN" jobs | awk "/failed/{print \$1}"); do "$BIN" job "$j" | grep -i -m3 "error\|failed"; done
+echo "the failed jobs say why:"
+for j in $("$BIN" jobs | awk '/failed/{print $1}'); do
+    "$BIN" job "$j" > "$D/job.txt"
+    head -1 "$D/job.txt"
+done
 echo "\$ vmscan jobs"
 "$BIN" jobs
 echo
