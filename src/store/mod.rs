@@ -363,7 +363,6 @@ pub async fn open(url: &str, max_connections: u32) -> StoreResult<DynStore> {
         ));
     };
     store.migrate().await?;
-    store.fold_job_counts().await?;
     Ok(store)
 }
 

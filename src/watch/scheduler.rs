@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::check::{observe, Previous, Target};
+use super::check::{observe, Observation, Previous, Target};
 use crate::artifacts::{check_label, name_from_file, split_version};
 use crate::config::Config;
 use crate::domain::{now_millis, ChecksumSpec, Millis, Role, SourceUrl};
@@ -84,45 +84,32 @@ impl Scheduler {
     /// in the same transaction.
     async fn check(&self, w: &Watch) -> Result<(), crate::store::StoreError> {
         let started = now_millis();
-        let (outcome, message, obs) = match self.observe(w).await {
+        let (outcome, message, obs, job) = match self.observe(w).await {
+            Err(e) => (CheckOutcome::Error, e, None, None),
             Ok(obs) if w.fingerprint.as_deref() == Some(obs.fingerprint.as_str()) => (
                 CheckOutcome::Unchanged,
                 format!("unchanged: {}", obs.identity),
                 Some(obs),
+                None,
             ),
-            Ok(obs) => {
-                let what = if w.fingerprint.is_none() {
-                    "first check"
-                } else {
-                    "new image"
-                };
-                (
-                    CheckOutcome::Changed,
-                    format!("{what}: {}; scan queued", obs.identity),
-                    Some(obs),
-                )
-            }
-            Err(e) => (CheckOutcome::Error, e, None),
-        };
-        if outcome == CheckOutcome::Changed {
-            if let Err(why) = self.owner_may_scan(w).await? {
-                // The fingerprint stays, so the change is picked up once the
-                // owner may scan again.
-                return self
-                    .record(w, CheckOutcome::Error, &why, None, started)
-                    .await;
-            }
-        }
-        let job = match (&outcome, &obs) {
-            (CheckOutcome::Changed, Some(obs)) => {
-                match scan_of(w, &obs.image_url, obs.checksum.clone()) {
-                    Ok(job) => Some(job),
-                    Err(e) => {
-                        return self.record(w, CheckOutcome::Error, &e, None, started).await;
-                    }
+            // A scan that may not be queued leaves the fingerprint as it
+            // was, so the change is picked up once it may.
+            Ok(obs) => match self.scan_for(w, &obs).await? {
+                Err(why) => (CheckOutcome::Error, why, None, None),
+                Ok(job) => {
+                    let what = if w.fingerprint.is_none() {
+                        "first check"
+                    } else {
+                        "new image"
+                    };
+                    (
+                        CheckOutcome::Changed,
+                        format!("{what}: {}; scan queued", obs.identity),
+                        Some(obs),
+                        Some(job),
+                    )
                 }
-            }
-            _ => None,
+            },
         };
         let rec = CheckRecord {
             watch_id: &w.id,
@@ -136,7 +123,31 @@ impl Scheduler {
             next_check_at: started + w.interval_secs * 1000,
             job,
         };
-        self.land(w, rec).await
+        match self
+            .store
+            .record_check(LEASE, &self.holder, now_millis() + self.lease_ms(), rec)
+            .await?
+        {
+            Recorded::Done { job } => {
+                tracing::info!(watch = %w.id, %outcome, job = ?job, "watch checked");
+            }
+            Recorded::Lost => {
+                tracing::warn!(watch = %w.id, "watch check not recorded: the scheduler lease or the watch changed meanwhile");
+            }
+        }
+        Ok(())
+    }
+
+    /// The scan a change queues, or why none may be.
+    async fn scan_for(
+        &self,
+        w: &Watch,
+        obs: &Observation,
+    ) -> Result<Result<NewJob, String>, crate::store::StoreError> {
+        if let Err(why) = self.owner_may_scan(w).await? {
+            return Ok(Err(why));
+        }
+        Ok(scan_of(w, &obs.image_url, obs.checksum.clone()))
     }
 
     /// Nobody scans in the name of someone who may no longer: a watch of a
@@ -163,7 +174,7 @@ impl Scheduler {
         })
     }
 
-    async fn observe(&self, w: &Watch) -> Result<super::check::Observation, String> {
+    async fn observe(&self, w: &Watch) -> Result<Observation, String> {
         let url = Url::parse(&w.url).map_err(|e| format!("the watched URL does not parse: {e}"))?;
         let sums = w
             .sums_url
@@ -198,46 +209,6 @@ impl Scheduler {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err(format!("the check took longer than {} s", limit.as_secs())),
         }
-    }
-
-    async fn record(
-        &self,
-        w: &Watch,
-        outcome: CheckOutcome,
-        message: &str,
-        job: Option<NewJob>,
-        started: Millis,
-    ) -> Result<(), crate::store::StoreError> {
-        let rec = CheckRecord {
-            watch_id: &w.id,
-            previous: w.fingerprint.as_deref(),
-            outcome,
-            message,
-            image_url: None,
-            fingerprint: None,
-            etag: None,
-            last_modified: None,
-            next_check_at: started + w.interval_secs * 1000,
-            job,
-        };
-        self.land(w, rec).await
-    }
-
-    async fn land(&self, w: &Watch, rec: CheckRecord<'_>) -> Result<(), crate::store::StoreError> {
-        let outcome = rec.outcome;
-        match self
-            .store
-            .record_check(LEASE, &self.holder, now_millis() + self.lease_ms(), rec)
-            .await?
-        {
-            Recorded::Done { job } => {
-                tracing::info!(watch = %w.id, %outcome, job = ?job, "watch checked");
-            }
-            Recorded::Lost => {
-                tracing::warn!(watch = %w.id, "watch check not recorded: the scheduler lease or the watch changed meanwhile");
-            }
-        }
-        Ok(())
     }
 }
 

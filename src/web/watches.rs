@@ -13,9 +13,9 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::api::{parse_json, submit_as};
+use super::api::{owner_or_operator, parse_json, submit_as};
 use super::audit::record;
-use super::auth::{Access, Denied, Identity};
+use super::auth::{Access, Identity};
 use super::routes::Routes;
 use super::views::Viewer;
 use super::{ApiError, ApiResult, AppState};
@@ -179,14 +179,7 @@ async fn own_watch(
     action: AuditAction,
 ) -> ApiResult<Watch> {
     let w = load(st, id).await?;
-    if w.owner != me.user && !me.may(Role::Operator) {
-        let e = ApiError::Denied(Denied {
-            required_role: Some(Role::Operator),
-            ..Denied::forbidden(format!(
-                "watch {id} belongs to {}; to change someone else's watch you need the operator role ({} has {})",
-                w.owner, me.user, me.role
-            ))
-        });
+    if let Err(e) = owner_or_operator(me, Some(&w.owner), &format!("watch {id}"), "change") {
         record(
             st,
             me,
@@ -314,9 +307,11 @@ async fn watch_page(
 ) -> ApiResult<Response> {
     let w = load(&st, &id).await?;
     let checks = st.store.watch_checks(&id, 100).await?;
+    let viewer = Viewer::of(&me);
     Ok(WatchPage {
-        may_change: w.owner == me.user && me.may(Role::Requester) || me.may(Role::Operator),
-        me: Viewer::of(&me),
+        // The same rule as the API's: the owner (a requester) or an operator.
+        may_change: viewer.may_act_on(&Some(w.owner.clone())),
+        me: viewer,
         w: view(w),
         checks: checks
             .into_iter()

@@ -88,6 +88,10 @@ impl Source {
     }
 }
 
+/// The page CPython's `http.server.SimpleHTTPRequestHandler.list_directory`
+/// writes (Lib/http/server.py: the "Directory listing for …" title and h1,
+/// then one `<li><a href="NAME">NAME</a></li>` per entry), the index the
+/// demo and bench scripts serve images with.
 async fn listing(State(s): State<Arc<Inner>>) -> Response {
     s.listings.fetch_add(1, Ordering::SeqCst);
     s.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -110,6 +114,8 @@ async fn listing(State(s): State<Arc<Inner>>) -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
 }
 
+/// GNU coreutils `sha256sum` output: `HEX␠␠NAME` per line (text mode), the
+/// SHA256SUMS format distributions publish next to their cloud images.
 async fn sums(State(s): State<Arc<Inner>>) -> String {
     s.files
         .lock()
@@ -127,8 +133,16 @@ async fn file(
     let Some((content, version)) = s.files.lock().unwrap().get(&name).cloned() else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    // A strong entity tag (RFC 9110 §8.8.3) that changes with the content,
+    // and Last-Modified as an IMF-fixdate (§5.6.7).
     let etag = format!("\"{name}-{version}\"");
     let modified = format!("Tue, 01 Dec 2026 {:02}:00:00 GMT", version % 24);
+    // If-None-Match (§13.1.2): a matching tag is answered 304 Not Modified
+    // with the ETag and no body (§15.4.5). vmscan sends back exactly the one
+    // tag it was given, so a single-tag comparison is the whole rule here
+    // (no lists, no weak tags). If-Modified-Since is not evaluated: this
+    // server always sends an ETag, so vmscan always sends If-None-Match
+    // beside it, and §13.1.3 has a recipient ignore it then.
     if let Some(sent) = headers.get(header::IF_NONE_MATCH) {
         s.conditional.fetch_add(1, Ordering::SeqCst);
         if sent.as_bytes() == etag.as_bytes() {
