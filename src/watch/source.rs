@@ -4,7 +4,6 @@
 
 use std::cmp::Ordering;
 use std::fmt;
-use std::str::FromStr;
 
 use url::Url;
 
@@ -237,13 +236,6 @@ pub fn pointed_url(pointer: &Url, body: &str) -> Result<Url, String> {
         ));
     }
     Ok(url)
-}
-
-impl FromStr for WatchKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        WatchKind::parse(s, None)
-    }
 }
 
 #[cfg(test)]
