@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod identity;
+pub mod insights;
 pub mod inventory;
 pub mod manifest;
 pub mod notify;

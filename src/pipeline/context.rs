@@ -121,6 +121,13 @@ impl StageCtx {
             .await
     }
 
+    /// Counts the VM's boot-to-login time for its image family (insights).
+    pub async fn record_boot(&self, family: &str, took: Duration) -> StoreResult<()> {
+        self.store
+            .record_boot(&self.lease, family, took.as_millis() as i64)
+            .await
+    }
+
     pub fn store(&self) -> &DynStore {
         &self.store
     }

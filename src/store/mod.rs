@@ -1,10 +1,13 @@
 //! Durable state: jobs (which are also the queue), stage runs, the job log and
-//! the external resources each job created. SQL lives in `sql.rs` only.
+//! the external resources each job created. The jobs' SQL lives in `sql.rs`;
+//! each other group of tables (auth, batches, catalog, insights, notifications,
+//! watches) keeps its SQL in its own module.
 
 pub mod auth;
 pub mod batch;
 pub mod catalog;
 mod common;
+pub mod insights;
 pub mod notify;
 mod postgres;
 mod rows;
@@ -253,6 +256,7 @@ pub trait Store:
     auth::AuthStore
     + batch::BatchStore
     + catalog::CatalogStore
+    + insights::InsightsStore
     + notify::NotifyStore
     + watch::WatchStore
     + Send

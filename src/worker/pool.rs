@@ -146,5 +146,11 @@ async fn reaper_loop(env: RunEnv, stop: CancellationToken) {
         if let Err(e) = env.store.fold_job_counts().await {
             tracing::warn!(error = %e, "folding the job counts failed");
         }
+        if let Err(e) = env.store.fold_daily_outcomes().await {
+            tracing::warn!(error = %e, "folding the daily outcomes failed");
+        }
+        if let Err(e) = crate::insights::sample_queue(&env.store).await {
+            tracing::warn!(error = %e, "sampling the queue failed");
+        }
     }
 }

@@ -7,6 +7,7 @@ mod support;
 mod dashboard;
 mod fetch;
 mod http_api;
+mod insights;
 mod inventory;
 mod limits;
 mod reliability;

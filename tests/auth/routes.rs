@@ -58,6 +58,8 @@ const EXPECTED: &[(&str, &str, A)] = &[
     ("GET", "/watches", VIEWER),
     ("GET", "/watches/{id}", VIEWER),
     ("GET", "/api/v1/jobs/{id}/image", IMAGE_KEY),
+    ("GET", "/insights", VIEWER),
+    ("GET", "/api/v1/insights", VIEWER),
     ("GET", "/", VIEWER),
     ("GET", "/jobs", VIEWER),
     ("GET", "/jobs/table", VIEWER),

@@ -72,6 +72,16 @@ impl OsRelease {
             .to_string()
     }
 
+    /// The image family for statistics: `ID` and the major `VERSION_ID`
+    /// ("debian 12", "rocky 9"), else the pretty name.
+    pub fn family(&self) -> String {
+        match (self.get("ID"), self.get("VERSION_ID")) {
+            (Some(id), Some(v)) => format!("{id} {}", v.split('.').next().unwrap_or(v)),
+            (Some(id), None) => id.to_string(),
+            _ => self.pretty_name(),
+        }
+    }
+
     pub fn to_json(&self) -> Value {
         Value::Object(
             self.fields

@@ -455,6 +455,7 @@ impl VmCreateStage {
             .unwrap_or("unknown OS")
             .to_string();
         ctx.info(format!("guest OS: {caption}")).await?;
+        ctx.record_boot(&caption, started.elapsed()).await?;
         ctx.set_detail(
             json!({
                 "winrm_host": host,
@@ -608,6 +609,7 @@ impl Stage for VmCreateStage {
         };
         let pretty = os.pretty_name();
         ctx.info(format!("guest OS: {pretty}")).await?;
+        ctx.record_boot(&os.family(), started.elapsed()).await?;
         shell.close().await;
         ctx.set_detail(
             json!({
