@@ -386,7 +386,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "ID", "STATE", "STAGE", "CREATED"
             );
             for j in &jobs {
-                let s = views::summary(j);
+                let s = views::summary(j, &[]);
                 println!(
                     "{:<36}  {:<9}  {:<20}  {:<20}  {}",
                     s.id,

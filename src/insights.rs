@@ -348,7 +348,7 @@ pub fn error_class(e: &str) -> String {
                 "<path>",
             ),
             (Regex::new(r"\b[0-9a-fA-F-]{8,}\b").unwrap(), "<id>"),
-            (Regex::new(r"\d+(?:\.\d+)?").unwrap(), "N"),
+            (Regex::new(r"\b\d+(?:\.\d+)?\b").unwrap(), "N"),
         ]
     });
     let mut s = e.lines().next().unwrap_or("").trim().to_string();

@@ -39,6 +39,8 @@ async function apiError(resp) {
 async function refreshTable() {
   const holder = document.getElementById("job-table");
   if (!holder) return;
+  // Not while someone is choosing a filter: the refresh would undo it.
+  if (document.activeElement && document.activeElement.closest("#job-filters")) return;
   const qs = window.location.search.replace(/^\?/, "");
   const resp = await fetch("/jobs/table" + (qs ? "?" + qs : ""));
   if (resp.ok) holder.innerHTML = await resp.text();
@@ -155,9 +157,65 @@ function appendLog(line) {
   const span = document.createElement("span");
   span.className = "line lvl-" + line.level;
   span.dataset.id = line.id;
+  span.dataset.stage = line.stage || "-";
+  span.dataset.level = line.level;
   span.textContent = `${line.ts} ${line.stage ? "[" + line.stage + "] " : ""}${line.level} ${line.message}\n`;
   log.appendChild(span);
+  filterLine(span, logFilter());
   if (document.getElementById("follow").checked) log.scrollTop = log.scrollHeight;
+}
+
+// The log viewer's filters: stage, minimum level, and a search that marks
+// what it found. Lines stay in the page; filtering only hides them.
+const LEVELS = {debug: 0, info: 1, warn: 2, error: 3};
+function logFilter() {
+  const v = id => (document.getElementById(id) || {}).value || "";
+  return {stage: v("log-stage"), level: v("log-level"), text: v("log-search").toLowerCase()};
+}
+function filterLine(span, f) {
+  const raw = span.dataset.raw || span.textContent;
+  span.dataset.raw = raw;
+  const show = (!f.stage || span.dataset.stage === f.stage)
+    && (!f.level || (LEVELS[span.dataset.level] ?? 1) >= LEVELS[f.level])
+    && (!f.text || raw.toLowerCase().includes(f.text));
+  span.classList.toggle("hidden", !show);
+  if (f.text && show) {
+    const i = raw.toLowerCase().indexOf(f.text);
+    span.innerHTML = esc(raw.slice(0, i)) + "<mark>" + esc(raw.slice(i, i + f.text.length)) + "</mark>" + esc(raw.slice(i + f.text.length));
+  } else if (span.querySelector("mark")) {
+    span.textContent = raw;
+  }
+  return show;
+}
+function applyLogFilter() {
+  const f = logFilter();
+  let shown = 0, all = 0;
+  for (const span of document.querySelectorAll("#log .line")) {
+    all++;
+    if (filterLine(span, f)) shown++;
+  }
+  const c = document.getElementById("log-count");
+  if (c) c.textContent = shown === all ? `${all} lines` : `${shown} of ${all} lines`;
+}
+function setupLogTools() {
+  const tools = document.getElementById("log-tools");
+  if (!tools) return;
+  for (const id of ["log-stage", "log-level"]) document.getElementById(id).addEventListener("change", applyLogFilter);
+  document.getElementById("log-search").addEventListener("input", applyLogFilter);
+  document.getElementById("log-wrap").addEventListener("change", ev => {
+    document.getElementById("log").classList.toggle("wrap", ev.target.checked);
+  });
+  applyLogFilter();
+}
+
+// A parked stage counts down to its next check.
+function tickCountdowns() {
+  for (const el of document.querySelectorAll(".countdown[data-wake]")) {
+    const left = Math.round((Number(el.dataset.wake) - Date.now()) / 1000);
+    if (left <= 0) { el.textContent = "checking again now"; continue; }
+    const h = Math.floor(left / 3600), m = Math.floor(left / 60) % 60, sec = left % 60;
+    el.textContent = "next check in " + (h ? h + "h " : "") + (h || m ? m + "m " : "") + sec + "s";
+  }
 }
 
 async function refreshPanel(id) {
@@ -272,6 +330,9 @@ function setupWatches() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  setupLogTools();
+  tickCountdowns();
+  setInterval(tickCountdowns, 1000);
   setupSubmit();
   setupManifest();
   setupBatchPage();

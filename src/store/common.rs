@@ -100,6 +100,26 @@ macro_rules! store_impl {
                 if let Some(who) = &filter.requested_by {
                     q.push(" AND requested_by = ").push_bind(who.clone());
                 }
+                // Options are stored as compact JSON (serde_json), so a
+                // key's value is found as its exact serialised pair.
+                for (key, value) in [("cluster", &filter.cluster), ("os", &filter.os)] {
+                    if let Some(v) = value {
+                        let pair = format!("\"{key}\":{}", serde_json::Value::from(v.as_str()));
+                        q.push(" AND options LIKE ")
+                            .push_bind(format!("%{}%", super::like_escape(&pair)))
+                            .push(" ESCAPE '\\'");
+                    }
+                }
+                if let Some(text) = &filter.text {
+                    let pat = format!("%{}%", super::like_escape(&text.to_lowercase()));
+                    q.push(" AND (LOWER(url) LIKE ")
+                        .push_bind(pat.clone())
+                        .push(" ESCAPE '\\' OR LOWER(COALESCE(note, '')) LIKE ")
+                        .push_bind(pat.clone())
+                        .push(" ESCAPE '\\' OR LOWER(options) LIKE ")
+                        .push_bind(pat)
+                        .push(" ESCAPE '\\')");
+                }
                 if let Some(before) = filter.before {
                     q.push(" AND id < ").push_bind(before.to_string());
                 }

@@ -220,9 +220,28 @@ pub struct Lease {
 pub struct JobFilter {
     pub state: Option<JobState>,
     pub requested_by: Option<String>,
+    /// The cluster the job was sent to (`qemu-local`, `nutanix:pc1`).
+    pub cluster: Option<String>,
+    /// The guest OS chosen at submission (`linux`, `windows`, `auto`).
+    pub os: Option<String>,
+    /// Words found in the URL, the note or the options (image name,
+    /// version, description), case-insensitively.
+    pub text: Option<String>,
     /// Keyset paging: only jobs older than this id.
     pub before: Option<JobId>,
     pub limit: i64,
+}
+
+/// `s` with LIKE's wildcards (and the escape character) escaped by `\\`.
+pub(crate) fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

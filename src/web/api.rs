@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
+use axum::response::Response;
 use axum::{Extension, Json};
 use futures::Stream;
 use serde::Deserialize;
@@ -33,6 +34,11 @@ pub fn routes(r: Routes) -> Routes {
         .get("/api/v1/clusters", Access::Role(Viewer), list_clusters)
         .get("/api/v1/jobs/{id}", Access::Role(Viewer), get_job)
         .get("/api/v1/jobs/{id}/log", Access::Role(Viewer), get_log)
+        .get(
+            "/api/v1/jobs/{id}/log.txt",
+            Access::Role(Viewer),
+            download_log,
+        )
         .get("/api/v1/jobs/{id}/events", Access::Role(Viewer), events)
         .post(
             "/api/v1/jobs/{id}/cancel",
@@ -120,7 +126,11 @@ async fn create_job(
         .append_system_log(
             job.id,
             LogLevel::Info,
-            &format!("submitted by {}: {}", me.user, views::summary(&job).url),
+            &format!(
+                "submitted by {}: {}",
+                me.user,
+                views::summary(&job, &[]).url
+            ),
         )
         .await?;
     record(
@@ -129,7 +139,7 @@ async fn create_job(
         AuditAction::Submit,
         Some(job.id.to_string()),
         Outcome::Ok,
-        Some(views::summary(&job).url),
+        Some(views::summary(&job, &[]).url),
     )
     .await;
     let mut view = views::job_view(&job, &st.stages, &[], vec![]);
@@ -254,6 +264,10 @@ pub async fn submit_as(
 pub struct ListQuery {
     pub state: Option<String>,
     pub requested_by: Option<String>,
+    pub cluster: Option<String>,
+    pub os: Option<String>,
+    /// Free text over URL, note, image name, version and description.
+    pub q: Option<String>,
     pub before: Option<String>,
     pub limit: Option<i64>,
 }
@@ -273,9 +287,18 @@ pub fn parse_filter(q: ListQuery, default_limit: i64) -> ApiResult<JobFilter> {
             "limit: {limit} is out of range (1 to 500)"
         )));
     }
+    let text = blank_to_none(q.q).map(|t| t.trim().to_string());
+    if text.as_ref().is_some_and(|t| t.chars().count() > 200) {
+        return Err(ApiError::BadRequest(
+            "q: at most 200 characters".to_string(),
+        ));
+    }
     Ok(JobFilter {
         state,
         requested_by: blank_to_none(q.requested_by),
+        cluster: blank_to_none(q.cluster),
+        os: blank_to_none(q.os),
+        text,
         before,
         limit,
     })
@@ -291,7 +314,7 @@ async fn list_jobs(
     let next = (jobs.len() as i64 == filter.limit)
         .then(|| jobs.last().map(|j| j.id.to_string()))
         .flatten();
-    let summaries: Vec<_> = jobs.iter().map(views::summary).collect();
+    let summaries: Vec<_> = jobs.iter().map(|j| views::summary(j, &st.stages)).collect();
     Ok(Json(json!({"jobs": summaries, "next_before": next})))
 }
 
@@ -357,6 +380,62 @@ async fn get_log(
     Ok(Json(
         json!({"lines": views, "next_after": next, "dropped": dropped}),
     ))
+}
+
+/// The whole kept log as a text file ("download log"), read from the store
+/// a page at a time while it is sent, so memory stays one page.
+async fn download_log(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let job = st
+        .store
+        .get_job(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
+    let store = st.store.clone();
+    let dropped = job.log_dropped;
+    let body = async_stream::stream! {
+        let mut after = 0;
+        loop {
+            let lines = match store.log_lines(id, after, 2000).await {
+                Ok(l) => l,
+                Err(e) => {
+                    yield Ok::<_, std::io::Error>(format!("-- log read failed: {e}\n"));
+                    break;
+                }
+            };
+            let Some(last) = lines.last() else { break };
+            after = last.id;
+            let mut chunk = String::new();
+            for l in &lines {
+                let v = LogView::from(l);
+                chunk.push_str(&format!(
+                    "{} {}{} {}\n",
+                    v.ts,
+                    v.stage.map(|s| format!("[{s}] ")).unwrap_or_default(),
+                    v.level,
+                    v.message
+                ));
+            }
+            yield Ok(chunk);
+        }
+        if dropped > 0 {
+            yield Ok(format!("-- {dropped} lines were dropped between the first and the newest (storage.max_log_lines)\n"));
+        }
+    };
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"vmscan-{id}.log\""),
+            ),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// A requester acts on their own jobs only; operators on anyone's. A refusal

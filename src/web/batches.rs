@@ -94,7 +94,7 @@ fn batch_view(batch: &Batch, jobs: &[BatchJob]) -> BatchView {
         jobs: jobs
             .iter()
             .map(|j| {
-                let s = views::summary(&j.job);
+                let s = views::summary(&j.job, &[]);
                 BatchJobView {
                     key: j.key.clone(),
                     page: format!("/jobs/{}", s.id),
@@ -206,7 +206,7 @@ async fn create_batch(
                     me.user,
                     batch.id,
                     img.key,
-                    views::summary(j).url
+                    views::summary(j, &[]).url
                 ),
             )
             .await?;

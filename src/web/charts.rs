@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use crate::domain::fmt_duration_ms;
 use crate::insights::{DayOutcomes, DurationSeries, QueueSampleView};
+use crate::web::views::GanttBar;
 
 const OK: &str = "#1f8a4c";
 const BAD: &str = "#c0392b";
@@ -110,8 +111,8 @@ pub fn bars(id: &str, label: &str, items: &[(String, i64)], color: &str) -> Stri
     for (i, (name, n)) in items.iter().enumerate() {
         let y = 3.0 + i as f64 * row;
         let bw = (w - left - 60.0) * *n as f64 / max as f64;
-        let shown: String = if name.chars().count() > 52 {
-            format!("{}…", name.chars().take(51).collect::<String>())
+        let shown: String = if name.chars().count() > 46 {
+            format!("{}…", name.chars().take(45).collect::<String>())
         } else {
             name.clone()
         };
@@ -178,6 +179,55 @@ pub fn sparkline(series: &DurationSeries) -> String {
         );
     }
     s.push_str("</svg>");
+    s
+}
+
+fn state_colour(state: &str) -> &'static str {
+    match state {
+        "succeeded" => OK,
+        "failed" | "interrupted" => BAD,
+        "running" => RUN,
+        "parked" => WAIT,
+        _ => MUTED,
+    }
+}
+
+/// The job page's timeline: one bar per stage run on the job's time axis
+/// (SVG, as the page's CSP allows no inline styles).
+pub fn gantt(bars: &[GanttBar], span: &str) -> String {
+    let (w, row, left) = (1000.0, 20.0, 150.0);
+    let h = row * bars.len() as f64 + 22.0;
+    let track = w - left - 8.0;
+    let mut s = open("timeline", w as u32, h as u32, "timeline of the stage runs");
+    for (i, b) in bars.iter().enumerate() {
+        let y = i as f64 * row;
+        let label = if b.attempt > 1 {
+            format!("{} #{}", b.stage, b.attempt)
+        } else {
+            b.stage.clone()
+        };
+        let _ = write!(
+            s,
+            r##"<g class="gbar state-{state}" data-stage="{stage}"><title>{title}</title><text x="{lx}" y="{ty:.1}" text-anchor="end" fill="#6b7380">{label}</text><rect x="{left}" y="{ry:.1}" width="{track}" height="12" rx="3" fill="#f0f2f5"/><rect x="{bx:.1}" y="{ry:.1}" width="{bw:.1}" height="12" rx="3" fill="{fill}"/></g>"##,
+            state = esc(&b.state),
+            stage = esc(&b.stage),
+            title = esc(&b.label),
+            label = esc(&label),
+            lx = left - 8.0,
+            ty = y + 14.0,
+            ry = y + 4.0,
+            bx = left + track * b.left_pct / 100.0,
+            bw = (track * b.width_pct / 100.0).max(2.0),
+            fill = state_colour(&b.state)
+        );
+    }
+    let _ = write!(
+        s,
+        r##"<text x="{left}" y="{ty:.1}" fill="#6b7380">0</text><text x="{end:.1}" y="{ty:.1}" text-anchor="end" fill="#6b7380">{}</text></svg>"##,
+        esc(span),
+        ty = h - 4.0,
+        end = left + track
+    );
     s
 }
 

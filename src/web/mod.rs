@@ -17,6 +17,7 @@ mod login;
 mod pages;
 pub mod routes;
 pub mod serve;
+mod stage_text;
 pub mod streams;
 pub mod views;
 mod watches;

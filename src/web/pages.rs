@@ -46,6 +46,12 @@ struct JobTable {
     jobs: Vec<JobSummary>,
     state: String,
     requested_by: String,
+    cluster: String,
+    os: String,
+    q: String,
+    /// The viewer's own user name, for the "mine" filter.
+    me: String,
+    clusters: Vec<String>,
     next_before: Option<String>,
     /// Query string (without paging) for the filter in effect.
     filter_qs: String,
@@ -71,7 +77,7 @@ fn qs_escape(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-async fn load_table(st: &AppState, q: ListQuery) -> ApiResult<JobTable> {
+async fn load_table(st: &AppState, me: &Identity, q: ListQuery) -> ApiResult<JobTable> {
     let filter = parse_filter(q, 25)?;
     let jobs = st.store.list_jobs(&filter).await?;
     let next_before = (jobs.len() as i64 == filter.limit)
@@ -81,15 +87,27 @@ async fn load_table(st: &AppState, q: ListQuery) -> ApiResult<JobTable> {
         .state
         .map(|s| s.as_str().to_string())
         .unwrap_or_default();
-    let requested_by = filter.requested_by.clone().unwrap_or_default();
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
     let mut filter_qs = format!("state={}", qs_escape(&state));
-    if !requested_by.is_empty() {
-        filter_qs.push_str(&format!("&requested_by={}", qs_escape(&requested_by)));
+    for (k, v) in [
+        ("requested_by", &filter.requested_by),
+        ("cluster", &filter.cluster),
+        ("os", &filter.os),
+        ("q", &filter.text),
+    ] {
+        if let Some(v) = v {
+            filter_qs.push_str(&format!("&{k}={}", qs_escape(v)));
+        }
     }
     Ok(JobTable {
-        jobs: jobs.iter().map(views::summary).collect(),
+        jobs: jobs.iter().map(|j| views::summary(j, &st.stages)).collect(),
         state,
-        requested_by,
+        requested_by: text(&filter.requested_by),
+        cluster: text(&filter.cluster),
+        os: text(&filter.os),
+        q: text(&filter.text),
+        me: me.user.clone(),
+        clusters: st.clusters.iter().map(|c| c.name.clone()).collect(),
         next_before,
         filter_qs,
     })
@@ -100,7 +118,7 @@ async fn index(
     Extension(me): Extension<Identity>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Response> {
-    let table = load_table(&st, q).await?;
+    let table = load_table(&st, &me, q).await?;
     let raw = st.store.count_by_state().await?;
     let counts = JobState::ALL
         .iter()
@@ -135,8 +153,12 @@ async fn index(
     .into_response())
 }
 
-async fn table(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Response> {
-    Ok(load_table(&st, q).await?.into_response())
+async fn table(
+    State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Response> {
+    Ok(load_table(&st, &me, q).await?.into_response())
 }
 
 async fn job_page(

@@ -3,6 +3,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use super::stage_text;
 use crate::domain::{
     detected_os, fmt_bytes, fmt_duration_ms, fmt_millis, now_millis, JobState, OsChoice, StageName,
     StageState,
@@ -64,6 +65,18 @@ pub struct JobView {
     pub batch_key: Option<String>,
     /// The disk: the size asked for, and what convert made of the image's.
     pub disk: Option<String>,
+    /// Every stage run of the current run on one time axis.
+    pub gantt: Vec<GanttBar>,
+    /// The span the timeline covers, for its scale ("3m 12s").
+    pub gantt_span: String,
+    /// The timeline drawn (SVG).
+    #[serde(skip)]
+    pub gantt_svg: String,
+    /// The newest serial console tail a stage recorded.
+    pub console: Option<String>,
+    /// The image name and version the scan publishes as (when chosen).
+    pub image_name: Option<String>,
+    pub image_version: Option<String>,
 }
 
 /// "grown from 2.0 GiB (…) to 20.0 GiB (…)": the requested size and both
@@ -125,6 +138,8 @@ pub struct Links {
     pub api: String,
     pub page: String,
     pub log: String,
+    /// The whole log as a text file.
+    pub log_file: String,
     pub events: String,
 }
 
@@ -149,6 +164,22 @@ pub struct StageView {
     pub console: Option<String>,
     /// Log lines that proved something (log-check), as "file: line".
     pub excerpts: Vec<String>,
+    /// What the stage did, in one sentence for people.
+    pub summary: Option<String>,
+    /// A parked stage: when it checks again (epoch ms, for the countdown).
+    pub wake_at_ms: Option<i64>,
+}
+
+/// One bar of the job page's timeline: where a stage run sits on the job's
+/// time axis, in percent of the span from the first start to the last end.
+#[derive(Clone, Debug, Serialize)]
+pub struct GanttBar {
+    pub stage: String,
+    pub attempt: i64,
+    pub state: String,
+    pub left_pct: f64,
+    pub width_pct: f64,
+    pub label: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -175,6 +206,14 @@ pub struct JobSummary {
     pub duration_ms: i64,
     pub duration: String,
     pub status_text: String,
+    /// The name and version it publishes as (chosen, or from the file name).
+    pub image_name: Option<String>,
+    pub image_version: Option<String>,
+    pub cluster: Option<String>,
+    /// The guest OS chosen at submission (`auto` until inspect looks).
+    pub os: String,
+    /// Where it is in the pipeline: stages done of all, 0..=1.
+    pub progress: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -232,9 +271,30 @@ pub fn status_text(job: &Job) -> String {
     }
 }
 
-pub fn summary(job: &Job) -> JobSummary {
+/// The image name a scan publishes under when none was chosen: the
+/// publish stage's rule on the source's file name.
+fn name_from_url(url: &str) -> Option<String> {
+    let file = url.parse::<crate::domain::SourceUrl>().ok()?.file_name();
+    (!file.is_empty()).then(|| crate::artifacts::name_from_file(&file))
+}
+
+pub fn summary(job: &Job, pipeline: &[StageName]) -> JobSummary {
     let d = job_duration(job);
+    let at = job
+        .current_stage
+        .as_deref()
+        .and_then(|c| pipeline.iter().position(|s| s.as_str() == c));
+    let progress = match (job.state.is_final(), at) {
+        (true, _) => 1.0,
+        (false, Some(i)) => i as f64 / pipeline.len().max(1) as f64,
+        (false, None) => 0.0,
+    };
     JobSummary {
+        image_name: opt_str(&job.options, "name").or_else(|| name_from_url(&job.url)),
+        image_version: opt_str(&job.options, "version"),
+        cluster: opt_str(&job.options, "cluster"),
+        os: opt_str(&job.options, "os").unwrap_or_else(|| "auto".into()),
+        progress,
         id: job.id.to_string(),
         short_id: job.id.short(),
         url: redact(&job.url),
@@ -365,6 +425,44 @@ fn effective_os(job: &Job, current: &[&StageRun]) -> (String, &'static str, Opti
     (family.to_string(), source, evidence)
 }
 
+fn opt_str(v: &Value, k: &str) -> Option<String> {
+    v.get(k).and_then(Value::as_str).map(str::to_string)
+}
+
+/// The timeline's bars, and the span they cover.
+fn gantt(runs: &[&StageRun]) -> (Vec<GanttBar>, String) {
+    let now = now_millis();
+    let Some(start) = runs.iter().map(|r| r.started_at).min() else {
+        return (Vec::new(), String::new());
+    };
+    let end_of = |r: &StageRun| r.finished_at.unwrap_or(now).max(r.started_at);
+    let end = runs.iter().map(|r| end_of(r)).max().unwrap_or(start);
+    let span = (end - start).max(1) as f64;
+    let bars = runs
+        .iter()
+        .map(|r| {
+            let left = (r.started_at - start) as f64 / span * 100.0;
+            let width = ((end_of(r) - r.started_at) as f64 / span * 100.0).max(0.4);
+            let took = fmt_duration_ms(end_of(r) - r.started_at);
+            GanttBar {
+                stage: r.stage.clone(),
+                attempt: r.attempt,
+                state: r.state.as_str().to_string(),
+                left_pct: (left * 10.0).round() / 10.0,
+                width_pct: (width.min(100.0 - left).max(0.4) * 10.0).round() / 10.0,
+                label: format!(
+                    "{} (attempt {}): {} {took}, from +{}",
+                    r.stage,
+                    r.attempt,
+                    r.state.as_str(),
+                    fmt_duration_ms(r.started_at - start)
+                ),
+            }
+        })
+        .collect();
+    (bars, fmt_duration_ms(end - start))
+}
+
 pub fn job_view(
     job: &Job,
     pipeline: &[StageName],
@@ -376,6 +474,7 @@ pub fn job_view(
         .filter(|r| r.attempt >= job.run_base_attempt)
         .collect();
     let os = effective_os(job, &current);
+    let gantt = gantt(&current);
     let mut names: Vec<String> = pipeline.iter().map(|s| s.as_str().to_string()).collect();
     // Stages that ran under an older configuration still show.
     for r in &current {
@@ -393,7 +492,16 @@ pub fn job_view(
                     let duration_ms = r.duration_ms.or_else(|| {
                         (r.state == StageState::Running).then(|| now_millis() - r.started_at)
                     });
+                    let finished = r.finished_at.is_some();
+                    // A waiting job resumes at its newest run's stage: a
+                    // parked check, or a failure it retries.
+                    let resumes_here = job.state == JobState::Waiting
+                        && current.last().is_some_and(|l| l.id == r.id);
                     StageView {
+                        summary: stage_text::sentence(&name, &r.detail, duration_ms, finished),
+                        wake_at_ms: (r.state == StageState::Parked || resumes_here)
+                            .then_some(job.wake_at)
+                            .flatten(),
                         name,
                         state: r.state.as_str().to_string(),
                         attempt: Some(r.attempt),
@@ -431,6 +539,8 @@ pub fn job_view(
                     facts: Vec::new(),
                     console: None,
                     excerpts: Vec::new(),
+                    summary: None,
+                    wake_at_ms: None,
                 },
             }
         })
@@ -495,10 +605,22 @@ pub fn job_view(
             .and_then(Value::as_str)
             .map(str::to_string),
         disk: disk_text(job, &current),
+        gantt_svg: super::charts::gantt(&gantt.0, &gantt.1),
+        gantt: gantt.0,
+        gantt_span: gantt.1,
+        console: current
+            .iter()
+            .rev()
+            .find_map(|r| r.detail.get("console_tail").and_then(Value::as_str))
+            .filter(|t| !t.trim().is_empty())
+            .map(str::to_string),
+        image_name: opt_str(&job.options, "name"),
+        image_version: opt_str(&job.options, "version"),
         links: Links {
             api: format!("/api/v1/jobs/{id}"),
             page: format!("/jobs/{id}"),
             log: format!("/api/v1/jobs/{id}/log"),
+            log_file: format!("/api/v1/jobs/{id}/log.txt"),
             events: format!("/api/v1/jobs/{id}/events"),
         },
         id,

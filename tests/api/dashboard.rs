@@ -172,10 +172,28 @@ impl Driver {
 
     async fn screenshot(&self, path: &std::path::Path) {
         use base64_decode as b64;
+        // The whole page, not only the window: grow the window to fit it.
+        let h = self
+            .js("return Math.min(6000, document.documentElement.scrollHeight);")
+            .await
+            .as_i64()
+            .unwrap_or(1000);
+        self.cmd(
+            reqwest::Method::POST,
+            "/window/rect",
+            json!({"width": 1280, "height": h.max(600)}),
+        )
+        .await;
         let v = self
             .cmd(reqwest::Method::GET, "/screenshot", json!({}))
             .await;
         std::fs::write(path, b64(v.as_str().unwrap())).unwrap();
+        self.cmd(
+            reqwest::Method::POST,
+            "/window/rect",
+            json!({"width": 1280, "height": 1000}),
+        )
+        .await;
     }
 }
 
@@ -435,5 +453,268 @@ async fn uploads_a_manifest_and_follows_the_batch_page() {
         )
         .await;
     assert_eq!(keys, "a succeeded,b succeeded");
+    app.stop().await;
+}
+
+/// Every page a user relies on, in the browser: the job list (its columns
+/// and filters), job pages of a succeeded, a failed, a waiting (parked) and
+/// a running job (pipeline strip, timeline, stage sentences, log tools,
+/// resources), the catalog and the insights page. With
+/// `VMSCAN_SCREENSHOT_DIR` set (scripts/screenshots.sh) it saves each page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walks_every_page_a_user_relies_on() {
+    use crate::support::fileserver::{Behaviour, FileServer};
+    use vmscan::domain::StageName;
+    let Some(driver) = Driver::start().await else {
+        return;
+    };
+    let images = tempfile::tempdir().unwrap();
+    let image = images.path().join("rocky-9.4.raw");
+    std::fs::write(&image, vec![1u8; 2_000_000]).unwrap();
+    let root = images.path().to_path_buf();
+    let slow_dir = tempfile::tempdir().unwrap();
+    std::fs::write(slow_dir.path().join("big.raw"), vec![2u8; 8_000_000]).unwrap();
+    let slow = FileServer::start(slow_dir.path()).await;
+    slow.set(Behaviour {
+        rate: 40_000,
+        ..Default::default()
+    });
+    let busy_dir = tempfile::tempdir().unwrap();
+    let busy = FileServer::start(busy_dir.path()).await;
+    busy.set(Behaviour {
+        status: Some(503),
+        ..Default::default()
+    });
+    let app = TestApp::spawn(Backend::Sqlite, |c| {
+        c.fetch.allowed_roots = vec![root];
+        c.worker.pool_size = 3;
+        c.pipeline.retry_limit = 3;
+        c.pipeline.retry_backoff_secs = 900;
+        c.pipeline.stages = vec![
+            StageName::Fetch,
+            StageName::Extract,
+            StageName::Checksum,
+            StageName::Inspect,
+            StageName::Convert,
+            StageName::Publish,
+        ];
+    })
+    .await;
+    add_ann(&app).await;
+    let url = format!("file://{}", image.display());
+    let ok = app
+        .submit(json!({"url": url, "name": "rocky", "version": "9.4", "note": "nightly golden"}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bad = app
+        .submit(json!({"url": url, "name": "rocky", "version": "9.5", "checksum": format!("sha256:{}", "0".repeat(64))}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.wait_final(&ok, Duration::from_secs(60)).await;
+    app.wait_final(&bad, Duration::from_secs(60)).await;
+    let waiting = app.submit(json!({"url": busy.url("gone.raw")})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let running = app.submit(json!({"url": slow.url("big.raw")})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shots = std::env::var("VMSCAN_SCREENSHOT_DIR")
+        .ok()
+        .map(std::path::PathBuf::from);
+    let shot = |name: &'static str| {
+        let p = shots.as_ref().map(|d| d.join(name));
+        let d = &driver;
+        async move {
+            if let Some(p) = p {
+                d.screenshot(&p).await;
+            }
+        }
+    };
+
+    driver.goto(&app.url("/")).await;
+    log_in_as_ann(&driver).await;
+    // The job list: image name and version, cluster, OS and result columns.
+    let row = driver
+        .wait_text(
+            &format!("(document.querySelector('.job-row[data-id=\"{ok}\"]')||{{}}).innerText"),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        row.contains("rocky")
+            && row.contains("9.4")
+            && row.contains("qemu-local")
+            && row.contains("succeeded"),
+        "{row}"
+    );
+    let heads = driver
+        .js("return Array.from(document.querySelectorAll('table.jobs th')).map(e => e.innerText).join(',');")
+        .await;
+    assert_eq!(
+        heads.as_str().unwrap(),
+        "Job,Image,Version,Requested by,Cluster,OS,Stage,Age,Duration,Result"
+    );
+    shot("dashboard.png").await;
+    // Filters: text search over name/version/note, and state.
+    driver.type_into("#f-q", "nightly").await;
+    driver.click("#f-apply").await;
+    let rows = driver
+        .wait_text(
+            "(u => u.includes('q=nightly') ? Array.from(document.querySelectorAll('.job-row')).map(r => r.dataset.id).join(',') : '')(location.search)",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        rows, ok,
+        "search 'nightly' finds the one job with that note"
+    );
+    driver.goto(&app.url("/?state=failed")).await;
+    let rows = driver
+        .wait_text(
+            "Array.from(document.querySelectorAll('.job-row')).map(r => r.dataset.id).join(',')",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(rows, bad);
+
+    // A succeeded job: the strip, the timeline, sentences, the log tools.
+    driver.goto(&app.url(&format!("/jobs/{ok}"))).await;
+    let strip = driver
+        .wait_text(
+            "Array.from(document.querySelectorAll('#pipeline .pstage')).map(e => e.dataset.stage + ':' + e.dataset.state).join(',')",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(
+        strip,
+        "fetch:succeeded,extract:succeeded,checksum:succeeded,inspect:succeeded,convert:succeeded,publish:succeeded"
+    );
+    let bars = driver
+        .js("return document.querySelectorAll('#timeline .gbar.state-succeeded').length;")
+        .await;
+    assert_eq!(bars.as_i64(), Some(6), "one timeline bar per stage run");
+    let sentences = driver
+        .js("return Array.from(document.querySelectorAll('.stage .summary')).map(e => e.innerText).join('\\n');")
+        .await;
+    let sentences = sentences.as_str().unwrap();
+    assert!(
+        sentences.contains("downloaded 1.9 MiB")
+            && sentences.contains("NOT verified")
+            && sentences.contains("published rocky 9.4"),
+        "{sentences}"
+    );
+    // Internal paths only behind the details toggle.
+    let visible = driver
+        .js("return document.getElementById('stages').innerText;")
+        .await;
+    assert!(!visible.as_str().unwrap().contains("/jobs/"), "{visible}");
+    driver.type_into("#log-search", "job succeeded").await;
+    let count = driver
+        .wait_text(
+            "(t => / of /.test(t) ? t : '')(document.getElementById('log-count').innerText)",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(count.starts_with("1 of "), "{count}");
+    let marked = driver
+        .js("return document.querySelector('#log mark').innerText;")
+        .await;
+    assert_eq!(marked.as_str(), Some("job succeeded"));
+    let href = driver
+        .js("return document.getElementById('log-download').getAttribute('href');")
+        .await;
+    let (status, text) = app.get_text(href.as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("[fetch] info") && text.contains("job succeeded"),
+        "{text}"
+    );
+    shot("job-succeeded.png").await;
+
+    // A failed job: the failed box, its error, the stages it never reached.
+    driver.goto(&app.url(&format!("/jobs/{bad}"))).await;
+    let strip = driver
+        .wait_text(
+            "Array.from(document.querySelectorAll('#pipeline .pstage')).map(e => e.dataset.state).join(',')",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(strip, "succeeded,succeeded,failed,skipped,skipped,skipped");
+    let err = driver
+        .js("return document.querySelector('.stage.state-failed .error').innerText;")
+        .await;
+    assert!(err.as_str().unwrap().contains("mismatch"), "{err}");
+    shot("job-failed.png").await;
+
+    // A waiting job: parked fetch with a live countdown to its next check.
+    let text = app
+        .wait_for(&waiting, Duration::from_secs(20), |j| {
+            j["state"] == "waiting"
+        })
+        .await;
+    assert_eq!(text["state"], "waiting");
+    driver.goto(&app.url(&format!("/jobs/{waiting}"))).await;
+    let countdown = driver
+        .wait_text(
+            "(t => t.startsWith('next check in') ? t : '')((document.querySelector('#pipeline .countdown')||{}).innerText || '')",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(countdown.contains("m "), "{countdown}");
+    shot("job-waiting.png").await;
+
+    // A running job: a spinner on its stage, the log following it.
+    driver.goto(&app.url(&format!("/jobs/{running}"))).await;
+    driver
+        .wait_text(
+            "(document.querySelector('#pipeline .pstage.state-running .spinner') ? 'yes' : '')",
+            Duration::from_secs(20),
+        )
+        .await;
+    let sentence = driver
+        .wait_text(
+            "(t => t.startsWith('downloading') ? t : '')((document.querySelector('.stage.state-running .summary')||{}).innerText || '')",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(sentence.contains(" of 7.6 MiB"), "{sentence}");
+    shot("job-running.png").await;
+
+    // The catalog, and the insights page.
+    driver.goto(&app.url("/images")).await;
+    let catalog = driver
+        .wait_text(
+            "document.querySelector('main').innerText",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(catalog.contains("rocky"), "{catalog}");
+    shot("images.png").await;
+    driver.goto(&app.url("/insights")).await;
+    let kpi = driver
+        .wait_text(
+            "(document.getElementById('kpi-failed')||{}).innerText",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(kpi, "1");
+    let charts = driver
+        .js("return Array.from(document.querySelectorAll('svg.chart')).map(e => e.id).join(',');")
+        .await;
+    assert_eq!(
+        charts.as_str().unwrap(),
+        "chart-outcomes,chart-failed-stages,chart-errors,chart-queue"
+    );
+    let bars = driver
+        .js("return document.querySelectorAll('#chart-outcomes rect').length;")
+        .await;
+    assert_eq!(bars.as_i64(), Some(2), "today: one succeeded, one failed");
+    shot("insights.png").await;
     app.stop().await;
 }

@@ -31,6 +31,7 @@ const EXPECTED: &[(&str, &str, A)] = &[
     ("GET", "/api/v1/clusters", VIEWER),
     ("GET", "/api/v1/jobs/{id}", VIEWER),
     ("GET", "/api/v1/jobs/{id}/log", VIEWER),
+    ("GET", "/api/v1/jobs/{id}/log.txt", VIEWER),
     ("GET", "/api/v1/jobs/{id}/events", VIEWER),
     ("POST", "/api/v1/jobs/{id}/cancel", REQUESTER),
     ("POST", "/api/v1/jobs/{id}/retry", REQUESTER),
