@@ -10,7 +10,8 @@
 //! pipeline on a small local `file://` image) and measures over HTTP:
 //!   - `GET /api/v1/jobs?limit=50`: first page, a keyset page from the middle
 //!     (`before=`), and `state=failed`;
-//!   - `GET /` and `GET /jobs/{id}`; `GET /metrics` as an extra;
+//!   - `GET /` and `GET /jobs/{id}`; `GET /insights` and its JSON;
+//!     `GET /metrics` as an extra;
 //!   - submit→claimed: sequential `POST /api/v1/jobs`, each waited on until it
 //!     is final; latency = `jobs.started_at - jobs.created_at` from the store
 //!     (both stamped by vmscan, millisecond resolution), plus the latency seen
@@ -279,6 +280,10 @@ async fn run_scenario(
     // The rows went in behind the daemon's back; its reaper folds the
     // per-state count deltas (migration 0008) within seconds, as here.
     store.fold_job_counts().await.context("fold_job_counts")?;
+    store
+        .fold_daily_outcomes()
+        .await
+        .context("fold_daily_outcomes")?;
     let fill_secs = fill_start.elapsed().as_secs_f64();
     eprintln!("[{}] {label}: filled in {fill_secs:.1} s", backend.name());
 
@@ -387,6 +392,13 @@ async fn measure(
         (
             "GET /jobs/{id} (job page)",
             format!("/jobs/{mid}"),
+            None,
+            settings.requests,
+        ),
+        ("GET /insights", "/insights".into(), None, settings.requests),
+        (
+            "GET /api/v1/insights",
+            "/api/v1/insights".into(),
             None,
             settings.requests,
         ),

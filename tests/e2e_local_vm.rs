@@ -234,6 +234,15 @@ async fn scans_the_fixture_image_from_a_tar_gz_end_to_end() {
     assert_nothing_left(&w, &done);
     let (_, page) = w.app.get_text(&format!("/jobs/{id}")).await;
     assert!(page.contains("report-check") && page.contains("Upload successful"));
+    // The boot-to-login time counts for the image's family (its os-release).
+    let (_, insights) = w.app.get("/api/v1/insights").await;
+    let boot = &insights["boot_to_login"][0];
+    assert!(
+        boot["key"].as_str().is_some_and(|k| !k.is_empty()),
+        "{insights:#}"
+    );
+    assert_eq!(boot["weeks"][0]["runs"], 1, "{insights:#}");
+    assert!(boot["weeks"][0]["p50_ms"].as_i64().unwrap() > 0);
 }
 
 async fn failing_scan(

@@ -269,3 +269,61 @@ async fn the_event_stream_sends_log_lines_and_the_end() {
     assert!(body.contains("event: end\ndata: succeeded"), "{body}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_list_filters_by_cluster_os_and_text() {
+    for backend in backends() {
+        let app = TestApp::spawn(backend, |c| c.worker.pool_size = 0).await;
+        let rocky = app
+            .submit(json!({"url": "https://img.example/rocky-9.4.qcow2", "name": "rocky", "version": "9.4", "note": "Golden build"}))
+            .await;
+        let win = app
+            .submit(json!({"url": "https://img.example/win2022.qcow2", "os": "windows"}))
+            .await;
+        let plain = app
+            .submit(json!({"url": "https://img.example/debian_12.raw"}))
+            .await;
+        let ids = |v: &serde_json::Value| -> Vec<String> {
+            v["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let id = |j: &serde_json::Value| j["id"].as_str().unwrap().to_string();
+        let (_, all) = app.get("/api/v1/jobs?cluster=qemu-local").await;
+        assert_eq!(ids(&all), vec![id(&plain), id(&win), id(&rocky)]);
+        let (_, none) = app.get("/api/v1/jobs?cluster=nutanix%3Apc1").await;
+        assert!(ids(&none).is_empty(), "{none}");
+        let (_, w) = app.get("/api/v1/jobs?os=windows").await;
+        assert_eq!(ids(&w), vec![id(&win)]);
+        // Text: the note, case-insensitively; the name and version in the options.
+        let (_, g) = app.get("/api/v1/jobs?q=GOLDEN").await;
+        assert_eq!(ids(&g), vec![id(&rocky)]);
+        let (_, v) = app.get("/api/v1/jobs?q=9.4").await;
+        assert_eq!(ids(&v), vec![id(&rocky)]);
+        // LIKE wildcards are literal: "_" matches only an underscore.
+        let (_, u) = app.get("/api/v1/jobs?q=debian_").await;
+        assert_eq!(ids(&u), vec![id(&plain)]);
+        let (_, p) = app.get("/api/v1/jobs?q=%25").await;
+        assert!(ids(&p).is_empty(), "{p}");
+        // Combined with state and requester, and on the page.
+        let (_, both) = app
+            .get("/api/v1/jobs?state=queued&requested_by=admin&os=windows")
+            .await;
+        assert_eq!(ids(&both), vec![id(&win)]);
+        let (status, table) = app.get_text("/jobs/table?q=golden").await;
+        assert_eq!(status, 200);
+        assert!(
+            table.contains(&id(&rocky)) && !table.contains(&id(&win)),
+            "{table}"
+        );
+        assert!(table.contains("Golden") || table.contains("rocky"));
+        let (status, _) = app
+            .get(&format!("/api/v1/jobs?q={}", "x".repeat(201)))
+            .await;
+        assert_eq!(status, 400);
+        app.stop().await;
+    }
+}
