@@ -513,3 +513,117 @@ impl Client {
         Ok(others.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Retry rules against a scripted `/sdk`. Its envelopes have the shape
+    //! of vcsim's (the InvalidLogin answer recorded in soap.rs) with fault
+    //! names from the vim25 WSDL (`TaskInProgressFault`, `NoPermissionFault`),
+    //! which vcsim never raises by itself.
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    const HEAD: &str = r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenc="http://schemas.xmlsoap.org/soap/encoding/" xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body>"#;
+    const TAIL: &str = "</soapenv:Body></soapenv:Envelope>";
+
+    fn fault(kind: &str, msg: &str) -> String {
+        format!(
+            r#"{HEAD}<soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>{msg}</faultstring><detail><{kind}Fault xmlns="urn:vim25" xsi:type="{kind}"></{kind}Fault></detail></soapenv:Fault>{TAIL}"#
+        )
+    }
+
+    /// Answers the session calls; `CreateContainerView` fails with `first`
+    /// `busy_times` times, then succeeds. Counts its calls.
+    async fn sdk(first: &'static str, busy_times: usize) -> (String, Arc<AtomicUsize>) {
+        let views = Arc::new(AtomicUsize::new(0));
+        let n = views.clone();
+        let app = axum::Router::new().route(
+            "/sdk",
+            axum::routing::post(move |body: String| {
+                let n = n.clone();
+                async move {
+                    let ok = |inner: String| {
+                        (
+                            axum::http::StatusCode::OK,
+                            [("set-cookie", "vmware_soap_session=\"abc\"; Path=/")],
+                            format!("{HEAD}{inner}{TAIL}"),
+                        )
+                    };
+                    if body.contains("<RetrieveServiceContent") {
+                        return ok(r#"<RetrieveServiceContentResponse xmlns="urn:vim25"><returnval><rootFolder type="Folder">group-d1</rootFolder><propertyCollector type="PropertyCollector">propertyCollector</propertyCollector><viewManager type="ViewManager">ViewManager</viewManager><sessionManager type="SessionManager">SessionManager</sessionManager><ovfManager type="OvfManager">OvfManager</ovfManager></returnval></RetrieveServiceContentResponse>"#.into());
+                    }
+                    if body.contains("<Login") {
+                        return ok(r#"<LoginResponse xmlns="urn:vim25"><returnval><key>k</key></returnval></LoginResponse>"#.into());
+                    }
+                    let i = n.fetch_add(1, Ordering::SeqCst);
+                    if i < busy_times {
+                        return (
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            [("set-cookie", "x=y")],
+                            fault(first, "busy or refused"),
+                        );
+                    }
+                    ok(r#"<CreateContainerViewResponse xmlns="urn:vim25"><returnval type="ContainerView">session[k]view-1</returnval></CreateContainerViewResponse>"#.into())
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/sdk", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        (url, views)
+    }
+
+    fn client(url: &str) -> Client {
+        let cfg = VsphereConfig {
+            url: url.into(),
+            username: "u".into(),
+            password: Some("p".to_string().into()),
+            max_attempts: 4,
+            retry_backoff_ms: 1,
+            ..VsphereConfig::default()
+        };
+        Client::new(Arc::new(cfg)).unwrap()
+    }
+
+    async fn create_view(c: &Client) -> Result<Element, VsError> {
+        c.call(
+            "CreateContainerView",
+            &MoRef::new("ViewManager", "ViewManager"),
+            "",
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_busy_fault_is_retried_until_the_call_succeeds() {
+        let (url, calls) = sdk("TaskInProgress", 2).await;
+        let c = client(&url);
+        create_view(&c).await.expect("third try succeeds");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(c.logins(), 1);
+    }
+
+    #[tokio::test]
+    async fn no_permission_is_never_retried() {
+        let (url, calls) = sdk("NoPermission", 10).await;
+        let c = client(&url);
+        let e = create_view(&c).await.expect_err("refused");
+        assert_eq!(e.fault_kind(), Some("NoPermission"));
+        assert!(!e.retryable());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn not_authenticated_logs_in_once_more_and_no_further() {
+        let (url, calls) = sdk("NotAuthenticated", 10).await;
+        let c = client(&url);
+        let e = create_view(&c).await.expect_err("still not authenticated");
+        assert_eq!(e.fault_kind(), Some("NotAuthenticated"));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the call, and once after a new login"
+        );
+        assert_eq!(c.logins(), 2);
+    }
+}
