@@ -461,6 +461,40 @@ async fn vsphere_a_task_that_fails_shows_the_fault_and_leaves_no_vm() {
 }
 
 #[tokio::test]
+async fn vsphere_an_upload_over_its_time_limit_aborts_the_lease_and_leaves_no_vm() {
+    let sim = Vcsim::start().await;
+    let mut cfg = config(&sim, 22);
+    // No time at all for the disk: the POST times out at once.
+    cfg.upload_base_secs = 0;
+    cfg.upload_min_bytes_per_sec = u64::MAX;
+    let p = VsphereProvider::new("t", cfg).unwrap();
+    let file = image_file();
+    let err = p
+        .upload_image(JobId::new(), &image_of(file.path()).await, &|_, _| {})
+        .await
+        .expect_err("no time for the upload");
+    let (msg, retryable) = api_error(&err);
+    assert!(
+        msg.contains("upload to /nfc/") && msg.contains("timed out"),
+        "{msg}"
+    );
+    assert!(retryable, "a slow upload may work next time: {msg}");
+    assert!(
+        vmscan_vms(&admin(&sim)).await.is_empty(),
+        "the half-imported VM is destroyed"
+    );
+    // The VMDK made for the upload is gone too.
+    let dir = file.path().parent().unwrap();
+    let name = file
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    assert!(!dir.join(format!("{name}.stream.vmdk")).exists());
+}
+
+#[tokio::test]
 async fn vsphere_logs_in_again_once_when_vcenter_ends_the_session() {
     let (sim, p, _tools) = cloud().await;
     let file = image_file();

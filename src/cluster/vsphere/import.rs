@@ -270,6 +270,10 @@ async fn upload(
     });
     let limit =
         Duration::from_secs(c.cfg.upload_base_secs + size / c.cfg.upload_min_bytes_per_sec.max(1));
+    // The transfer begins: also checks that the lease takes progress
+    // reports before any byte is sent.
+    c.call("HttpNfcLeaseProgress", lease, "<percent>0</percent>")
+        .await?;
     let cookie = c.cookie().await?;
     let req = c
         .http
