@@ -67,6 +67,21 @@ fn check_id(id: &str) -> Result<(), ClusterError> {
     }
 }
 
+/// The address vmscan reaches the guest at: the first IPv4 that VMware Tools
+/// reports on the NIC of the configured port group, else `guest.ipAddress`
+/// (which may be an IPv6 or another NIC's address).
+fn guest_address(o: &client::ObjectContent, network: &str) -> String {
+    let on_ours = o.props.get("guest.net").and_then(|nets| {
+        nets.children
+            .iter()
+            .filter(|n| n.text_at("network") == network)
+            .flat_map(|n| n.children("ipAddress"))
+            .map(|a| a.text.trim().to_string())
+            .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+    });
+    on_ours.unwrap_or_else(|| o.text("guest.ipAddress"))
+}
+
 impl VsphereProvider {
     pub fn new(name: &str, cfg: VsphereConfig) -> Result<Self, ClusterError> {
         let bad = |what: &str| ClusterError::Local(format!("cluster.vsphere.{name}: {what}"));
@@ -453,8 +468,8 @@ impl ClusterProvider for VsphereProvider {
         // VMware Tools reports the guest's address.
         let start = Instant::now();
         let (host, hostname) = loop {
-            let o = read(&["guest.ipAddress", "guest.hostName"]).await?;
-            let ip = o.text("guest.ipAddress");
+            let o = read(&["guest.ipAddress", "guest.hostName", "guest.net"]).await?;
+            let ip = guest_address(&o, &self.cfg.network);
             if !ip.is_empty() {
                 break (ip, o.text("guest.hostName"));
             }
@@ -554,6 +569,25 @@ impl ClusterProvider for VsphereProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ipv4_on_the_scan_network_wins() {
+        // guest.net as vcsim and vCenter return it (ArrayOfGuestNicInfo).
+        let doc = r#"<val xmlns="urn:vim25" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:type="ArrayOfGuestNicInfo"><GuestNicInfo><network>other</network><ipAddress>10.9.9.9</ipAddress></GuestNicInfo><GuestNicInfo><network>scan-net</network><ipAddress>fe80::1</ipAddress><ipAddress>192.0.2.7</ipAddress></GuestNicInfo></val>"#;
+        let mut o = client::ObjectContent {
+            obj: MoRef::new("VirtualMachine", "vm-1"),
+            props: Default::default(),
+        };
+        o.props.insert(
+            "guest.ipAddress".into(),
+            xml::Element::parse("<v>fe80::1</v>").unwrap(),
+        );
+        assert_eq!(guest_address(&o, "scan-net"), "fe80::1");
+        o.props
+            .insert("guest.net".into(), xml::Element::parse(doc).unwrap());
+        assert_eq!(guest_address(&o, "scan-net"), "192.0.2.7");
+        assert_eq!(guest_address(&o, "third"), "fe80::1");
+    }
 
     #[test]
     fn ids_are_checked() {
