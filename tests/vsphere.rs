@@ -495,6 +495,37 @@ async fn vsphere_an_upload_over_its_time_limit_aborts_the_lease_and_leaves_no_vm
 }
 
 #[tokio::test]
+async fn vsphere_the_janitor_finds_a_renamed_vm_by_its_annotation() {
+    let (sim, p, _tools) = cloud().await;
+    let file = image_file();
+    let job = JobId::new();
+    let image = upload(&p, job, file.path()).await;
+    let vm = p.create_vm(&spec(job, image.clone())).await.unwrap();
+    // Someone renames it in the vSphere client.
+    admin(&sim)
+        .run_task(
+            "Rename_Task",
+            &MoRef::new("VirtualMachine", &vm.id),
+            "<newName>renamed-by-admin</newName>",
+            "renaming",
+        )
+        .await
+        .unwrap();
+    let owned = p.list_owned().await.unwrap();
+    assert!(
+        owned.contains(&Owned::Vm {
+            id: vm.id.clone(),
+            name: "renamed-by-admin".into(),
+            job: Some(job)
+        }),
+        "{owned:?}"
+    );
+    p.delete_vm(&vm.id).await.unwrap();
+    p.delete_image(&image.id).await.unwrap();
+    assert!(p.list_owned().await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn vsphere_logs_in_again_once_when_vcenter_ends_the_session() {
     let (sim, p, _tools) = cloud().await;
     let file = image_file();
