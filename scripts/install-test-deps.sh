@@ -141,6 +141,18 @@ deps_slapd() {
     return "$rc"
 }
 
+# --- Go and govmomi's vSphere simulator library (Debian bookworm: Go 1.19,
+# govmomi 0.24.2) for vcsim, which tests/vsphere.rs starts per test; the
+# binary itself is built below (scripts/build-vcsim.sh, cached).
+deps_go_govmomi() {
+    if command -v go >/dev/null 2>&1 &&
+       [ -d /usr/share/gocode/src/github.com/vmware/govmomi/simulator ]; then
+        log "golang-go + govmomi: already installed"; return
+    fi
+    log "golang-go + govmomi: installing"
+    apt_install golang-go golang-github-vmware-govmomi-dev
+}
+
 # `--runtime`: only what the daemon itself needs (scripts/run.sh).
 if [ "${1:-}" = "--runtime" ]; then
     timed "qemu-system-x86" deps_qemu
@@ -154,6 +166,7 @@ timed "aiosmtpd" deps_aiosmtpd
 timed "openssh-server" deps_sshd
 timed "dropbear-bin" deps_dropbear
 timed "slapd" deps_slapd
+timed "golang-go + govmomi" deps_go_govmomi
 
 # --- the VM image fixtures: each built once per version of its build script
 # (which embeds everything that shapes the image) into a cache outside the
@@ -201,3 +214,13 @@ deps_test_agent() {
     "$repo/scripts/build-test-agent.sh" "$repo/target/test-agent"
 }
 timed "test agent" deps_test_agent
+
+# --- vcsim (VMware's vSphere API simulator) from the packages above, built
+# once per version of its script and main.go into the cache, linked as
+# target/vcsim (tests/support/vcsim.rs looks there).
+deps_vcsim() {
+    local repo
+    repo=$(cd "$(dirname "$0")/.." && pwd)
+    "$repo/scripts/build-vcsim.sh"
+}
+timed "vcsim" deps_vcsim

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::nutanix::NutanixConfig;
 use crate::cluster::openstack::OpenStackConfig;
+use crate::cluster::vsphere::VsphereConfig;
 use crate::domain::StageName;
 
 mod auth;
@@ -378,7 +379,7 @@ impl Default for FetchConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// The cluster a job runs on when it names none ("qemu-local",
-    /// "nutanix:NAME", "openstack:NAME"). Empty: the local QEMU cluster if
+    /// "nutanix:NAME", "openstack:NAME", "vsphere:NAME"). Empty: the local QEMU cluster if
     /// enabled, else the first configured.
     pub default: Option<String>,
     pub qemu: QemuConfig,
@@ -386,6 +387,8 @@ pub struct ClusterConfig {
     pub nutanix: BTreeMap<String, NutanixConfig>,
     /// OpenStack clouds, by a name of your choosing (`[cluster.openstack.east]`).
     pub openstack: BTreeMap<String, OpenStackConfig>,
+    /// vCenters, by a name of your choosing (`[cluster.vsphere.vc1]`).
+    pub vsphere: BTreeMap<String, VsphereConfig>,
 }
 
 /// The local QEMU "cluster": VMs are child processes of vmscan.
@@ -553,6 +556,7 @@ impl Config {
             .nutanix
             .keys()
             .chain(self.cluster.openstack.keys())
+            .chain(self.cluster.vsphere.keys())
         {
             let ok = !name.is_empty()
                 && name.len() <= 40
@@ -641,6 +645,19 @@ mod tests {
         let c = Config::load(Some(&path)).unwrap();
         assert_eq!(c.cluster.default, None);
         assert!(c.cluster.qemu.enabled);
+    }
+
+    #[test]
+    fn the_vsphere_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vsphere.example.toml");
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.cluster.default.as_deref(), Some("vsphere:vc1"));
+        let vc = &c.cluster.vsphere["vc1"];
+        assert_eq!(
+            (vc.datacenter.as_str(), vc.network.as_str()),
+            ("DC1", "scan-net")
+        );
+        assert!(!c.cluster.qemu.enabled);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Cluster providers: where scan VMs run. The pipeline only sees this trait;
-//! the local QEMU provider is the embedded default, Nutanix and OpenStack
-//! are chosen by configuration.
+//! the local QEMU provider is the embedded default, Nutanix, OpenStack and
+//! vSphere are chosen by configuration.
 
 pub mod egress;
 mod image;
@@ -10,6 +10,7 @@ pub mod probe;
 pub mod qemu;
 mod registry;
 mod tls;
+pub mod vsphere;
 
 pub use image::{ImageFile, ImageFileError};
 pub use registry::{ClusterInfo, Clusters};

@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{nutanix, openstack, qemu, ClusterError, ClusterProvider};
+use super::{nutanix, openstack, qemu, vsphere, ClusterError, ClusterProvider};
 use crate::config::Config;
 
 /// One configured cluster, as the dashboard and `GET /api/v1/clusters` list it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ClusterInfo {
     pub name: String,
-    /// "qemu", "nutanix" or "openstack".
+    /// "qemu", "nutanix", "openstack" or "vsphere".
     pub kind: &'static str,
     pub default: bool,
     /// The API it talks to ("Prism Central https://pc1:9440"), for telling
@@ -49,6 +49,12 @@ impl Clusters {
                 "openstack",
             ));
         }
+        for (name, c) in &cfg.cluster.vsphere {
+            all.push((
+                Arc::new(vsphere::VsphereProvider::new(name, c.clone())?),
+                "vsphere",
+            ));
+        }
         Clusters::new(all, cfg.cluster.default.as_deref())
     }
 
@@ -71,6 +77,13 @@ impl Clusters {
                 openstack::provider_name(n),
                 "openstack",
                 Some(openstack::endpoint(c)),
+            )
+        }));
+        all.extend(cfg.cluster.vsphere.iter().map(|(n, c)| {
+            (
+                vsphere::provider_name(n),
+                "vsphere",
+                Some(vsphere::endpoint(c)),
             )
         }));
         let default = cfg
@@ -107,7 +120,7 @@ impl Clusters {
             Some(d) => d.to_string(),
             None => first.ok_or_else(|| {
                 ClusterError::Local(
-                    "no cluster is configured: enable [cluster.qemu] or add [cluster.nutanix.NAME] / [cluster.openstack.NAME]".into(),
+                    "no cluster is configured: enable [cluster.qemu] or add [cluster.nutanix.NAME] / [cluster.openstack.NAME] / [cluster.vsphere.NAME]".into(),
                 )
             })?,
         };

@@ -1,5 +1,5 @@
 //! The provider conformance suite: what every cluster provider (local QEMU,
-//! Nutanix, OpenStack) must do, run against each fake cloud.
+//! Nutanix, OpenStack, vSphere) must do, run against each fake cloud.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -122,6 +122,17 @@ pub async fn teardown_after_no_address(
     image_file: &ImageFile,
     make_next_vm_addressless: impl FnOnce(),
 ) {
+    teardown_after_deadline(p, image_file, "address", make_next_vm_addressless).await
+}
+
+/// As [`teardown_after_no_address`], for a provider whose address wait has
+/// its own name (vSphere: "guest IP", what VMware Tools reports).
+pub async fn teardown_after_deadline(
+    p: &dyn ClusterProvider,
+    image_file: &ImageFile,
+    deadline: &str,
+    make_next_vm_addressless: impl FnOnce(),
+) {
     let job = JobId::new();
     let image = p
         .upload_image(job, image_file, &|_, _| {})
@@ -137,8 +148,8 @@ pub async fn teardown_after_no_address(
         .await
         .expect_err("a VM without an address is not ready");
     match &err {
-        ClusterError::Deadline { what, .. } => assert_eq!(what, "address", "{err}"),
-        other => panic!("expected the address deadline, got {other}"),
+        ClusterError::Deadline { what, .. } => assert_eq!(what, deadline, "{err}"),
+        other => panic!("expected the {deadline} deadline, got {other}"),
     }
     let (vms, images) = owned_by(p, job).await;
     assert_eq!(

@@ -17,6 +17,7 @@ pub mod source;
 pub mod sshd;
 pub mod tls;
 pub mod trap;
+pub mod vcsim;
 
 use std::path::{Path, PathBuf};
 
