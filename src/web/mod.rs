@@ -13,6 +13,7 @@ mod health;
 pub mod image;
 mod login;
 mod pages;
+mod report;
 pub mod routes;
 pub mod serve;
 pub mod streams;
@@ -59,6 +60,7 @@ fn all_routes(state: AppState) -> routes::Routes {
     let r = routes::Routes::new(state);
     let r = api::routes(r);
     let r = batches::routes(r);
+    let r = report::routes(r);
     let r = catalog::routes(r);
     let r = watches::routes(r);
     let r = image::routes(r);
