@@ -33,12 +33,17 @@ table.kv th { width: 28%; color: var(--muted); font-weight: 500; }
 .o-failed, .o-interrupted { color: var(--bad); font-weight: 600; }
 .o-cancelled, .o-waiting, .o-running { color: var(--warn); font-weight: 600; }
 .o-skipped, .o-left_out, .o-pending { color: var(--muted); }
+#stages td:first-child { white-space: nowrap; }
 td.err { color: var(--bad); font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 11px; white-space: pre-wrap; word-break: break-word; }
 .grid { display: grid; grid-template-columns: 1fr 1fr; gap: 0 24px; }
 footer { margin-top: 16px; border-top: 1px solid var(--line); padding-top: 4px; font-size: 11px; color: var(--muted); }
-@page { size: A4; margin: 12mm; }
+@page { size: A4; margin: 10mm; }
 @media print {
-  body { max-width: none; padding: 0; font-size: 10.5px; }
+  body { max-width: none; padding: 0; font-size: 9px; line-height: 1.3; }
+  .mono, code, td.err, .verdict .error { font-size: 8.5px; }
+  h1 { font-size: 15px; }
+  h2 { font-size: 11px; margin: 8px 0 2px; }
+  th, td { padding: 1px 4px; }
   h2 { break-after: avoid; }
   table, .verdict, section { break-inside: avoid; }
   a { color: inherit; text-decoration: none; }
@@ -82,6 +87,17 @@ impl ReportPage<'_> {
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default()
+    }
+
+    /// `2026-05-28T20:26:41Z` → `20:26:41` (the date is in the header rows).
+    fn clock(&self, t: &Option<String>) -> String {
+        match t {
+            Some(t) => t
+                .split_once('T')
+                .map(|(_, c)| c.trim_end_matches('Z').to_string())
+                .unwrap_or_else(|| t.clone()),
+            None => String::new(),
+        }
     }
 
     fn outcome_class_of_verdict(&self) -> String {
