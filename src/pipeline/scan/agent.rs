@@ -928,6 +928,7 @@ impl AgentInstallStage {
                 "msiexec_log": log_path,
                 "exit_status": status,
                 "msiexec_result": msi_meaning(status),
+                "agent_version_note": "not asked: vmscan reads the installed agent version on Linux guests only",
             }),
             true,
         )
