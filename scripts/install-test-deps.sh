@@ -87,6 +87,16 @@ deps_aiosmtpd() {
         python3 -m pip install -q --disable-pip-version-check --break-system-packages aiosmtpd
 }
 
+# --- jsonschema and junitparser: independent checkers of the scan report
+# (tests/fixtures/check_report.py validates its JSON against
+# static/scan-report.schema.json and parses its JUnit XML as CI tools do).
+deps_report_checkers() {
+    if python3 -c 'import jsonschema, junitparser' 2>/dev/null; then log "jsonschema, junitparser: already installed"; return; fi
+    log "jsonschema, junitparser: installing with pip"
+    python3 -m pip install -q --disable-pip-version-check jsonschema junitparser 2>/dev/null ||
+        python3 -m pip install -q --disable-pip-version-check --break-system-packages jsonschema junitparser
+}
+
 # --- OpenSSH server (sshd + sftp-server) for tests/ssh_remote.rs, which runs
 # its own sshd on 127.0.0.1 with a temp config. The package's postinst would
 # start a system sshd on port 22; a temporary policy-rc.d (exit 101) stops
@@ -163,6 +173,7 @@ timed "postgresql" deps_postgres
 timed "chromium" deps_chromium
 timed "qemu-system-x86" deps_qemu
 timed "aiosmtpd" deps_aiosmtpd
+timed "jsonschema, junitparser" deps_report_checkers
 timed "openssh-server" deps_sshd
 timed "dropbear-bin" deps_dropbear
 timed "slapd" deps_slapd

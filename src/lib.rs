@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod notify;
 pub mod pipeline;
 pub mod remote;
+pub mod report;
 pub mod store;
 pub mod submit;
 pub mod tls;

@@ -243,6 +243,47 @@ async fn scans_the_fixture_image_from_a_tar_gz_end_to_end() {
     );
     assert_eq!(boot["weeks"][0]["runs"], 1, "{insights:#}");
     assert!(boot["weeks"][0]["p50_ms"].as_i64().unwrap() > 0);
+
+    // The scan report states what this real scan proved.
+    let (status, report) = w.app.get(&format!("/api/v1/jobs/{id}/report.json")).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["verdict"]["outcome"], "passed", "{report:#}");
+    assert_eq!(report["image"]["format"], "raw");
+    assert_eq!(report["image"]["checksum"]["verified"], true);
+    assert_eq!(report["cluster"], "qemu-local");
+    assert_eq!(report["guest_os"]["hostname"], hostname);
+    let a = &report["agent"];
+    assert_eq!(a["services"].as_array().unwrap().len(), 2, "{a}");
+    assert!(a["matched_log_lines"][0]["line"]
+        .as_str()
+        .unwrap()
+        .ends_with("Upload successful"));
+    // The busybox guest has neither dpkg nor rpm: the version is unknown, and the report says why.
+    assert!(a["version"].is_null(), "{a}");
+    assert!(
+        a["version_note"].as_str().unwrap().contains("exited"),
+        "{a}"
+    );
+    assert_eq!(report["inventory"]["found"], true);
+    assert_eq!(
+        report["inventory"]["rows"][0]["ComputerName"], hostname,
+        "{report:#}"
+    );
+    assert!(report["inventory"]["found_at"].is_string());
+    assert_eq!(report["teardown"]["all_removed"], true, "{report:#}");
+    assert!(!report["teardown"]["resources"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    if support::report::checkers() {
+        support::report::validate(&[&report.to_string()]);
+        let (_, xml) = w
+            .app
+            .get_text(&format!("/api/v1/jobs/{id}/report.xml"))
+            .await;
+        let j = support::report::junit(&xml);
+        assert_eq!(j["suites"][0]["failures"], 0, "{j}");
+    }
 }
 
 async fn failing_scan(

@@ -136,6 +136,19 @@ async fn a_successful_scan_emails_people_and_logs_every_step_in_jira() {
             assert!(!m.raw.contains(TOKEN));
         }
         assert!(started.text.contains("Jira: OPS-1"), "{}", started.text);
+        // The end-of-scan mail links the scan report; the first one has none yet.
+        let report = format!("{EXTERNAL}/api/v1/jobs/{id}/report.html");
+        assert!(
+            ok.text.contains(&format!("Scan report: {report}")),
+            "{}",
+            ok.text
+        );
+        assert!(
+            ok.html.contains(&format!("href=\"{report}\"")),
+            "{}",
+            ok.html
+        );
+        assert!(!started.text.contains("Scan report"), "{}", started.text);
         assert!(started
             .html
             .contains(&format!("{}/browse/OPS-1", jira.base)));
@@ -179,6 +192,11 @@ async fn a_successful_scan_emails_people_and_logs_every_step_in_jira() {
             t.comments[4]
         );
         assert!(t.comments[4].contains(&link));
+        assert!(
+            t.comments[4].contains(&format!("Scan report: {report}")),
+            "{}",
+            t.comments[4]
+        );
         assert_eq!(t.transitions, vec!["Done"]);
         let reqs = jira.requests();
         assert_eq!(reqs.last().unwrap(), "POST transition OPS-1");

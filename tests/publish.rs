@@ -304,6 +304,11 @@ fn artifactory(cfg: &mut Config, fake: &FakeArtifactory, token: &str) {
     cfg.publish.artifactory.backoff_ms = 20;
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
 fn job_error(job: &Value) -> String {
     job["error"].as_str().unwrap_or("").to_string()
 }
@@ -348,11 +353,38 @@ async fn publishes_to_artifactory_with_properties_and_archives_the_previous_vers
     let d = &stage(&job, "publish")["detail"];
     assert_eq!(d["url"], format!("{}/{REPO}/{path}", fake.url()));
     assert_eq!(d["reused"], false);
+    // The scan report lies next to the image, and the image names it.
+    let report = "rocky/9.4/rocky-9.4.scan-report.json";
+    let published: Value =
+        serde_json::from_slice(&fake.item(REPO, report).expect("report deployed").bytes).unwrap();
+    assert_eq!(published["publication"]["url"], d["url"]);
+    assert_eq!(published["verdict"]["outcome"], "passed");
+    assert_eq!(
+        published["image"]["sha256"].as_str(),
+        Some(sha256_hex(&bytes).as_str())
+    );
+    let html = fake
+        .item(REPO, "rocky/9.4/rocky-9.4.scan-report.html")
+        .expect("report deployed");
+    assert!(String::from_utf8_lossy(&html.bytes).contains("rocky 9.4"));
+    assert_eq!(prop(report, "vmscan.kind").as_deref(), Some("scan-report"));
+    assert_eq!(
+        prop(path, "vmscan.scan_report_json").as_deref(),
+        Some(report)
+    );
+    assert_eq!(
+        d["report_json_url"],
+        format!("{}/{REPO}/{report}", fake.url())
+    );
     // Unknown bytes: the checksum deploy got 404, then the full upload went through.
     let puts: Vec<_> = fake
         .seen()
         .into_iter()
-        .filter(|s| s.method == "PUT" && s.uri.contains(&format!("/artifactory/{REPO}/")))
+        .filter(|s| {
+            s.method == "PUT"
+                && s.uri.contains(&format!("/artifactory/{REPO}/"))
+                && !s.uri.contains("scan-report")
+        })
         .collect();
     assert_eq!(puts.len(), 2, "{puts:#?}");
     assert!(puts[0].checksum_deploy && puts[0].status == 404 && puts[0].body_bytes == 0);
@@ -371,6 +403,11 @@ async fn publishes_to_artifactory_with_properties_and_archives_the_previous_vers
         Some("current")
     );
     assert!(fake.item(REPO, path).is_none(), "moved away");
+    assert!(fake.item(REPO, report).is_none(), "its report moved along");
+    assert!(
+        fake.item(ARCHIVE, report).is_some(),
+        "next to it in the archive"
+    );
     assert_eq!(
         fake.property(ARCHIVE, path, "vmscan.state").as_deref(),
         Some("deprecated")
@@ -383,6 +420,13 @@ async fn publishes_to_artifactory_with_properties_and_archives_the_previous_vers
     );
     assert_eq!(hist["versions"][1]["state"], "deprecated");
     assert_eq!(hist["versions"][0]["state"], "current");
+    assert_eq!(
+        hist["versions"][1]["links"]["published_report"],
+        format!(
+            "{}/{ARCHIVE}/rocky/9.4/rocky-9.4.scan-report.html",
+            fake.url()
+        )
+    );
     app.stop().await;
 }
 
@@ -401,9 +445,17 @@ async fn promotes_across_three_versions_and_deletes_beyond_retention() {
         let job = scan(&app, json!({"url": url, "name": "app", "version": v})).await;
         assert_eq!(job["state"], "succeeded", "{job:#}");
     }
+    // The version beyond retention went with its scan report.
     assert_eq!(
         fake.paths(REPO),
-        ["app/1.1/app-1.1.qcow2", "app/1.2/app-1.2.qcow2"]
+        [
+            "app/1.1/app-1.1.qcow2",
+            "app/1.1/app-1.1.scan-report.html",
+            "app/1.1/app-1.1.scan-report.json",
+            "app/1.2/app-1.2.qcow2",
+            "app/1.2/app-1.2.scan-report.html",
+            "app/1.2/app-1.2.scan-report.json"
+        ]
     );
     assert_eq!(
         fake.property(REPO, "app/1.1/app-1.1.qcow2", "vmscan.state")
@@ -455,7 +507,11 @@ async fn a_checksum_deploy_skips_uploading_bytes_artifactory_already_has() {
     assert_eq!(stage(&second, "publish")["detail"]["reused"], true);
     let puts: Vec<_> = fake.seen()[before..]
         .iter()
-        .filter(|s| s.method == "PUT" && s.uri.contains(&format!("/artifactory/{REPO}/")))
+        .filter(|s| {
+            s.method == "PUT"
+                && s.uri.contains(&format!("/artifactory/{REPO}/"))
+                && !s.uri.contains("scan-report")
+        })
         .cloned()
         .collect();
     assert_eq!(puts.len(), 1, "only the checksum deploy: {puts:#?}");
@@ -561,4 +617,264 @@ async fn the_fake_rejects_wrong_checksum_headers_like_artifactory() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["errors"][0]["status"], 409);
     assert!(fake.item(REPO, "x/y.bin").is_none());
+}
+
+/// GETs a report: status, content type, CSP and body.
+async fn fetch_report(app: &TestApp, id: &str, ext: &str) -> (u16, String, String, String) {
+    let r = app
+        .client
+        .get(app.url(&format!("/api/v1/jobs/{id}/report.{ext}")))
+        .send()
+        .await
+        .unwrap();
+    let header = |h: reqwest::header::HeaderName| {
+        r.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let ctype = header(reqwest::header::CONTENT_TYPE);
+    let csp = header(reqwest::header::CONTENT_SECURITY_POLICY);
+    let status = r.status().as_u16();
+    (status, ctype, csp, r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn publishes_the_scan_report_next_to_the_image_and_serves_it_as_html_json_and_junit() {
+    let checkers = support::report::checkers();
+    for backend in backends() {
+        let images = Images::new();
+        let app = images.app(backend, |_| {}).await;
+        let (url, bytes) = images.write("rocky-9.4-x86_64.qcow2", 7);
+        let sha = sha256_hex(&bytes);
+        let job = scan(
+            &app,
+            json!({"url": url, "name": "rocky", "version": "9.4", "checksum": format!("sha256:{sha}"), "note": "release candidate"}),
+        )
+        .await;
+        assert_eq!(job["state"], "succeeded", "{backend:?}: {job:#}");
+        let id = job["id"].as_str().unwrap();
+
+        // Published next to the image.
+        let dir = app.data_dir.join("artifacts/vm-images/rocky/9.4");
+        assert!(dir.join("rocky-9.4.qcow2").exists());
+        let published_json =
+            std::fs::read_to_string(dir.join("rocky-9.4.scan-report.json")).unwrap();
+        let published_html =
+            std::fs::read_to_string(dir.join("rocky-9.4.scan-report.html")).unwrap();
+        let p: Value = serde_json::from_str(&published_json).unwrap();
+        assert_eq!(p["verdict"]["outcome"], "passed");
+        assert_eq!(p["job"]["id"], id);
+        assert_eq!(p["publication"]["path"], "rocky/9.4/rocky-9.4.qcow2");
+        assert_eq!(p["image"]["sha256"], sha);
+        assert_eq!(p["image"]["checksum"]["verified"], true);
+        assert_eq!(p["image"]["checksum"]["method"], "given_digest");
+        assert!(published_html.contains(&sha) && published_html.contains("rocky 9.4"));
+
+        // Served: JSON.
+        let (status, ctype, _, body) = fetch_report(&app, id, "json").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(ctype.starts_with("application/json"), "{ctype}");
+        let r: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(r["job"]["state"], "succeeded");
+        assert_eq!(r["job"]["requested_by"], "admin");
+        assert_eq!(r["job"]["note"], "release candidate");
+        let names: Vec<&str> = r["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["fetch", "checksum", "publish"]);
+        assert!(r["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["outcome"] == "passed"));
+        assert_eq!(
+            r["generator"]["config_sha256"],
+            p["generator"]["config_sha256"]
+        );
+        assert_eq!(r["generator"]["vmscan_version"], env!("CARGO_PKG_VERSION"));
+        assert!(
+            r["agent"].is_null() && r["inventory"].is_null(),
+            "not configured here"
+        );
+        if checkers {
+            support::report::validate(&[&body, &published_json]);
+        }
+
+        // HTML: the facts a reader checks, under a policy that allows its style sheet only.
+        let (status, ctype, csp, html) = fetch_report(&app, id, "html").await;
+        assert_eq!(status, 200);
+        assert!(ctype.starts_with("text/html"), "{ctype}");
+        assert!(
+            csp.contains("style-src 'sha256-") && csp.contains("default-src 'none'"),
+            "{csp}"
+        );
+        for fact in [
+            "rocky-9.4-x86_64.qcow2",
+            sha.as_str(),
+            "verified",
+            "digest given with the submission",
+            "admin",
+            "release candidate",
+            "passed all 3 stages",
+            id,
+        ] {
+            assert!(html.contains(fact), "the report shows {fact:?}:\n{html}");
+        }
+
+        // JUnit, as a CI tool reads it.
+        let (status, ctype, _, xml) = fetch_report(&app, id, "xml").await;
+        assert_eq!(status, 200);
+        assert!(ctype.starts_with("application/xml"), "{ctype}");
+        if checkers {
+            let j = support::report::junit(&xml);
+            let suites = j["suites"].as_array().unwrap();
+            assert_eq!(suites.len(), 1, "{j}");
+            assert_eq!(suites[0]["tests"], 3);
+            assert_eq!(suites[0]["failures"], 0);
+            let cases: Vec<&str> = suites[0]["cases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(cases, ["fetch", "checksum", "publish"]);
+            assert!(suites[0]["cases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["result"] == json!([])));
+        }
+
+        // The catalog links the report, live and published.
+        let (_, list) = app.get("/api/v1/images?name=rocky").await;
+        let links = &list["images"][0]["links"];
+        assert_eq!(links["report"], format!("/api/v1/jobs/{id}/report.html"));
+        assert!(links["published_report"]
+            .as_str()
+            .unwrap()
+            .ends_with("/vm-images/rocky/9.4/rocky-9.4.scan-report.html"));
+        let (_, page) = app.get_text("/images").await;
+        assert!(
+            page.contains(&format!("href=\"/api/v1/jobs/{id}/report.html\"")),
+            "{page}"
+        );
+        assert!(
+            page.contains("published copy") && page.contains("current: 9.4"),
+            "{page}"
+        );
+        let (_, page) = app.get_text("/images/rocky").await;
+        assert!(
+            page.contains(&format!("/api/v1/jobs/{id}/report.xml")),
+            "{page}"
+        );
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_scan_reports_the_failed_stage_and_its_error_in_every_format() {
+    let checkers = support::report::checkers();
+    let images = Images::new();
+    let app = images.app(Backend::Sqlite, |_| {}).await;
+    let (url, _) = images.write("bad-1.qcow2", 8);
+    let wrong = "0".repeat(64);
+    let job = scan(
+        &app,
+        json!({"url": url, "name": "bad", "version": "1", "checksum": format!("sha256:{wrong}")}),
+    )
+    .await;
+    assert_eq!(job["state"], "failed", "{job:#}");
+    let id = job["id"].as_str().unwrap();
+
+    let (status, _, _, body) = fetch_report(&app, id, "json").await;
+    assert_eq!(status, 200, "{body}");
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["verdict"]["outcome"], "failed");
+    assert_eq!(r["verdict"]["failed_stage"], "checksum");
+    let error = r["verdict"]["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("checksum mismatch") && error.contains(&wrong),
+        "{error}"
+    );
+    let outcome = |n: &str| {
+        r["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == n)
+            .unwrap()["outcome"]
+            .clone()
+    };
+    assert_eq!(outcome("fetch"), "passed");
+    assert_eq!(outcome("checksum"), "failed");
+    assert_eq!(outcome("publish"), "skipped");
+    assert_eq!(r["image"]["checksum"]["verified"], false);
+    assert!(r["publication"].is_null());
+    if checkers {
+        support::report::validate(&[&body]);
+    }
+
+    let (_, _, _, html) = fetch_report(&app, id, "html").await;
+    assert!(html.contains("failed at checksum"), "{html}");
+    assert!(html.contains("checksum mismatch"), "{html}");
+    assert!(
+        html.contains("not run: the scan failed at checksum"),
+        "{html}"
+    );
+
+    let (_, _, _, xml) = fetch_report(&app, id, "xml").await;
+    if checkers {
+        let j = support::report::junit(&xml);
+        let suite = &j["suites"][0];
+        assert_eq!(suite["failures"], 1, "{j}");
+        assert_eq!(suite["skipped"], 1, "{j}");
+        let case = |n: &str| {
+            suite["cases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == n)
+                .unwrap()["result"]
+                .clone()
+        };
+        assert_eq!(case("fetch"), json!([]));
+        assert_eq!(case("checksum")[0]["kind"], "failure");
+        let message = case("checksum")[0]["message"].as_str().unwrap().to_string();
+        assert!(message.contains("checksum mismatch"), "{message}");
+        assert_eq!(case("publish")[0]["kind"], "skipped");
+    }
+    // Nothing was published, report included.
+    assert!(!app.data_dir.join("artifacts/vm-images/bad").exists());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_that_has_not_ended_has_no_report_yet() {
+    let images = Images::new();
+    // No worker: the job stays queued.
+    let app = images
+        .app(Backend::Sqlite, |c| c.worker.pool_size = 0)
+        .await;
+    let (url, _) = images.write("later.qcow2", 9);
+    let job = app.submit(json!({"url": url})).await;
+    let id = job["id"].as_str().unwrap();
+    for ext in ["html", "json", "xml"] {
+        let (status, ctype, _, body) = fetch_report(&app, id, ext).await;
+        assert_eq!(status, 409, "{ext}: {body}");
+        assert!(ctype.starts_with("application/json"));
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["error"],
+            format!("job {id} is queued: its report is written once it has ended")
+        );
+    }
+    let (status, _, _, _) =
+        fetch_report(&app, "0192f0c1-8a6e-7c3d-9f10-1b2c3d4e5f60", "json").await;
+    assert_eq!(status, 404);
+    app.stop().await;
 }

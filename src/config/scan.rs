@@ -192,6 +192,10 @@ pub struct AgentProfile {
     /// uploads now rather than at a random time of its schedule (as
     /// Flexera's own install script does). Empty: none.
     pub inventory_command: String,
+    /// Linux: prints the installed agent's version for the scan report
+    /// (asks the package manager). Empty: not asked. Its failure only
+    /// leaves the version unknown.
+    pub version_command: String,
     /// An extra command that must exit 0 once the agent runs.
     pub service_check: String,
     /// Services that must be running after the install (empty: Flexera's,
@@ -244,6 +248,9 @@ pub const RPM_INSTALL: &str = "rpm --upgrade --oldpackage --verbose --hash {inst
 pub const DEB_INSTALL: &str = "dpkg -i {installer}";
 /// Generates and uploads an inventory now (docs.flexera.com FIA-CommandLine).
 pub const LINUX_INVENTORY_COMMAND: &str = "/opt/managesoft/bin/ndtrack -t Machine";
+/// The agent's package is `managesoft` in both formats (flexera.md: the
+/// `managesoft_<ver>_amd64.deb` and `managesoft-<ver>.x86_64.rpm` files).
+pub const LINUX_VERSION_COMMAND: &str = "dpkg-query -W -f='${Version}' managesoft 2>/dev/null || rpm -q --qf '%{VERSION}-%{RELEASE}' managesoft";
 /// ndtrack's success lines in tracker.log (AT&T script; Jamf EA).
 pub const UPLOAD_SUCCESS: &str = "Upload successful|Finished uploading inventory";
 /// The last line of a good Windows install in installation.log (Pester test).
@@ -306,6 +313,7 @@ impl Default for AgentProfile {
             no_proxy: String::new(),
             install_command: String::new(),
             inventory_command: LINUX_INVENTORY_COMMAND.into(),
+            version_command: LINUX_VERSION_COMMAND.into(),
             service_check: String::new(),
             services: Vec::new(),
             log_files: vec![
@@ -433,6 +441,9 @@ impl AgentConfig {
         // msiexec runs the first inventory itself (GENERATEINVENTORY=YES).
         if p.inventory_command == linux.inventory_command {
             p.inventory_command = String::new();
+        }
+        if p.version_command == linux.version_command {
+            p.version_command = String::new();
         }
         if p.required_patterns.is_empty() {
             p.required_patterns = vec![INSTALL_SUCCESS.into(), UPLOAD_SUCCESS.into()];

@@ -285,14 +285,26 @@ impl Deliverer {
             .map_err(db)?
             .ok_or_else(|| SendError::permanent(format!("job {} no longer exists", n.job_id)))?;
         let runs = self.store.stage_runs(n.job_id).await.map_err(db)?;
-        let runs = runs
+        let runs: Vec<StageRun> = runs
             .into_iter()
             .filter(|r| r.attempt >= job.run_base_attempt)
             .collect();
         let name = self.store.requester_name(n.job_id).await.map_err(db)?;
         let issue = self.store.jira_issue(n.job_id).await.map_err(db)?;
+        let published_report = runs
+            .iter()
+            .rev()
+            .find(|r: &&StageRun| {
+                r.stage == crate::domain::StageName::Publish.as_str()
+                    && r.state == StageState::Succeeded
+            })
+            .and_then(|r| r.detail.get("report_html_url"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
         Ok(Facts {
             link: job_link(&self.cfg, &job),
+            report: job.state.is_final().then(|| report_link(&self.cfg, &job)),
+            published_report,
             job,
             runs,
             name,
@@ -456,6 +468,11 @@ pub fn job_link(cfg: &Config, job: &Job) -> String {
     format!("{}/jobs/{}", base_url(cfg), job.id)
 }
 
+/// A finished job's scan report (HTML; `report.json` and `report.xml` beside it).
+pub fn report_link(cfg: &Config, job: &Job) -> String {
+    format!("{}/api/v1/jobs/{}/report.html", base_url(cfg), job.id)
+}
+
 /// What a message says about a job, loaded when it is sent.
 struct Facts {
     job: Job,
@@ -463,6 +480,10 @@ struct Facts {
     name: Option<String>,
     issue: Option<JiraIssue>,
     link: String,
+    /// The scan report, once the job has ended.
+    report: Option<String>,
+    /// The copy published next to the image.
+    published_report: Option<String>,
 }
 
 impl Facts {
@@ -561,6 +582,12 @@ impl Facts {
             s.push_str(&format!("{stage}: {st} {d}\n"));
         }
         s.push_str(&format!("Job: {}\n", self.link));
+        if let Some(r) = &self.report {
+            s.push_str(&format!("Scan report: {r}\n"));
+        }
+        if let Some(r) = &self.published_report {
+            s.push_str(&format!("Published report: {r}\n"));
+        }
         s
     }
 }
@@ -625,6 +652,12 @@ fn render_email(f: &Facts, n: &Notification, to: Vec<Mailbox>, log: &[String]) -
     };
     let error = n.payload["error"].as_str();
     let rows = f.stage_rows();
+    // Only the end-of-scan message has a report to point to.
+    let (report, published_report) = if n.kind == "job_started" {
+        (None, None)
+    } else {
+        (f.report.as_ref(), f.published_report.as_ref())
+    };
 
     let mut t = format!(
         "{headline}\n\nImage: {}\nRequested by: {}\nJob page: {}\n",
@@ -632,6 +665,12 @@ fn render_email(f: &Facts, n: &Notification, to: Vec<Mailbox>, log: &[String]) -
         f.requester(),
         f.link
     );
+    if let Some(r) = report {
+        t.push_str(&format!("Scan report: {r}\n"));
+    }
+    if let Some(r) = published_report {
+        t.push_str(&format!("Published report: {r}\n"));
+    }
     if let Some(i) = &f.issue {
         t.push_str(&format!("Jira: {} {}\n", i.key, i.url));
     }
@@ -662,6 +701,20 @@ fn render_email(f: &Facts, n: &Notification, to: Vec<Mailbox>, log: &[String]) -
         esc(&f.link),
         esc(&f.link)
     );
+    if let Some(r) = report {
+        h.push_str(&format!(
+            "<tr><th align=\"left\">Scan report</th><td><a href=\"{}\">{}</a></td></tr>",
+            esc(r),
+            esc(r)
+        ));
+    }
+    if let Some(r) = published_report {
+        h.push_str(&format!(
+            "<tr><th align=\"left\">Published report</th><td><a href=\"{}\">{}</a></td></tr>",
+            esc(r),
+            esc(r)
+        ));
+    }
     if let Some(i) = &f.issue {
         h.push_str(&format!(
             "<tr><th align=\"left\">Jira</th><td><a href=\"{}\">{}</a></td></tr>",

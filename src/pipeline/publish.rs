@@ -40,6 +40,8 @@ pub enum PublishError {
     },
     #[error("publish: {0}")]
     Store(#[from] ArtifactError),
+    #[error("publish: {0}")]
+    Report(#[from] crate::report::ReportError),
 }
 
 impl StageFailure for PublishError {
@@ -314,6 +316,13 @@ impl PublishStage {
                         .move_to(&old.repo, &old.path, archive)
                         .await
                         .map_err(PublishError::Store)?;
+                    // Its scan report stays next to it.
+                    for report in report_paths(old) {
+                        match store.move_to(&old.repo, &report, archive).await {
+                            Ok(_) | Err(ArtifactError::Refused { status: 404, .. }) => {}
+                            Err(e) => return Err(PublishError::Store(e).into()),
+                        }
+                    }
                     ctx.store().image_moved(old.id, archive, &url).await?;
                     ctx.info(format!(
                         "moved {} {} to {archive}: {url}",
@@ -346,6 +355,12 @@ impl PublishStage {
                     .delete(&repo, &old.path)
                     .await
                     .map_err(PublishError::Store)?;
+                for report in report_paths(old) {
+                    match store.delete(&repo, &report).await {
+                        Ok(()) | Err(ArtifactError::Refused { status: 404, .. }) => {}
+                        Err(e) => return Err(PublishError::Store(e).into()),
+                    }
+                }
                 ctx.store().image_purged(old.id).await?;
                 ctx.info(format!(
                     "deleted {} {} ({repo}/{}): beyond the retention of {keep} versions",
@@ -434,7 +449,105 @@ impl Stage for PublishStage {
     }
 }
 
+/// Image properties naming its scan report's paths (next to the image).
+pub const REPORT_HTML_PROPERTY: &str = "vmscan.scan_report_html";
+pub const REPORT_JSON_PROPERTY: &str = "vmscan.scan_report_json";
+
+/// The scan reports published next to a catalog record's artifact.
+fn report_paths(image: &Image) -> Vec<String> {
+    [REPORT_HTML_PROPERTY, REPORT_JSON_PROPERTY]
+        .iter()
+        .filter_map(|k| image.properties.get(*k)?.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The two published report files.
+struct Reports {
+    html: crate::artifacts::Deployed,
+    json: crate::artifacts::Deployed,
+}
+
 impl PublishStage {
+    /// Writes the scan report (HTML and JSON) as it stands now, every other
+    /// stage passed and the image deployed, and deploys it next to the image
+    /// as `{name}-{version}.scan-report.{html,json}`.
+    #[allow(clippy::too_many_arguments)]
+    async fn publish_reports(
+        &self,
+        ctx: &StageCtx,
+        store: &DynArtifactStore,
+        image: &crate::artifacts::Deployed,
+        name: &str,
+        version: &str,
+        format: &str,
+        size: u64,
+        sums: &Checksums,
+    ) -> Result<Reports, StageError> {
+        use crate::report::{self, Ending, Publication};
+        let publication = Publication {
+            name: name.into(),
+            version: version.into(),
+            store: Some(store.kind().into()),
+            repo: Some(image.repo.clone()),
+            path: Some(image.path.clone()),
+            url: Some(image.url.clone()),
+            sha256: Some(sums.sha256.clone()),
+            size_bytes: Some(size),
+            format: Some(format.into()),
+        };
+        let built = report::load(
+            ctx.store(),
+            &ctx.job,
+            &ctx.config,
+            None,
+            Ending::Publishing(Box::new(publication)),
+        )
+        .await?
+        .map_err(|e| PublishError::NotPassed(e.to_string()))?;
+        let html = report::render_html(&built).map_err(PublishError::from)?;
+        let json = report::render_json(&built);
+        let mut out = Vec::new();
+        for (ext, body) in [("html", html), ("json", json)] {
+            let file = ctx.work_dir.join(format!("scan-report.{ext}"));
+            tokio::fs::write(&file, body.as_bytes())
+                .await
+                .map_err(|e| ArtifactError::io(format!("cannot write {}", file.display()), e))
+                .map_err(PublishError::Store)?;
+            let (checksums, size) =
+                Checksums::of_file(&file)
+                    .await
+                    .map_err(|source| PublishError::Read {
+                        path: file.display().to_string(),
+                        source,
+                    })?;
+            let path = report::published_path(&image.path, name, version, ext);
+            let properties = Properties::from([
+                ("vmscan.name".to_string(), name.to_string()),
+                ("vmscan.version".to_string(), version.to_string()),
+                ("vmscan.job_id".to_string(), ctx.job.id.to_string()),
+                ("vmscan.kind".to_string(), "scan-report".to_string()),
+            ]);
+            let deployed = store
+                .deploy(&DeployRequest {
+                    path,
+                    file,
+                    size,
+                    checksums,
+                    properties,
+                    // A copy: a retried publish rewrites the work file.
+                    may_link: false,
+                })
+                .await
+                .map_err(PublishError::Store)?;
+            ctx.info(format!("published the scan report: {}", deployed.url))
+                .await?;
+            out.push(deployed);
+        }
+        let json = out.pop().expect("two reports");
+        let html = out.pop().expect("two reports");
+        Ok(Reports { html, json })
+    }
+
     /// The job's requester with their role and groups as stored now. A job
     /// with no requester was queued from the server's own shell (`vmscan
     /// submit`), whose user holds the database itself.
@@ -506,6 +619,24 @@ impl PublishStage {
             })
             .await
             .map_err(PublishError::Store)?;
+        let reports = self
+            .publish_reports(ctx, store, &deployed, &name, &version, &format, size, &sums)
+            .await?;
+        let mut props = props;
+        let report_props = Properties::from([
+            (REPORT_HTML_PROPERTY.to_string(), reports.html.path.clone()),
+            (REPORT_JSON_PROPERTY.to_string(), reports.json.path.clone()),
+        ]);
+        store
+            .set_properties(&deployed.repo, &deployed.path, &report_props)
+            .await
+            .map_err(PublishError::Store)?;
+        props.extend(report_props);
+        ctx.set_detail(
+            json!({"report_html_url": reports.html.url, "report_json_url": reports.json.url}),
+            true,
+        )
+        .await?;
         ctx.info(if deployed.reused {
             format!(
                 "{} already held these bytes (checksum deploy): nothing uploaded; {}",

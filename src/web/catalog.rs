@@ -52,8 +52,12 @@ pub struct ImageQuery {
     pub limit: Option<i64>,
 }
 
-fn parse_query(q: ImageQuery) -> ApiResult<ImageFilter> {
-    let state = blank_to_none(q.state)
+/// The filter, and whether only soft-deleted records are wanted (`state=deleted`).
+fn parse_query(q: ImageQuery) -> ApiResult<(ImageFilter, bool)> {
+    let state = blank_to_none(q.state);
+    let only_deleted = state.as_deref() == Some("deleted");
+    let state = state
+        .filter(|_| !only_deleted)
         .map(|s| s.parse::<ImageState>())
         .transpose()
         .map_err(|e| ApiError::BadRequest(format!("state: {e}")))?;
@@ -63,13 +67,25 @@ fn parse_query(q: ImageQuery) -> ApiResult<ImageFilter> {
             "limit: {limit} is out of range (1 to 1000)"
         )));
     }
-    Ok(ImageFilter {
-        name: blank_to_none(q.name),
-        state,
-        q: blank_to_none(q.q),
-        include_deleted: q.deleted.unwrap_or(false),
-        limit,
-    })
+    Ok((
+        ImageFilter {
+            name: blank_to_none(q.name),
+            state,
+            q: blank_to_none(q.q),
+            include_deleted: only_deleted || q.deleted.unwrap_or(false),
+            limit,
+        },
+        only_deleted,
+    ))
+}
+
+async fn find(st: &AppState, q: ImageQuery) -> ApiResult<(ImageFilter, bool, Vec<Image>)> {
+    let (filter, only_deleted) = parse_query(q)?;
+    let mut images = st.store.list_images(&filter).await?;
+    if only_deleted {
+        images.retain(|i| i.deleted);
+    }
+    Ok((filter, only_deleted, images))
 }
 
 /// An image record as the API and pages show it.
@@ -79,6 +95,7 @@ pub struct ImageView {
     pub image: Image,
     pub size_human: String,
     pub published: String,
+    pub shown_state: &'static str,
     pub links: ImageLinks,
 }
 
@@ -87,27 +104,88 @@ pub struct ImageLinks {
     pub history: String,
     pub job: Option<String>,
     pub artifact: String,
+    /// The scan report vmscan serves for the job (HTML; `.json`, `.xml` beside it).
+    pub report: Option<String>,
+    pub report_json: Option<String>,
+    pub report_xml: Option<String>,
+    /// The report published next to the image in the artifact store.
+    pub published_report: Option<String>,
+}
+
+/// current | deprecated | deleted | removed (by retention), for people.
+fn shown_state(image: &Image) -> &'static str {
+    if image.deleted {
+        "deleted"
+    } else if image.purged_at.is_some() {
+        "removed"
+    } else {
+        image.state.as_str()
+    }
 }
 
 fn view(image: Image) -> ImageView {
+    let published_report = image
+        .properties
+        .get(crate::pipeline::publish::REPORT_HTML_PROPERTY)
+        .and_then(|v| v.as_str())
+        .filter(|_| image.purged_at.is_none())
+        .map(|_| crate::report::published_url(&image.url, &image.name, &image.version, "html"));
     ImageView {
         size_human: fmt_bytes(image.size_bytes.max(0) as u64),
         published: fmt_millis(image.published_at),
+        shown_state: shown_state(&image),
         links: ImageLinks {
             history: format!("/images/{}", image.name),
             job: image.job_id.map(|j| format!("/jobs/{j}")),
             artifact: image.url.clone(),
+            report: image
+                .job_id
+                .map(|j| format!("/api/v1/jobs/{j}/report.html")),
+            report_json: image
+                .job_id
+                .map(|j| format!("/api/v1/jobs/{j}/report.json")),
+            report_xml: image.job_id.map(|j| format!("/api/v1/jobs/{j}/report.xml")),
+            published_report,
         },
         image,
     }
+}
+
+/// One image name with its versions, newest first (the catalog page).
+#[derive(Clone, Debug, Serialize)]
+pub struct NameGroup {
+    pub name: String,
+    pub current: Option<String>,
+    pub versions: Vec<ImageView>,
+}
+
+fn by_name(views: Vec<ImageView>) -> Vec<NameGroup> {
+    let mut groups: Vec<NameGroup> = Vec::new();
+    for v in views {
+        match groups.iter_mut().find(|g| g.name == v.image.name) {
+            Some(g) => g.versions.push(v),
+            None => groups.push(NameGroup {
+                name: v.image.name.clone(),
+                current: None,
+                versions: vec![v],
+            }),
+        }
+    }
+    for g in &mut groups {
+        g.current = g
+            .versions
+            .iter()
+            .find(|v| v.image.state == ImageState::Current && !v.image.deleted)
+            .map(|v| v.image.version.clone());
+    }
+    groups
 }
 
 async fn list_images(
     State(st): State<AppState>,
     Query(q): Query<ImageQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    let filter = parse_query(q)?;
-    let images = st.store.list_images(&filter).await?;
+    let (_, _, images) = find(&st, q).await?;
     Ok(Json(
         json!({"images": images.into_iter().map(view).collect::<Vec<_>>()}),
     ))
@@ -343,7 +421,7 @@ async fn set_owner(
 #[template(path = "images.html")]
 struct ImagesPage {
     me: Viewer,
-    images: Vec<ImageView>,
+    names: Vec<NameGroup>,
     q: String,
     state: String,
 }
@@ -362,13 +440,16 @@ async fn images_page(
     Extension(me): Extension<Identity>,
     Query(q): Query<ImageQuery>,
 ) -> ApiResult<Response> {
-    let filter = parse_query(q)?;
-    let images = st.store.list_images(&filter).await?;
+    let (filter, only_deleted, images) = find(&st, q).await?;
     Ok(ImagesPage {
         me: Viewer::of(&me),
-        images: images.into_iter().map(view).collect(),
+        names: by_name(images.into_iter().map(view).collect()),
         q: filter.q.unwrap_or_default(),
-        state: filter.state.map(|s| s.to_string()).unwrap_or_default(),
+        state: if only_deleted {
+            "deleted".into()
+        } else {
+            filter.state.map(|s| s.to_string()).unwrap_or_default()
+        },
     }
     .into_response())
 }

@@ -15,6 +15,7 @@ pub mod image;
 mod insights;
 mod login;
 mod pages;
+mod report;
 pub mod routes;
 pub mod serve;
 mod stage_text;
@@ -62,6 +63,7 @@ fn all_routes(state: AppState) -> routes::Routes {
     let r = routes::Routes::new(state);
     let r = api::routes(r);
     let r = batches::routes(r);
+    let r = report::routes(r);
     let r = catalog::routes(r);
     let r = watches::routes(r);
     let r = image::routes(r);

@@ -11,6 +11,7 @@ pub mod guest;
 pub mod jira;
 pub mod nutanix;
 pub mod openstack;
+pub mod report;
 pub mod slapd;
 pub mod smtp;
 pub mod source;

@@ -425,6 +425,7 @@ impl AgentInstallStage {
             }
             .into());
         }
+        self.record_version(ctx, shell, profile, timeout).await?;
 
         if !profile.services.is_empty() {
             self.check_linux_services(ctx, shell, profile, timeout)
@@ -472,6 +473,46 @@ impl AgentInstallStage {
         ))
         .await?;
         Ok(StageOutcome::Done)
+    }
+
+    /// Asks the guest's package manager which agent version is installed,
+    /// for the scan report. Not knowing it fails nothing: the report says why.
+    async fn record_version(
+        &self,
+        ctx: &StageCtx,
+        shell: &dyn RemoteShell,
+        profile: &AgentProfile,
+        timeout: Duration,
+    ) -> Result<(), StageError> {
+        if profile.version_command.is_empty() {
+            ctx.set_detail(
+                json!({"agent_version_note": "not asked (agent.profiles.linux.version_command is empty)"}),
+                true,
+            )
+            .await?;
+            return Ok(());
+        }
+        let out = run_logged(ctx, shell, &profile.version_command, timeout).await?;
+        let version = out.stdout.trim();
+        if out.exit_status == 0 && !version.is_empty() && !version.contains('\n') {
+            ctx.info(format!("agent version: {version}")).await?;
+            ctx.set_detail(json!({"agent_version": version}), true)
+                .await?;
+        } else {
+            let note = format!(
+                "{:?} exited {}{}",
+                profile.version_command,
+                out.exit_status,
+                Some(out.stderr.trim())
+                    .filter(|e| !e.is_empty())
+                    .map(|e| format!(": {}", e.lines().next().unwrap_or(e)))
+                    .unwrap_or_default()
+            );
+            ctx.warn(format!("agent version not known: {note}")).await?;
+            ctx.set_detail(json!({"agent_version_note": note}), true)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Renders the rollout response file and puts it in place as root
@@ -887,6 +928,7 @@ impl AgentInstallStage {
                 "msiexec_log": log_path,
                 "exit_status": status,
                 "msiexec_result": msi_meaning(status),
+                "agent_version_note": "not asked: vmscan reads the installed agent version on Linux guests only",
             }),
             true,
         )

@@ -85,7 +85,7 @@ impl Stage for ReportCheckStage {
                 fmt_duration_ms(now_millis() - first)
             ))
             .await?;
-            ctx.set_detail(json!({"found": true, "rows": hits.iter().take(20).map(|h| h.row.clone()).collect::<Vec<_>>()}), true)
+            ctx.set_detail(json!({"found": true, "found_at": now_millis(), "rows": hits.iter().take(20).map(|h| h.row.clone()).collect::<Vec<_>>()}), true)
                 .await?;
             return Ok(StageOutcome::Done);
         }
