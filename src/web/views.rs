@@ -140,6 +140,12 @@ pub struct Links {
     pub log: String,
     /// The whole log as a text file.
     pub log_file: String,
+    /// The scan report (HTML, JSON, JUnit XML) once the job has ended.
+    pub report_html: String,
+    pub report_json: String,
+    pub report_xml: String,
+    /// The report's copy next to the image in the artifact store, once published.
+    pub published_report: Option<String>,
     pub events: String,
 }
 
@@ -621,6 +627,16 @@ pub fn job_view(
             page: format!("/jobs/{id}"),
             log: format!("/api/v1/jobs/{id}/log"),
             log_file: format!("/api/v1/jobs/{id}/log.txt"),
+            report_html: format!("/api/v1/jobs/{id}/report.html"),
+            report_json: format!("/api/v1/jobs/{id}/report.json"),
+            report_xml: format!("/api/v1/jobs/{id}/report.xml"),
+            published_report: current
+                .iter()
+                .rev()
+                .find(|r| r.stage == StageName::Publish.as_str())
+                .and_then(|r| r.detail.get("report_html_url"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
             events: format!("/api/v1/jobs/{id}/events"),
         },
         id,

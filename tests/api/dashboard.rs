@@ -636,6 +636,19 @@ async fn walks_every_page_a_user_relies_on() {
         "{text}"
     );
     shot("job-succeeded.png").await;
+    // Its scan report, linked from the page, readable on its own.
+    let report = driver
+        .js("return document.getElementById('report-html').getAttribute('href');")
+        .await;
+    driver.goto(&app.url(report.as_str().unwrap())).await;
+    let text = driver
+        .wait_text("document.body.innerText", Duration::from_secs(5))
+        .await;
+    assert!(
+        text.contains("rocky") && text.contains("9.4") && text.contains("sha256"),
+        "{text}"
+    );
+    shot("report.png").await;
 
     // A failed job: the failed box, its error, the stages it never reached.
     driver.goto(&app.url(&format!("/jobs/{bad}"))).await;
