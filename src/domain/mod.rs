@@ -11,7 +11,7 @@ mod state;
 
 pub use checksum::{Checksum, ChecksumAlgo, ChecksumError, ChecksumSpec};
 pub use ids::{BatchId, JobId};
-pub use os::{detected_os, OsChoice, OsFamily, OsFamilyError};
+pub use os::{detected_os, effective_os, OsChoice, OsFamily, OsFamilyError};
 pub use redact::redact_url;
 pub use role::{Role, RoleError};
 pub use size::{DiskSize, DiskSizeError, MAX_DISK_BYTES};
@@ -48,6 +48,23 @@ pub fn with_causes(mut head: String, e: &dyn std::error::Error) -> String {
 }
 
 /// Formats a byte count with binary units ("1.5 GiB").
+/// Escapes text for XML (or HTML) element content and attribute values:
+/// the one escaper of the SOAP clients, the Nutanix disk XML and the SVG charts.
+pub fn escape_markup(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 pub fn fmt_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;

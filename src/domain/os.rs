@@ -78,6 +78,32 @@ pub fn detected_os(inspect_detail: &serde_json::Value) -> Option<OsFamily> {
         .and_then(|f| f.parse().ok())
 }
 
+/// The family a job scans as, given its options and what the inspect stage
+/// recorded (None until it has run): the family (`auto` while pending), how it
+/// was decided (chosen | detected | assumed | pending) and the disk's evidence.
+pub fn effective_os(
+    options: &serde_json::Value,
+    inspected: Option<&serde_json::Value>,
+) -> (String, &'static str, Option<String>) {
+    let evidence = inspected.and_then(|d| {
+        let g = &d["guest_os"];
+        g["evidence"]
+            .as_str()
+            .or(g["error"].as_str())
+            .map(str::to_string)
+    });
+    let detected = inspected.and_then(detected_os);
+    let (family, source) = match (OsChoice::of_options(options), inspected) {
+        (OsChoice::Family(f), _) => (f.as_str(), "chosen"),
+        (OsChoice::Auto, None) => ("auto", "pending"),
+        (OsChoice::Auto, Some(_)) if detected.is_some() => {
+            (OsChoice::Auto.resolve(detected).as_str(), "detected")
+        }
+        (OsChoice::Auto, Some(_)) => (OsChoice::Auto.resolve(None).as_str(), "assumed"),
+    };
+    (family.to_string(), source, evidence)
+}
+
 impl FromStr for OsChoice {
     type Err = OsFamilyError;
 

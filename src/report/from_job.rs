@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::*;
-use crate::domain::{detected_os, fmt_millis, redact_url, Millis, OsChoice, StageName, StageState};
+use crate::domain::{fmt_millis, redact_url, Millis, StageName, StageState};
 use crate::store::{Job, Resource, StageRun};
 
 /// How far the job has come when its report is written.
@@ -438,23 +438,7 @@ fn cluster(input: &ReportInput, runs: &Runs) -> Option<String> {
 
 fn guest_os(job: &Job, runs: &Runs) -> GuestOs {
     let inspected = runs.passed(StageName::Inspect).map(|r| &r.detail);
-    let detected = inspected.and_then(detected_os);
-    let (family, source) = match (OsChoice::of_options(&job.options), inspected) {
-        (OsChoice::Family(f), _) => (f.as_str().to_string(), "chosen"),
-        (OsChoice::Auto, None) => ("auto".to_string(), "pending"),
-        (OsChoice::Auto, Some(_)) if detected.is_some() => (
-            OsChoice::Auto.resolve(detected).as_str().to_string(),
-            "detected",
-        ),
-        (OsChoice::Auto, Some(_)) => (OsChoice::Auto.resolve(None).as_str().to_string(), "assumed"),
-    };
-    let evidence = inspected.and_then(|d| {
-        let g = &d["guest_os"];
-        g["evidence"]
-            .as_str()
-            .or(g["error"].as_str())
-            .map(str::to_string)
-    });
+    let (family, source, evidence) = crate::domain::effective_os(&job.options, inspected);
     let vm = runs.detail(StageName::VmCreate);
     let release = vm.get("os_release").cloned().unwrap_or(Value::Null);
     GuestOs {

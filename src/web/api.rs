@@ -362,11 +362,7 @@ async fn get_log(
 ) -> ApiResult<impl IntoResponse> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let id = parse_id(&id)?;
-    let job = st
-        .store
-        .get_job(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
+    let job = job_or_404(&st, id).await?;
     let limit = q.limit.unwrap_or(500);
     if !(1..=5000).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -382,15 +378,18 @@ async fn get_log(
     ))
 }
 
+async fn job_or_404(st: &AppState, id: JobId) -> ApiResult<Job> {
+    st.store
+        .get_job(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))
+}
+
 /// The whole kept log as a text file ("download log"), read from the store
 /// a page at a time while it is sent, so memory stays one page.
 async fn download_log(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = parse_id(&id)?;
-    let job = st
-        .store
-        .get_job(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
+    let job = job_or_404(&st, id).await?;
     let store = st.store.clone();
     let dropped = job.log_dropped;
     let body = async_stream::stream! {

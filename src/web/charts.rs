@@ -14,12 +14,7 @@ const MUTED: &str = "#9aa3ad";
 const RUN: &str = "#1f6fd1";
 const WAIT: &str = "#b7791f";
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
+use crate::domain::escape_markup as esc;
 
 /// A round axis maximum at or above `max` (1, 2, 5 × 10^n).
 fn nice_max(max: i64) -> i64 {

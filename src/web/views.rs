@@ -5,8 +5,7 @@ use serde_json::Value;
 
 use super::stage_text;
 use crate::domain::{
-    detected_os, fmt_bytes, fmt_duration_ms, fmt_millis, now_millis, JobState, OsChoice, StageName,
-    StageState,
+    fmt_bytes, fmt_duration_ms, fmt_millis, now_millis, JobState, StageName, StageState,
 };
 use crate::store::{Job, LogLine, Resource, StageRun};
 
@@ -412,23 +411,7 @@ fn effective_os(job: &Job, current: &[&StageRun]) -> (String, &'static str, Opti
         .rev()
         .find(|r| r.stage == StageName::Inspect.as_str() && r.state == StageState::Succeeded)
         .map(|r| &r.detail);
-    let evidence = inspected.and_then(|d| {
-        let g = &d["guest_os"];
-        g["evidence"]
-            .as_str()
-            .or(g["error"].as_str())
-            .map(str::to_string)
-    });
-    let detected = inspected.and_then(detected_os);
-    let (family, source) = match (OsChoice::of_options(&job.options), inspected) {
-        (OsChoice::Family(f), _) => (f.as_str(), "chosen"),
-        (OsChoice::Auto, None) => ("auto", "pending"),
-        (OsChoice::Auto, Some(_)) if detected.is_some() => {
-            (OsChoice::Auto.resolve(detected).as_str(), "detected")
-        }
-        (OsChoice::Auto, Some(_)) => (OsChoice::Auto.resolve(None).as_str(), "assumed"),
-    };
-    (family.to_string(), source, evidence)
+    crate::domain::effective_os(&job.options, inspected)
 }
 
 fn opt_str(v: &Value, k: &str) -> Option<String> {

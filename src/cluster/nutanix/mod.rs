@@ -539,14 +539,7 @@ fn job_image_name(job: JobId) -> String {
     image_name(job)
 }
 
-/// Text for an XML element's content.
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
-}
+use crate::domain::escape_markup as xml_escape;
 
 #[cfg(test)]
 mod tests {

@@ -101,20 +101,7 @@ fn strip_prefix(t: &str) -> String {
 }
 
 /// Escapes text for an XML element or attribute.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::domain::escape_markup as escape;
 
 /// `<name>text</name>`, escaped.
 pub fn el(name: &str, text: &str) -> String {

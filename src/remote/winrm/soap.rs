@@ -23,20 +23,7 @@ pub const WSMAN_TIMED_OUT: &str = "2150858793";
 pub const MAX_ENVELOPE_SIZE: usize = 153_600;
 
 /// Escapes text for an XML element or attribute.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::domain::escape_markup as escape;
 
 /// One request's header fields.
 pub struct Header<'a> {
