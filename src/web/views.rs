@@ -219,6 +219,8 @@ pub struct JobSummary {
     pub os: String,
     /// Where it is in the pipeline: stages done of all, 0..=1.
     pub progress: f64,
+    /// The stage column: the running stage, or where a failed job stopped.
+    pub stage_text: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -294,7 +296,19 @@ pub fn summary(job: &Job, pipeline: &[StageName]) -> JobSummary {
         (false, Some(i)) => i as f64 / pipeline.len().max(1) as f64,
         (false, None) => 0.0,
     };
+    let stage_text = match (&job.current_stage, job.state) {
+        (Some(s), _) => s.clone(),
+        (None, JobState::Failed) => job
+            .error
+            .as_deref()
+            .and_then(|e| e.split_once(" failed: "))
+            .filter(|(s, _)| s.parse::<StageName>().is_ok())
+            .map(|(s, _)| format!("{s} failed"))
+            .unwrap_or_else(|| "failed".into()),
+        (None, s) => s.as_str().to_string(),
+    };
     JobSummary {
+        stage_text,
         image_name: opt_str(&job.options, "name").or_else(|| name_from_url(&job.url)),
         image_version: opt_str(&job.options, "version"),
         cluster: opt_str(&job.options, "cluster"),
