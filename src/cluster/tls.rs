@@ -1,4 +1,4 @@
-//! TLS of the HTTP cluster providers (Nutanix, OpenStack): the configured
+//! TLS of the HTTP cluster providers (Nutanix, OpenStack, vSphere): the configured
 //! CA bundle, and telling a refused certificate from a network failure.
 
 use std::path::{Path, PathBuf};
@@ -20,6 +20,26 @@ pub enum CaBundleError {
     /// at all, and every request fails with "unknown issuer".
     #[error("ca_bundle {}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)", .path.display())]
     NoCertificate { path: PathBuf },
+}
+
+/// The HTTP client builder the OpenStack and vSphere clients share: the
+/// connect timeout (`request_secs`, 1 to 30 s), our user agent, and the
+/// configured certificate checking (off, or the CA bundle besides the system's).
+pub fn client_builder(
+    request_secs: u64,
+    verify_tls: bool,
+    ca_bundle: Option<&Path>,
+) -> Result<reqwest::ClientBuilder, CaBundleError> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(request_secs.clamp(1, 30)))
+        .user_agent(concat!("vmscan/", env!("CARGO_PKG_VERSION")));
+    if !verify_tls {
+        b = b.danger_accept_invalid_certs(true);
+    }
+    match ca_bundle {
+        Some(path) => add_ca_bundle(b, path),
+        None => Ok(b),
+    }
 }
 
 /// Trusts the certificates of the PEM file `path` (besides the system's).

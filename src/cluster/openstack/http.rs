@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::auth::{Keystone, Session};
 use super::error::{error_message, OsError};
 use super::OpenStackConfig;
-use crate::cluster::tls::{add_ca_bundle, certificate_rejected};
+use crate::cluster::tls::{certificate_rejected, client_builder};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Service {
@@ -73,16 +73,10 @@ pub async fn backoff(cfg: &OpenStackConfig, attempt: u32) {
 
 impl Api {
     pub fn new(cfg: Arc<OpenStackConfig>) -> Result<Api, String> {
-        let mut b = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(cfg.request_secs.clamp(1, 30)))
-            .user_agent(concat!("vmscan/", env!("CARGO_PKG_VERSION")));
-        if !cfg.verify_tls {
-            b = b.danger_accept_invalid_certs(true);
-        }
-        if let Some(path) = &cfg.ca_bundle {
-            b = add_ca_bundle(b, path).map_err(|e| e.to_string())?;
-        }
-        let http = b.build().map_err(|e| format!("HTTP client: {e}"))?;
+        let http = client_builder(cfg.request_secs, cfg.verify_tls, cfg.ca_bundle.as_deref())
+            .map_err(|e| e.to_string())?
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Api {
             keystone: Keystone::new(cfg.clone(), http.clone()),
             cfg,

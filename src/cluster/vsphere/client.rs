@@ -14,7 +14,7 @@ use tokio::sync::{Mutex, OnceCell};
 use super::soap::{envelope, Fault, MoRef, VsError};
 use super::xml::{el, escape, Element};
 use super::VsphereConfig;
-use crate::cluster::tls::{add_ca_bundle, certificate_rejected, CERTIFICATE_HINT};
+use crate::cluster::tls::{certificate_rejected, client_builder, CERTIFICATE_HINT};
 
 /// The managers vmscan uses, from `RetrieveServiceContent`.
 #[derive(Clone, Debug)]
@@ -95,16 +95,10 @@ fn describe(e: &reqwest::Error) -> String {
 impl Client {
     pub fn new(cfg: Arc<VsphereConfig>) -> Result<Client, String> {
         let sdk = sdk_url(&cfg.url)?;
-        let mut b = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(cfg.request_secs.clamp(1, 30)))
-            .user_agent(concat!("vmscan/", env!("CARGO_PKG_VERSION")));
-        if !cfg.verify_tls {
-            b = b.danger_accept_invalid_certs(true);
-        }
-        if let Some(path) = &cfg.ca_bundle {
-            b = add_ca_bundle(b, path).map_err(|e| e.to_string())?;
-        }
-        let http = b.build().map_err(|e| format!("HTTP client: {e}"))?;
+        let http = client_builder(cfg.request_secs, cfg.verify_tls, cfg.ca_bundle.as_deref())
+            .map_err(|e| e.to_string())?
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Client {
             cfg,
             http,
